@@ -1,0 +1,53 @@
+"""notifications.events: the notifier announces each communication's outcome."""
+
+from enum import StrEnum
+from typing import Annotated, Literal
+from uuid import UUID
+
+from pydantic import Field, TypeAdapter
+
+from contracts.base import Envelope
+
+
+class Channel(StrEnum):
+    EMAIL = "email"
+    SMS = "sms"
+
+
+class CommunicationEvent(Envelope):
+    communication_id: UUID
+    dedupe_key: str
+    order_id: UUID
+    source_event_id: UUID
+    channel: Channel
+    template: str
+    recipient: str
+    attempts: int = 0
+
+
+class CommunicationQueued(CommunicationEvent):
+    type: Literal["CommunicationQueued"] = "CommunicationQueued"
+
+
+class CommunicationSent(CommunicationEvent):
+    type: Literal["CommunicationSent"] = "CommunicationSent"
+    provider_message_id: str | None = None
+
+
+class CommunicationFailed(CommunicationEvent):
+    type: Literal["CommunicationFailed"] = "CommunicationFailed"
+    error: str
+
+
+class CommunicationDead(CommunicationEvent):
+    type: Literal["CommunicationDead"] = "CommunicationDead"
+    error: str
+
+
+NotificationEvent = Annotated[
+    CommunicationQueued | CommunicationSent | CommunicationFailed | CommunicationDead,
+    Field(discriminator="type"),
+]
+notification_event_adapter: TypeAdapter[
+    CommunicationQueued | CommunicationSent | CommunicationFailed | CommunicationDead
+] = TypeAdapter(NotificationEvent)

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# A real PostgreSQL from Debian's packages, with the databases of the three services.
+#
+#   deploy/local/postgres.sh start|stop|status
+#
+# Installs the `postgresql` package if missing, creates and starts a cluster, and creates
+# the login role `backbone` (password `backbone`, local dev only) owning the databases
+# `orders`, `notifier` and `audit`. Idempotent.
+# Settings (environment):
+#   PG_PORT    cluster port (default 5432)
+#   ORDER_DATABASE_URL / NOTIFIER_DATABASE_URL / AUDIT_DATABASE_URL
+#              when any is set, that database is external and nothing is started
+set -euo pipefail
+
+port="${PG_PORT:-5432}"
+cluster_name="backbone"
+databases=(orders notifier audit)
+
+log() { echo "postgres: $*" >&2; }
+
+as_postgres() { runuser -u postgres -- "$@"; }
+
+psql_admin() { as_postgres psql -p "$port" -v ON_ERROR_STOP=1 -qAtX "$@"; }
+
+install() {
+  if command -v pg_ctlcluster >/dev/null && ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+    return
+  fi
+  log "installing Debian's postgresql package"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q postgresql postgresql-contrib
+}
+
+pg_version() { ls /usr/lib/postgresql | sort -n | tail -1; }
+
+# The cluster serving $port: an existing one (Debian's default `main`) or our own.
+cluster_on_port() {
+  pg_lsclusters -h | awk -v p="$port" '$3 == p { print $1 " " $2; exit }'
+}
+
+start() {
+  if [[ -n "${ORDER_DATABASE_URL:-}${NOTIFIER_DATABASE_URL:-}${AUDIT_DATABASE_URL:-}" ]]; then
+    log "database URLs are set: using them, starting nothing"
+    return
+  fi
+  install
+  local cluster
+  cluster="$(cluster_on_port)"
+  if [[ -z "$cluster" ]]; then
+    log "creating cluster $(pg_version)/$cluster_name on port $port"
+    pg_createcluster -p "$port" "$(pg_version)" "$cluster_name" -- --auth-local=peer --auth-host=scram-sha-256 >/dev/null
+    cluster="$(pg_version) $cluster_name"
+  fi
+  read -r version name <<<"$cluster"
+  if ! pg_lsclusters -h | awk -v p="$port" '$3 == p && $4 == "online" { found=1 } END { exit !found }'; then
+    log "starting cluster $version/$name"
+    pg_ctlcluster "$version" "$name" start
+  fi
+  for _ in $(seq 1 120); do
+    pg_isready -q -h 127.0.0.1 -p "$port" && break
+    sleep 0.5
+  done
+  pg_isready -q -h 127.0.0.1 -p "$port" || { log "not accepting connections on port $port"; exit 1; }
+  if [[ "$(psql_admin -c "SELECT 1 FROM pg_roles WHERE rolname = 'backbone'")" != "1" ]]; then
+    psql_admin -c "CREATE ROLE backbone LOGIN CREATEDB PASSWORD 'backbone'"
+  fi
+  for db in "${databases[@]}"; do
+    if [[ "$(psql_admin -c "SELECT 1 FROM pg_database WHERE datname = '$db'")" != "1" ]]; then
+      psql_admin -c "CREATE DATABASE $db OWNER backbone"
+    fi
+  done
+  log "ready on 127.0.0.1:$port (databases: ${databases[*]})"
+}
+
+stop() {
+  local cluster
+  cluster="$(cluster_on_port)"
+  [[ -n "$cluster" ]] || { log "no cluster on port $port"; return; }
+  read -r version name <<<"$cluster"
+  pg_ctlcluster "$version" "$name" stop || true
+}
+
+status() { pg_isready -h 127.0.0.1 -p "$port"; }
+
+case "${1:-start}" in
+  start) start ;;
+  stop) stop ;;
+  status) status ;;
+  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+esac

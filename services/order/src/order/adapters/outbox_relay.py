@@ -1,0 +1,159 @@
+"""Relays committed outbox rows to Kafka until the broker acknowledges them.
+
+- Woken by LISTEN/NOTIFY on commit, with a polling fallback for lost notifications.
+- One relay publishes at a time: each batch runs under a transaction-scoped advisory lock,
+  so replicas of the service never publish the same rows concurrently.
+- Rows go out in `id` order, which for one order is the order of its changes; the producer is
+  idempotent with acks=all, so a retried send cannot reorder or duplicate within a partition.
+- A row is marked published only after its send is acknowledged. A crash between the ack and
+  the mark re-sends the row: consumers deduplicate by event id (at-least-once delivery).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+import asyncpg
+from faststream.kafka import KafkaBroker
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from order.adapters.tables import OUTBOX_CHANNEL, outbox
+
+log = logging.getLogger(__name__)
+
+# An arbitrary constant naming "the order outbox relay" among advisory locks.
+RELAY_LOCK_KEY = 0x6F72646572_01
+
+
+def asyncpg_dsn(sqlalchemy_url: str) -> str:
+    return sqlalchemy_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        broker: KafkaBroker,
+        *,
+        database_url: str,
+        batch_size: int,
+        poll_interval: float,
+        retry_interval: float,
+    ) -> None:
+        self._engine = engine
+        self._broker = broker
+        self._dsn = asyncpg_dsn(database_url)
+        self._batch_size = batch_size
+        self._poll_interval = poll_interval
+        self._retry_interval = retry_interval
+        self._wake = asyncio.Event()
+        self._broker_started = False
+
+    async def run(self) -> None:
+        """Publish forever; cancel the task to stop. Never raises for Kafka or database faults:
+        rows simply wait in the outbox until both are back."""
+        listener = asyncio.create_task(self._listen(), name="outbox-listener")
+        try:
+            while True:
+                try:
+                    await self._ensure_broker()
+                    published = await self.publish_batch()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.warning("outbox relay: publishing failed; retrying", exc_info=True)
+                    await asyncio.sleep(self._retry_interval)
+                    continue
+                if published < self._batch_size:
+                    await self._wait_for_work()
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+
+    async def _ensure_broker(self) -> None:
+        if not self._broker_started:
+            await self._broker.start()
+            self._broker_started = True
+
+    async def _wait_for_work(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+        self._wake.clear()
+
+    async def _listen(self) -> None:
+        """Keep a LISTEN connection open; reconnect when the database goes away."""
+
+        def notified(*_: Any) -> None:
+            self._wake.set()
+
+        while True:
+            connection: asyncpg.Connection | None = None
+            try:
+                lost = asyncio.Event()
+                connection = await asyncpg.connect(self._dsn)
+                connection.add_termination_listener(lambda _, lost=lost: lost.set())
+                await connection.add_listener(OUTBOX_CHANNEL, notified)
+                self._wake.set()  # catch up on anything committed while not listening
+                await lost.wait()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.debug("outbox listener lost its connection; reconnecting", exc_info=True)
+            finally:
+                if connection is not None and not connection.is_closed():
+                    await connection.close()
+            await asyncio.sleep(self._retry_interval)
+
+    async def publish_batch(self) -> int:
+        """Publish up to one batch of unpublished rows; return how many Kafka acknowledged."""
+        async with self._engine.begin() as connection:
+            locked = await connection.scalar(select(func.pg_try_advisory_xact_lock(RELAY_LOCK_KEY)))
+            if not locked:
+                return 0
+            rows = (
+                await connection.execute(
+                    select(
+                        outbox.c.id,
+                        outbox.c.topic,
+                        outbox.c.key,
+                        outbox.c.payload,
+                        outbox.c.headers,
+                    )
+                    .where(outbox.c.published_at.is_(None))
+                    .order_by(outbox.c.id)
+                    .limit(self._batch_size)
+                )
+            ).all()
+            if not rows:
+                return 0
+            # Send the whole batch before awaiting any ack, so the producer can batch them.
+            pending = [
+                await self._broker.publish(
+                    json.dumps(row.payload, separators=(",", ":")).encode(),
+                    row.topic,
+                    key=row.key.encode(),
+                    headers={"content-type": "application/json", **row.headers},
+                    no_confirm=True,
+                )
+                for row in rows
+            ]
+            results = await asyncio.gather(*pending, return_exceptions=True)
+            acknowledged: list[int] = []
+            for row, result in zip(rows, results, strict=True):
+                if isinstance(result, BaseException):
+                    log.warning("outbox row %s not acknowledged (%r); will retry", row.id, result)
+                    break
+                acknowledged.append(row.id)
+            if acknowledged:
+                await connection.execute(
+                    update(outbox)
+                    .where(outbox.c.id.in_(acknowledged))
+                    .values(published_at=func.now())
+                )
+            return len(acknowledged)

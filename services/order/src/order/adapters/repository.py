@@ -1,0 +1,172 @@
+"""Loads and stores order aggregates, their history and their outbox rows."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Any
+from uuid import UUID, uuid4
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from contracts import Envelope
+from contracts.statuses import OrderStatus
+from order.adapters.tables import (
+    OUTBOX_CHANNEL,
+    api_tokens,
+    order_status_history,
+    orders,
+    outbox,
+)
+from order.domain.auth import Identity, Role
+from order.domain.model import Customer, Order, StatusChanged
+
+
+def _to_order(row: Any) -> Order:
+    return Order(
+        id=row.id,
+        customer=Customer(row.customer_name, row.customer_email, row.customer_phone),
+        status=OrderStatus(row.status),
+        version=row.version,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+class OrderRepository:
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._connection = connection
+
+    async def get(self, order_id: UUID, *, for_update: bool = False) -> Order | None:
+        query = select(orders).where(orders.c.id == order_id)
+        if for_update:
+            # Serialises concurrent changes of one order; the version check below is the
+            # second line of defence for callers that read without the lock.
+            query = query.with_for_update()
+        row = (await self._connection.execute(query)).one_or_none()
+        return None if row is None else _to_order(row)
+
+    async def add(self, order: Order) -> bool:
+        """Insert-first: False when an order with this id already exists."""
+        result = await self._connection.execute(
+            pg_insert(orders)
+            .values(
+                id=order.id,
+                status=order.status.value,
+                version=order.version,
+                customer_name=order.customer.name,
+                customer_email=order.customer.email,
+                customer_phone=order.customer.phone,
+                created_at=order.created_at,
+                updated_at=order.updated_at,
+            )
+            .on_conflict_do_nothing(index_elements=[orders.c.id])
+        )
+        return bool(result.rowcount)
+
+    async def save_status(self, order: Order, change: StatusChanged, event_id: UUID) -> bool:
+        """Store a status change if nobody changed the order since it was read (optimistic
+        concurrency: the UPDATE matches only the version the change was made from)."""
+        result = await self._connection.execute(
+            update(orders)
+            .where(orders.c.id == order.id, orders.c.version == change.version - 1)
+            .values(status=order.status.value, version=order.version, updated_at=order.updated_at)
+        )
+        if result.rowcount != 1:
+            return False
+        await self._connection.execute(
+            insert(order_status_history).values(
+                order_id=order.id,
+                event_id=event_id,
+                from_status=change.from_status.value,
+                to_status=change.to_status.value,
+                version=change.version,
+                actor=change.actor,
+                reason=change.reason,
+                occurred_at=change.occurred_at,
+            )
+        )
+        return True
+
+    async def add_creation_history(self, order: Order, event_id: UUID, actor: str) -> None:
+        await self._connection.execute(
+            insert(order_status_history).values(
+                order_id=order.id,
+                event_id=event_id,
+                from_status=None,
+                to_status=order.status.value,
+                version=order.version,
+                actor=actor,
+                reason=None,
+                occurred_at=order.created_at,
+            )
+        )
+
+    async def history(self, order_id: UUID) -> list[Any]:
+        query = (
+            select(order_status_history)
+            .where(order_status_history.c.order_id == order_id)
+            .order_by(order_status_history.c.version)
+        )
+        return list((await self._connection.execute(query)).all())
+
+
+class Outbox:
+    """Writes integration events in the caller's transaction and wakes the relay on commit."""
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._connection = connection
+
+    async def add(self, topic: str, key: str, event: Envelope) -> None:
+        await self._connection.execute(
+            insert(outbox).values(
+                event_id=event.event_id,
+                topic=topic,
+                key=key,
+                event_type=getattr(event, "type", type(event).__name__),
+                payload=event.model_dump(mode="json", by_alias=True),
+                headers={"correlation_id": event.correlation_id or ""},
+            )
+        )
+        # Delivered at commit, and only if the transaction commits.
+        await self._connection.execute(select(func.pg_notify(OUTBOX_CHANNEL, "")))
+
+
+def token_digest(token: str) -> str:
+    # Tokens are 256-bit random strings, so a fast hash is enough: nothing to brute-force.
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class TokenRepository:
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._connection = connection
+
+    async def add(self, name: str, role: Role, token: str) -> UUID:
+        token_id = uuid4()
+        await self._connection.execute(
+            insert(api_tokens).values(
+                id=token_id, name=name, role=role.value, token_sha256=token_digest(token)
+            )
+        )
+        return token_id
+
+    async def revoke(self, name: str, now: datetime) -> int:
+        result = await self._connection.execute(
+            update(api_tokens)
+            .where(api_tokens.c.name == name, api_tokens.c.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+        return int(result.rowcount)
+
+    async def identity(self, token: str) -> Identity | None:
+        row = (
+            await self._connection.execute(
+                select(api_tokens.c.name, api_tokens.c.role).where(
+                    api_tokens.c.token_sha256 == token_digest(token),
+                    api_tokens.c.revoked_at.is_(None),
+                )
+            )
+        ).one_or_none()
+        return None if row is None else Identity(row.name, Role(row.role))

@@ -1,0 +1,81 @@
+"""Composition root of the order service: builds every dependency from the settings."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from faststream.kafka import KafkaBroker
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from order.adapters.outbox_relay import OutboxRelay
+from order.adapters.schema import assert_schema_current
+from order.adapters.unit_of_work import UnitOfWorkFactory
+from order.config import Settings
+from order.entrypoints import http
+
+log = logging.getLogger(__name__)
+
+
+def build_engine(settings: Settings) -> AsyncEngine:
+    return create_async_engine(
+        settings.database_url, pool_size=10, max_overflow=10, pool_pre_ping=True
+    )
+
+
+def build_broker(settings: Settings) -> KafkaBroker:
+    # Idempotent producer with acks=all: a retried send can neither duplicate nor reorder.
+    return KafkaBroker(
+        settings.kafka_bootstrap_servers,
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=5,
+        client_id="order-service",
+    )
+
+
+def build_relay(settings: Settings, engine: AsyncEngine, broker: KafkaBroker) -> OutboxRelay:
+    return OutboxRelay(
+        engine,
+        broker,
+        database_url=settings.database_url,
+        batch_size=settings.relay_batch_size,
+        poll_interval=settings.relay_poll_interval_seconds,
+        retry_interval=settings.relay_retry_seconds,
+    )
+
+
+def build_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    engine = build_engine(settings)
+    broker = build_broker(settings)
+    relay = build_relay(settings, engine, broker)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await assert_schema_current(engine, settings.database_url)
+        relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
+        try:
+            yield
+        finally:
+            relay_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay_task
+            await broker.stop()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Order service",
+        version="0.1.0",
+        description="Orders and their status lifecycle. Every change is validated, stored with "
+        "its outbox event in one transaction, and announced on Kafka `orders.events`.",
+        lifespan=lifespan,
+    )
+    app.state.engine = engine
+    app.state.uow_factory = UnitOfWorkFactory(engine)
+    http.install_error_handlers(app)
+    app.include_router(http.router)
+    return app

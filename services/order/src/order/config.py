@@ -1,0 +1,20 @@
+"""Settings of the order service, from `ORDER_*` environment variables."""
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ORDER_", extra="ignore")
+
+    database_url: str = "postgresql+asyncpg://backbone:backbone@127.0.0.1:5432/orders"
+    kafka_bootstrap_servers: str = Field(
+        default="127.0.0.1:9092",
+        validation_alias=AliasChoices("ORDER_KAFKA_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"),
+    )
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    # The relay wakes on NOTIFY; the poll interval only bounds the delay if a notify is lost.
+    relay_poll_interval_seconds: float = 1.0
+    relay_batch_size: int = Field(default=500, ge=1)
+    relay_retry_seconds: float = 1.0

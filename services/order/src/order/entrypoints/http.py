@@ -1,0 +1,237 @@
+"""The order service's HTTP API: parse, call a use case, map the result or error."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import text
+
+from contracts import Actor, OrderStatus
+from order import service
+from order.adapters.unit_of_work import UnitOfWorkFactory
+from order.domain.auth import Identity, Permission
+from order.domain.errors import (
+    OrderAlreadyExists,
+    OrderError,
+    OrderNotFound,
+    StaleVersion,
+    TransitionNotAllowed,
+)
+from order.domain.model import Customer
+from order.entrypoints.schemas import (
+    ChangeStatusRequest,
+    CreateOrderRequest,
+    ErrorResponse,
+    HistoryEntry,
+    HistoryResponse,
+    OrderResponse,
+)
+
+router = APIRouter()
+bearer = HTTPBearer(auto_error=False)
+
+ERROR_STATUS: dict[type[OrderError], int] = {
+    OrderNotFound: status.HTTP_404_NOT_FOUND,
+    OrderAlreadyExists: status.HTTP_409_CONFLICT,
+    TransitionNotAllowed: status.HTTP_409_CONFLICT,
+    StaleVersion: status.HTTP_412_PRECONDITION_FAILED,
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status_code: int, code: str, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+def error_response(status_code: int, code: str, message: str, **details: Any) -> JSONResponse:
+    body = {"error": {"code": code, "message": message, "details": details}}
+    return JSONResponse(status_code=status_code, content=body)
+
+
+def _domain_error_details(error: OrderError) -> dict[str, Any]:
+    if isinstance(error, TransitionNotAllowed):
+        return {
+            "current_status": error.current,
+            "requested_status": error.requested,
+            "allowed_next": list(error.allowed),
+        }
+    if isinstance(error, StaleVersion):
+        return {"expected_version": error.expected, "current_version": error.actual}
+    if isinstance(error, OrderNotFound | OrderAlreadyExists):
+        return {"order_id": str(error.order_id)}
+    return {}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(OrderError)
+    async def on_domain_error(_: Request, error: OrderError) -> JSONResponse:
+        return error_response(
+            ERROR_STATUS.get(type(error), status.HTTP_400_BAD_REQUEST),
+            error.code,
+            str(error),
+            **_domain_error_details(error),
+        )
+
+    @app.exception_handler(ApiError)
+    async def on_api_error(_: Request, error: ApiError) -> JSONResponse:
+        return error_response(error.status_code, error.code, error.message, **error.details)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:
+        problems = [
+            {"location": list(e.get("loc", ())), "problem": e.get("msg", "")}
+            for e in error.errors()
+        ]
+        return error_response(
+            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            "validation_error",
+            "The request is not valid.",
+            problems=problems,
+        )
+
+
+def uow_factory(request: Request) -> UnitOfWorkFactory:
+    factory: UnitOfWorkFactory = request.app.state.uow_factory
+    return factory
+
+
+Uow = Annotated[UnitOfWorkFactory, Depends(uow_factory)]
+
+
+def requires(permission: Permission) -> Any:
+    async def identity(
+        uow: Uow,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> Identity:
+        if credentials is None:
+            raise ApiError(401, "unauthenticated", "A bearer token is required.")
+        who = await service.authenticate(uow, credentials.credentials)
+        if who is None:
+            raise ApiError(401, "unauthenticated", "The bearer token is unknown or revoked.")
+        if not who.may(permission):
+            raise ApiError(
+                403, "forbidden", f"Role '{who.role}' may not {permission.value} orders."
+            )
+        return who
+
+    return Depends(identity)
+
+
+Reader = Annotated[Identity, requires(Permission.READ)]
+Changer = Annotated[Identity, requires(Permission.CHANGE)]
+
+
+def _actor(identity: Identity) -> Actor:
+    return Actor(id=identity.name, role=identity.role.value)
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 412, 422)
+}
+
+
+@router.post("/orders", status_code=201, response_model=OrderResponse, responses=ERRORS)
+async def create_order(
+    body: CreateOrderRequest,
+    uow: Uow,
+    who: Changer,
+    x_correlation_id: Annotated[str | None, Header()] = None,
+) -> OrderResponse:
+    order = await service.create_order(
+        uow,
+        customer=Customer(body.customer.name, body.customer.email, body.customer.phone),
+        actor=_actor(who),
+        order_id=body.id,
+        correlation_id=x_correlation_id,
+    )
+    return OrderResponse.of(order)
+
+
+@router.get("/orders/{order_id}", response_model=OrderResponse, responses=ERRORS)
+async def get_order(order_id: UUID, uow: Uow, _: Reader) -> OrderResponse:
+    return OrderResponse.of(await service.get_order(uow, order_id))
+
+
+@router.post("/orders/{order_id}/status", response_model=OrderResponse, responses=ERRORS)
+async def change_status(
+    order_id: UUID,
+    body: ChangeStatusRequest,
+    uow: Uow,
+    who: Changer,
+    if_match: Annotated[
+        str | None, Header(description="The order version the change is based on")
+    ] = None,
+    x_correlation_id: Annotated[str | None, Header()] = None,
+) -> OrderResponse:
+    try:
+        target = OrderStatus(body.status)
+    except ValueError:
+        raise ApiError(
+            422,
+            "unknown_status",
+            f"'{body.status}' is not an order status.",
+            allowed_values=[s.value for s in OrderStatus],
+        ) from None
+    order = await service.change_order_status(
+        uow,
+        order_id,
+        target,
+        actor=_actor(who),
+        reason=body.reason,
+        expected_version=_version(if_match),
+        correlation_id=x_correlation_id,
+    )
+    return OrderResponse.of(order)
+
+
+def _version(if_match: str | None) -> int | None:
+    if if_match is None:
+        return None
+    raw = if_match.strip().removeprefix("W/").strip('"')
+    if not raw.isdigit():
+        raise ApiError(422, "invalid_if_match", "If-Match must be an order version number.")
+    return int(raw)
+
+
+@router.get("/orders/{order_id}/history", response_model=HistoryResponse, responses=ERRORS)
+async def history(order_id: UUID, uow: Uow, _: Reader) -> HistoryResponse:
+    rows = await service.order_history(uow, order_id)
+    items = [
+        HistoryEntry(
+            event_id=row.event_id,
+            from_status=row.from_status,
+            to_status=row.to_status,
+            version=row.version,
+            actor=row.actor,
+            reason=row.reason,
+            occurred_at=row.occurred_at,
+        )
+        for row in rows
+    ]
+    return HistoryResponse(order_id=order_id, items=items)
+
+
+@router.get("/health/live", tags=["health"])
+async def live() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/health/ready", tags=["health"])
+async def ready(request: Request) -> JSONResponse:
+    # Ready means the database answers. Kafka is deliberately not required: status changes
+    # must keep succeeding while the broker is down (the outbox holds the events).
+    try:
+        async with request.app.state.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+    except Exception as error:
+        return error_response(503, "not_ready", f"database unreachable: {type(error).__name__}")
+    return JSONResponse({"status": "ok"})

@@ -1,0 +1,137 @@
+"""The order service's use cases. Each runs in one unit of work: the change, its history row
+and its outbox row commit together or not at all."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID, uuid4
+
+from contracts import (
+    ORDERS_EVENTS,
+    Actor,
+    OrderCreated,
+    OrderStatus,
+    OrderStatusChanged,
+)
+from contracts import Customer as CustomerContract
+from order.adapters.unit_of_work import UnitOfWork
+from order.domain.auth import Identity, Role
+from order.domain.errors import OrderAlreadyExists, OrderNotFound
+from order.domain.model import Customer, Order
+
+# Anything that hands out a fresh unit of work (the composition root decides which).
+UnitOfWorkFactory = Callable[[], UnitOfWork]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _customer_contract(customer: Customer) -> CustomerContract:
+    return CustomerContract(name=customer.name, email=customer.email, phone=customer.phone)
+
+
+async def create_order(
+    uow_factory: UnitOfWorkFactory,
+    *,
+    customer: Customer,
+    actor: Actor,
+    order_id: UUID | None = None,
+    correlation_id: str | None = None,
+) -> Order:
+    order = Order.create(order_id or uuid4(), customer, _now())
+    event = OrderCreated(
+        order_id=order.id,
+        status=order.status,
+        version=order.version,
+        customer=_customer_contract(customer),
+        actor=actor,
+        occurred_at=order.created_at,
+        correlation_id=correlation_id,
+    )
+    async with uow_factory() as uow:
+        if not await uow.orders.add(order):
+            raise OrderAlreadyExists(order.id)
+        await uow.orders.add_creation_history(order, event.event_id, actor.id)
+        await uow.outbox.add(ORDERS_EVENTS, str(order.id), event)
+    return order
+
+
+async def change_order_status(
+    uow_factory: UnitOfWorkFactory,
+    order_id: UUID,
+    target: OrderStatus,
+    *,
+    actor: Actor,
+    reason: str | None = None,
+    expected_version: int | None = None,
+    correlation_id: str | None = None,
+) -> Order:
+    """Validate and apply a status change. Returns the order as it now is; a request for the
+    current status returns it unchanged with no event."""
+    async with uow_factory() as uow:
+        order = await uow.orders.get(order_id, for_update=True)
+        if order is None:
+            raise OrderNotFound(order_id)
+        change = order.change_status(
+            target,
+            actor=actor.id,
+            reason=reason,
+            now=_now(),
+            expected_version=expected_version,
+        )
+        if change is None:
+            return order
+        event = OrderStatusChanged(
+            order_id=order.id,
+            from_status=change.from_status,
+            to_status=change.to_status,
+            version=change.version,
+            actor=actor,
+            reason=change.reason,
+            customer=_customer_contract(order.customer),
+            occurred_at=change.occurred_at,
+            correlation_id=correlation_id,
+        )
+        # The row lock taken by get(for_update=True) makes this succeed; a False here means
+        # the lock was bypassed, and failing loudly beats overwriting a concurrent change.
+        if not await uow.orders.save_status(order, change, event.event_id):
+            raise RuntimeError(f"order {order_id} changed under its row lock")
+        await uow.outbox.add(ORDERS_EVENTS, str(order.id), event)
+    return order
+
+
+async def get_order(uow_factory: UnitOfWorkFactory, order_id: UUID) -> Order:
+    async with uow_factory() as uow:
+        order = await uow.orders.get(order_id)
+    if order is None:
+        raise OrderNotFound(order_id)
+    return order
+
+
+async def order_history(uow_factory: UnitOfWorkFactory, order_id: UUID) -> list[Any]:
+    async with uow_factory() as uow:
+        if await uow.orders.get(order_id) is None:
+            raise OrderNotFound(order_id)
+        return await uow.orders.history(order_id)
+
+
+async def issue_token(uow_factory: UnitOfWorkFactory, name: str, role: Role) -> str:
+    """Create an API token; the returned secret is shown once and stored only hashed."""
+    token = secrets.token_urlsafe(32)
+    async with uow_factory() as uow:
+        await uow.tokens.add(name, role, token)
+    return token
+
+
+async def revoke_tokens(uow_factory: UnitOfWorkFactory, name: str) -> int:
+    async with uow_factory() as uow:
+        return await uow.tokens.revoke(name, _now())
+
+
+async def authenticate(uow_factory: UnitOfWorkFactory, token: str) -> Identity | None:
+    async with uow_factory() as uow:
+        return await uow.tokens.identity(token)
