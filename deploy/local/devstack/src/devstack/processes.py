@@ -105,12 +105,14 @@ class Process:
             self.popen.wait()
 
 
-def run_checked(argv: list[str], env: dict[str, str], what: str) -> None:
+def run_checked(argv: list[str], env: dict[str, str], what: str) -> str:
+    """Run a command to completion; its stdout, or an error carrying all it printed."""
     result = subprocess.run(
         argv, env={**os.environ, **env}, capture_output=True, text=True, check=False
     )
     if result.returncode != 0:
         raise RuntimeError(f"{what} failed ({result.returncode}):\n{result.stdout}{result.stderr}")
+    return result.stdout
 
 
 SERVICE_MODULES = {"order": "order", "notifier": "notifier", "audit": "audit"}

@@ -40,7 +40,7 @@ def read_messages(maildir: Path) -> list[email.message.EmailMessage]:
     for path in sorted(maildir.glob("*.eml")):
         parsed = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
         messages.append(parsed)
-    return messages  # type: ignore[return-value]
+    return messages
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,168 @@
+"""The order service against real PostgreSQL and Kafka: HTTP changes, outbox to orders.events."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from uuid import UUID, uuid4
+
+from aiokafka import AIOKafkaConsumer
+
+from devstack.waiting import wait_until
+from tests.integration.conftest import OrderService
+
+CUSTOMER = {"name": "Grace", "email": "grace@example.com"}
+
+
+async def create_order(svc: OrderService) -> UUID:
+    response = await svc.client.post("/orders", json={"customer": CUSTOMER}, headers=svc.as_admin())
+    assert response.status_code == 201, response.text
+    return UUID(response.json()["id"])
+
+
+async def change(svc: OrderService, order_id: UUID, status: str, **headers: str) -> Any:
+    return await svc.client.post(
+        f"/orders/{order_id}/status",
+        json={"status": status},
+        headers={**svc.as_admin(), **headers},
+    )
+
+
+async def events_of(consumer: AIOKafkaConsumer, order_id: UUID, count: int) -> list[dict[str, Any]]:
+    seen: list[dict[str, Any]] = []
+
+    async def poll() -> list[dict[str, Any]]:
+        batches = await consumer.getmany(timeout_ms=200)
+        for records in batches.values():
+            for record in records:
+                if record.key == str(order_id).encode():
+                    seen.append(json.loads(record.value))
+        return seen
+
+    return await wait_until(poll, lambda events: len(events) >= count, within=30, what="events")
+
+
+async def test_changes_reach_orders_events_in_order(
+    order_service_app: OrderService, events_consumer: AIOKafkaConsumer
+) -> None:
+    order_id = await create_order(order_service_app)
+    for status in ("confirmed", "preparing", "ready"):
+        assert (await change(order_service_app, order_id, status)).status_code == 200
+
+    events = await events_of(events_consumer, order_id, 4)
+
+    assert [(e["type"], e["version"]) for e in events] == [
+        ("OrderCreated", 1),
+        ("OrderStatusChanged", 2),
+        ("OrderStatusChanged", 3),
+        ("OrderStatusChanged", 4),
+    ]
+    assert [(e["from"], e["to"]) for e in events[1:]] == [
+        ("pending", "confirmed"),
+        ("confirmed", "preparing"),
+        ("preparing", "ready"),
+    ]
+    assert {e["actor"]["id"] for e in events} == {"it-admin"}
+
+
+async def test_same_status_is_a_no_op_without_an_event(
+    order_service_app: OrderService, events_consumer: AIOKafkaConsumer
+) -> None:
+    order_id = await create_order(order_service_app)
+    first = await change(order_service_app, order_id, "confirmed")
+    again = await change(order_service_app, order_id, "confirmed")
+    after = await change(order_service_app, order_id, "preparing")
+
+    assert (first.status_code, again.status_code, after.status_code) == (200, 200, 200)
+    assert again.json()["version"] == first.json()["version"] == 2
+    events = await events_of(events_consumer, order_id, 3)
+    assert [e["version"] for e in events] == [1, 2, 3]
+
+
+async def test_forbidden_transition_is_409_naming_current_and_allowed(
+    order_service_app: OrderService,
+) -> None:
+    order_id = await create_order(order_service_app)
+    await change(order_service_app, order_id, "confirmed")
+
+    response = await change(order_service_app, order_id, "ready")
+
+    assert response.status_code == 409
+    error = response.json()["error"]
+    assert error["code"] == "transition_not_allowed"
+    assert error["details"] == {
+        "current_status": "confirmed",
+        "requested_status": "ready",
+        "allowed_next": ["preparing", "cancelled"],
+    }
+
+
+async def test_unknown_status_is_422_listing_allowed_values(
+    order_service_app: OrderService,
+) -> None:
+    order_id = await create_order(order_service_app)
+
+    response = await change(order_service_app, order_id, "teleported")
+
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "unknown_status"
+    assert "pending" in error["details"]["allowed_values"]
+    assert "out_for_delivery" in error["details"]["allowed_values"]
+
+
+async def test_stale_if_match_is_412(order_service_app: OrderService) -> None:
+    order_id = await create_order(order_service_app)
+    await change(order_service_app, order_id, "confirmed")
+
+    response = await change(order_service_app, order_id, "preparing", **{"If-Match": "1"})
+
+    assert response.status_code == 412
+    assert response.json()["error"]["details"] == {"expected_version": 1, "current_version": 2}
+
+
+async def test_unknown_order_is_404(order_service_app: OrderService) -> None:
+    response = await change(order_service_app, uuid4(), "confirmed")
+
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "order_not_found"
+
+
+async def test_credentials_are_required_and_roles_enforced(
+    order_service_app: OrderService,
+) -> None:
+    order_id = await create_order(order_service_app)
+    client = order_service_app.client
+
+    anonymous = await client.get(f"/orders/{order_id}")
+    bogus = await client.get(f"/orders/{order_id}", headers={"Authorization": "Bearer nope"})
+    viewer_reads = await client.get(f"/orders/{order_id}", headers=order_service_app.as_viewer())
+    viewer_changes = await client.post(
+        f"/orders/{order_id}/status",
+        json={"status": "confirmed"},
+        headers=order_service_app.as_viewer(),
+    )
+
+    assert (anonymous.status_code, bogus.status_code) == (401, 401)
+    assert viewer_reads.status_code == 200
+    assert viewer_changes.status_code == 403
+    assert viewer_changes.json()["error"]["code"] == "forbidden"
+
+
+async def test_history_lists_who_when_from_to(order_service_app: OrderService) -> None:
+    order_id = await create_order(order_service_app)
+    await order_service_app.client.post(
+        f"/orders/{order_id}/status",
+        json={"status": "confirmed", "reason": "paid"},
+        headers=order_service_app.as_admin(),
+    )
+
+    response = await order_service_app.client.get(
+        f"/orders/{order_id}/history", headers=order_service_app.as_viewer()
+    )
+
+    items = response.json()["items"]
+    assert [(i["from"], i["to"], i["actor"], i["reason"]) for i in items] == [
+        (None, "pending", "it-admin", None),
+        ("pending", "confirmed", "it-admin", "paid"),
+    ]
