@@ -3,6 +3,7 @@ session's own and fresh PostgreSQL databases, both started by the project's scri
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +14,7 @@ from devstack import infra
 @pytest.fixture(scope="session")
 def kafka() -> Iterator[infra.Kafka]:
     broker = infra.fresh_test_kafka()
+    asyncio.run(infra.ensure_topics(broker.bootstrap_servers))
     yield broker
     if broker.managed:
         broker.stop()

@@ -13,6 +13,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from contracts import ALL_TOPICS, dlq_topic
+
 REPO_ROOT = Path(__file__).resolve().parents[5]
 SCRIPTS = REPO_ROOT / "deploy" / "local"
 CACHE = REPO_ROOT / ".cache"
@@ -71,6 +75,30 @@ def fresh_test_kafka() -> Kafka:
     shutil.rmtree(kafka.state_dir, ignore_errors=True)  # type: ignore[arg-type]
     kafka.start()
     return kafka
+
+
+TOPIC_PARTITIONS = 6
+
+
+async def ensure_topics(bootstrap_servers: str, partitions: int = TOPIC_PARTITIONS) -> None:
+    """Create every topic of the contracts and its DLQ, if missing. Partitions bound how many
+    replicas of a consumer share the work, so they are chosen here rather than left to the
+    broker's auto-creation."""
+    wanted = [*ALL_TOPICS, *(dlq_topic(topic) for topic in ALL_TOPICS)]
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [name for name in wanted if name not in existing]
+        if missing:
+            await admin.create_topics(
+                [
+                    NewTopic(name, num_partitions=partitions, replication_factor=1)
+                    for name in missing
+                ]
+            )
+    finally:
+        await admin.close()
 
 
 def _asyncpg_url(url: str) -> str:

@@ -3,10 +3,12 @@ to a Kafka broker and three databases. `make run`, `make demo` and the e2e tests
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devstack.infra import ensure_topics
 from devstack.processes import (
     Process,
     migrate,
@@ -83,6 +85,7 @@ class Stack:
     def start(self) -> None:
         """Migrate every database, then start the sink and the services; each start waits until
         the process answers its readiness check."""
+        asyncio.run(ensure_topics(self.kafka_bootstrap_servers))
         for service in SERVICES:
             migrate(service, self.env(service))
         self.issue_admin_token()
