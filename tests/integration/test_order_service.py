@@ -166,3 +166,37 @@ async def test_history_lists_who_when_from_to(order_service_app: OrderService) -
         (None, "pending", "it-admin", None),
         ("pending", "confirmed", "it-admin", "paid"),
     ]
+
+
+async def test_list_filters_by_status_and_pages_with_a_cursor(
+    order_service_app: OrderService,
+) -> None:
+    created = [await create_order(order_service_app) for _ in range(5)]
+    for order_id in created[:3]:
+        await change(order_service_app, order_id, "confirmed")
+    client, auth = order_service_app.client, order_service_app.as_viewer()
+
+    seen: list[str] = []
+    cursor: str | None = None
+    while True:
+        params = {"status": "confirmed", "limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = (await client.get("/orders", params=params, headers=auth)).json()
+        assert len(page["items"]) <= 2
+        seen += [item["id"] for item in page["items"]]
+        assert {item["status"] for item in page["items"]} <= {"confirmed"}
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+
+    assert {str(order_id) for order_id in created[:3]} <= set(seen)
+    assert not {str(order_id) for order_id in created[3:]} & set(seen)
+    assert len(seen) == len(set(seen))
+
+
+async def test_a_forged_cursor_is_422(order_service_app: OrderService) -> None:
+    response = await order_service_app.client.get(
+        "/orders", params={"cursor": "bm9wZQ=="}, headers=order_service_app.as_viewer()
+    )
+
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "invalid_cursor"

@@ -112,6 +112,17 @@ async def get_order(uow_factory: UnitOfWorkFactory, order_id: UUID) -> Order:
     return order
 
 
+async def list_orders(
+    uow_factory: UnitOfWorkFactory,
+    *,
+    status: OrderStatus | None,
+    limit: int,
+    after: tuple[datetime, UUID] | None,
+) -> list[Order]:
+    async with uow_factory() as uow:
+        return await uow.orders.page(status=status, limit=limit, after=after)
+
+
 async def order_history(uow_factory: UnitOfWorkFactory, order_id: UUID) -> list[Any]:
     async with uow_factory() as uow:
         if await uow.orders.get(order_id) is None:

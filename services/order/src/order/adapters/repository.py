@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid4
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -103,6 +103,17 @@ class OrderRepository:
                 occurred_at=order.created_at,
             )
         )
+
+    async def page(
+        self, *, status: OrderStatus | None, limit: int, after: tuple[datetime, UUID] | None
+    ) -> list[Order]:
+        """Newest first, keyset-paginated on (created_at, id): stable under concurrent inserts."""
+        query = select(orders).order_by(orders.c.created_at.desc(), orders.c.id.desc()).limit(limit)
+        if status is not None:
+            query = query.where(orders.c.status == status.value)
+        if after is not None:
+            query = query.where(tuple_(orders.c.created_at, orders.c.id) < tuple_(*after))
+        return [_to_order(row) for row in (await self._connection.execute(query)).all()]
 
     async def history(self, order_id: UUID) -> list[Any]:
         query = (

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Request, status
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -22,13 +24,14 @@ from order.domain.errors import (
     StaleVersion,
     TransitionNotAllowed,
 )
-from order.domain.model import Customer
+from order.domain.model import Customer, Order
 from order.entrypoints.schemas import (
     ChangeStatusRequest,
     CreateOrderRequest,
     ErrorResponse,
     HistoryEntry,
     HistoryResponse,
+    OrderPage,
     OrderResponse,
 )
 
@@ -154,6 +157,33 @@ async def create_order(
         correlation_id=x_correlation_id,
     )
     return OrderResponse.of(order)
+
+
+@router.get("/orders", response_model=OrderPage, responses=ERRORS)
+async def list_orders(
+    uow: Uow,
+    _: Reader,
+    status_filter: Annotated[OrderStatus | None, Query(alias="status")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
+) -> OrderPage:
+    after = _decode_cursor(cursor) if cursor else None
+    found = await service.list_orders(uow, status=status_filter, limit=limit + 1, after=after)
+    page = found[:limit]
+    next_cursor = _encode_cursor(page[-1]) if len(found) > limit else None
+    return OrderPage(items=[OrderResponse.of(o) for o in page], next_cursor=next_cursor)
+
+
+def _encode_cursor(order: Order) -> str:
+    return base64.urlsafe_b64encode(f"{order.created_at.isoformat()}|{order.id}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    try:
+        created_at, order_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+        return datetime.fromisoformat(created_at), UUID(order_id)
+    except ValueError:
+        raise ApiError(422, "invalid_cursor", "The cursor is not one this API issued.") from None
 
 
 @router.get("/orders/{order_id}", response_model=OrderResponse, responses=ERRORS)

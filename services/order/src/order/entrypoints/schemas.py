@@ -51,6 +51,13 @@ class OrderResponse(BaseModel):
         )
 
 
+class OrderPage(BaseModel):
+    items: list[OrderResponse]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null at the end"
+    )
+
+
 class HistoryEntry(BaseModel):
     event_id: UUID
     from_status: OrderStatus | None = Field(serialization_alias="from")
