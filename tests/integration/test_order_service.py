@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 from uuid import UUID, uuid4
@@ -200,3 +201,51 @@ async def test_a_forged_cursor_is_422(order_service_app: OrderService) -> None:
 
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "invalid_cursor"
+
+
+async def test_a_retried_post_with_its_idempotency_key_replays_the_first_answer(
+    order_service_app: OrderService, events_consumer: AIOKafkaConsumer
+) -> None:
+    order_id = await create_order(order_service_app)
+    key = {"Idempotency-Key": f"confirm-{order_id}"}
+
+    first = await change(order_service_app, order_id, "confirmed", **key)
+    await change(order_service_app, order_id, "preparing")
+    retried = await change(order_service_app, order_id, "confirmed", **key)
+
+    assert (first.status_code, retried.status_code) == (200, 200)
+    assert retried.json() == first.json()
+    assert retried.headers["Idempotent-Replayed"] == "true"
+    events = await events_of(events_consumer, order_id, 3)
+    assert [e["version"] for e in events] == [1, 2, 3]
+
+
+async def test_concurrent_duplicates_apply_once(
+    order_service_app: OrderService, events_consumer: AIOKafkaConsumer
+) -> None:
+    key = {"Idempotency-Key": str(uuid4())}
+    body = {"id": str(uuid4()), "customer": CUSTOMER}
+    headers = {**order_service_app.as_admin(), **key}
+
+    responses = await asyncio.gather(
+        *(order_service_app.client.post("/orders", json=body, headers=headers) for _ in range(10))
+    )
+
+    assert {r.status_code for r in responses} == {201}
+    assert len({json.dumps(r.json(), sort_keys=True) for r in responses}) == 1
+    assert sum(r.headers.get("Idempotent-Replayed") == "true" for r in responses) == 9
+    events = await events_of(events_consumer, UUID(body["id"]), 1)
+    assert len(events) == 1
+
+
+async def test_an_idempotency_key_reused_for_another_request_is_422(
+    order_service_app: OrderService,
+) -> None:
+    order_id = await create_order(order_service_app)
+    key = {"Idempotency-Key": f"reuse-{order_id}"}
+    await change(order_service_app, order_id, "confirmed", **key)
+
+    response = await change(order_service_app, order_id, "cancelled", **key)
+
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "idempotency_key_reused"

@@ -4,7 +4,8 @@ and its outbox row commit together or not at all."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
@@ -19,7 +20,7 @@ from contracts import (
 from contracts import Customer as CustomerContract
 from order.adapters.unit_of_work import UnitOfWork
 from order.domain.auth import Identity, Role
-from order.domain.errors import OrderAlreadyExists, OrderNotFound
+from order.domain.errors import IdempotencyKeyReused, OrderAlreadyExists, OrderNotFound
 from order.domain.model import Customer, Order
 
 # Anything that hands out a fresh unit of work (the composition root decides which).
@@ -34,8 +35,8 @@ def _customer_contract(customer: Customer) -> CustomerContract:
     return CustomerContract(name=customer.name, email=customer.email, phone=customer.phone)
 
 
-async def create_order(
-    uow_factory: UnitOfWorkFactory,
+async def create_order_in(
+    uow: UnitOfWork,
     *,
     customer: Customer,
     actor: Actor,
@@ -52,16 +53,15 @@ async def create_order(
         occurred_at=order.created_at,
         correlation_id=correlation_id,
     )
-    async with uow_factory() as uow:
-        if not await uow.orders.add(order):
-            raise OrderAlreadyExists(order.id)
-        await uow.orders.add_creation_history(order, event.event_id, actor.id)
-        await uow.outbox.add(ORDERS_EVENTS, str(order.id), event)
+    if not await uow.orders.add(order):
+        raise OrderAlreadyExists(order.id)
+    await uow.orders.add_creation_history(order, event.event_id, actor.id)
+    await uow.outbox.add(ORDERS_EVENTS, str(order.id), event)
     return order
 
 
-async def change_order_status(
-    uow_factory: UnitOfWorkFactory,
+async def change_order_status_in(
+    uow: UnitOfWork,
     order_id: UUID,
     target: OrderStatus,
     *,
@@ -72,36 +72,75 @@ async def change_order_status(
 ) -> Order:
     """Validate and apply a status change. Returns the order as it now is; a request for the
     current status returns it unchanged with no event."""
-    async with uow_factory() as uow:
-        order = await uow.orders.get(order_id, for_update=True)
-        if order is None:
-            raise OrderNotFound(order_id)
-        change = order.change_status(
-            target,
-            actor=actor.id,
-            reason=reason,
-            now=_now(),
-            expected_version=expected_version,
-        )
-        if change is None:
-            return order
-        event = OrderStatusChanged(
-            order_id=order.id,
-            from_status=change.from_status,
-            to_status=change.to_status,
-            version=change.version,
-            actor=actor,
-            reason=change.reason,
-            customer=_customer_contract(order.customer),
-            occurred_at=change.occurred_at,
-            correlation_id=correlation_id,
-        )
-        # The row lock taken by get(for_update=True) makes this succeed; a False here means
-        # the lock was bypassed, and failing loudly beats overwriting a concurrent change.
-        if not await uow.orders.save_status(order, change, event.event_id):
-            raise RuntimeError(f"order {order_id} changed under its row lock")
-        await uow.outbox.add(ORDERS_EVENTS, str(order.id), event)
+    order = await uow.orders.get(order_id, for_update=True)
+    if order is None:
+        raise OrderNotFound(order_id)
+    change = order.change_status(
+        target,
+        actor=actor.id,
+        reason=reason,
+        now=_now(),
+        expected_version=expected_version,
+    )
+    if change is None:
+        return order
+    event = OrderStatusChanged(
+        order_id=order.id,
+        from_status=change.from_status,
+        to_status=change.to_status,
+        version=change.version,
+        actor=actor,
+        reason=change.reason,
+        customer=_customer_contract(order.customer),
+        occurred_at=change.occurred_at,
+        correlation_id=correlation_id,
+    )
+    # The row lock taken by get(for_update=True) makes this succeed; a False here means
+    # the lock was bypassed, and failing loudly beats overwriting a concurrent change.
+    if not await uow.orders.save_status(order, change, event.event_id):
+        raise RuntimeError(f"order {order_id} changed under its row lock")
+    await uow.outbox.add(ORDERS_EVENTS, str(order.id), event)
     return order
+
+
+@dataclass(frozen=True)
+class IdempotentRequest:
+    scope: str  # whose key space: the caller's identity
+    key: str
+    fingerprint: str  # the same key sent with a different request is refused
+
+
+@dataclass(frozen=True)
+class Answer:
+    status_code: int
+    body: dict[str, Any]
+    replayed: bool = False
+
+
+Action = Callable[[UnitOfWork], Awaitable[dict[str, Any]]]
+
+
+async def answer(
+    uow_factory: UnitOfWorkFactory,
+    status_code: int,
+    action: Action,
+    idempotency: IdempotentRequest | None = None,
+) -> Answer:
+    """Run a changing request in one unit of work. With an idempotency key, the key is claimed
+    in the same transaction as the effect, so a retry (even a concurrent one) replays the first
+    answer instead of applying a second effect."""
+    async with uow_factory() as uow:
+        if idempotency is None:
+            return Answer(status_code, await action(uow))
+        scope, key = idempotency.scope, idempotency.key
+        if not await uow.idempotency.claim(scope, key, idempotency.fingerprint):
+            stored = await uow.idempotency.answer(scope, key)
+            if stored.fingerprint != idempotency.fingerprint:
+                raise IdempotencyKeyReused(key)
+            return Answer(stored.status_code, stored.response, replayed=True)
+        body = await action(uow)
+        await uow.idempotency.record(scope, key, status_code, body)
+        return Answer(status_code, body)
 
 
 async def get_order(uow_factory: UnitOfWorkFactory, order_id: UUID) -> Order:

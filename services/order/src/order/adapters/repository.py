@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid4
@@ -16,6 +17,7 @@ from contracts.statuses import OrderStatus
 from order.adapters.tables import (
     OUTBOX_CHANNEL,
     api_tokens,
+    idempotency_keys,
     order_status_history,
     orders,
     outbox,
@@ -181,3 +183,46 @@ class TokenRepository:
             )
         ).one_or_none()
         return None if row is None else Identity(row.name, Role(row.role))
+
+
+@dataclass(frozen=True)
+class StoredAnswer:
+    fingerprint: str
+    status_code: int
+    response: dict[str, Any]
+
+
+class IdempotencyRepository:
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._connection = connection
+
+    async def claim(self, scope: str, key: str, fingerprint: str) -> bool:
+        """Insert-first: True if this transaction now owns the key. A concurrent claimer
+        waits on the unique index until the owner commits (then gets False) or rolls back."""
+        result = await self._connection.execute(
+            pg_insert(idempotency_keys)
+            .values(scope=scope, key=key, fingerprint=fingerprint)
+            .on_conflict_do_nothing(index_elements=["scope", "key"])
+        )
+        return bool(result.rowcount)
+
+    async def answer(self, scope: str, key: str) -> StoredAnswer:
+        row = (
+            await self._connection.execute(
+                select(
+                    idempotency_keys.c.fingerprint,
+                    idempotency_keys.c.status_code,
+                    idempotency_keys.c.response,
+                ).where(idempotency_keys.c.scope == scope, idempotency_keys.c.key == key)
+            )
+        ).one()
+        return StoredAnswer(row.fingerprint, row.status_code, row.response)
+
+    async def record(
+        self, scope: str, key: str, status_code: int, response: dict[str, Any]
+    ) -> None:
+        await self._connection.execute(
+            update(idempotency_keys)
+            .where(idempotency_keys.c.scope == scope, idempotency_keys.c.key == key)
+            .values(status_code=status_code, response=response)
+        )

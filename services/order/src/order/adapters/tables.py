@@ -83,3 +83,16 @@ api_tokens = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     Column("revoked_at", DateTime(timezone=True)),
 )
+
+# Insert-first idempotency: a request claims (scope, key) in the transaction of its effect;
+# a duplicate blocks on the unique index until the first commits, then replays its answer.
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("scope", String(200), primary_key=True),
+    Column("key", String(200), primary_key=True),
+    Column("fingerprint", String(64), nullable=False),
+    Column("status_code", Integer),
+    Column("response", JSONB),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+)

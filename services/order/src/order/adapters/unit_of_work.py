@@ -7,13 +7,19 @@ from types import TracebackType
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from order.adapters.repository import OrderRepository, Outbox, TokenRepository
+from order.adapters.repository import (
+    IdempotencyRepository,
+    OrderRepository,
+    Outbox,
+    TokenRepository,
+)
 
 
 class UnitOfWork:
     orders: OrderRepository
     outbox: Outbox
     tokens: TokenRepository
+    idempotency: IdempotencyRepository
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
@@ -25,6 +31,7 @@ class UnitOfWork:
         self.orders = OrderRepository(self._connection)
         self.outbox = Outbox(self._connection)
         self.tokens = TokenRepository(self._connection)
+        self.idempotency = IdempotencyRepository(self._connection)
         return self
 
     async def __aexit__(

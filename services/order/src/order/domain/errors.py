@@ -51,3 +51,14 @@ class StaleVersion(OrderError):
         self.order_id = order_id
         self.expected = expected
         self.actual = actual
+
+
+class IdempotencyKeyReused(OrderError):
+    code = "idempotency_key_reused"
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            f"Idempotency-Key '{key}' was already used for a different request; "
+            "use a new key for a new request."
+        )
+        self.key = key

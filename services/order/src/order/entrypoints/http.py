@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
@@ -11,13 +12,15 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
 from sqlalchemy import text
 
 from contracts import Actor, OrderStatus
 from order import service
-from order.adapters.unit_of_work import UnitOfWorkFactory
+from order.adapters.unit_of_work import UnitOfWork, UnitOfWorkFactory
 from order.domain.auth import Identity, Permission
 from order.domain.errors import (
+    IdempotencyKeyReused,
     OrderAlreadyExists,
     OrderError,
     OrderNotFound,
@@ -43,6 +46,7 @@ ERROR_STATUS: dict[type[OrderError], int] = {
     OrderAlreadyExists: status.HTTP_409_CONFLICT,
     TransitionNotAllowed: status.HTTP_409_CONFLICT,
     StaleVersion: status.HTTP_412_PRECONDITION_FAILED,
+    IdempotencyKeyReused: status.HTTP_422_UNPROCESSABLE_ENTITY,
 }
 
 
@@ -142,21 +146,53 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        max_length=200,
+        description="Makes a retried POST safe: the same key returns the first answer, "
+        "never a second effect.",
+    ),
+]
+
+
+def _idempotency(
+    who: Identity, key: str | None, request: Request, body: BaseModel, if_match: str | None = None
+) -> service.IdempotentRequest | None:
+    if key is None:
+        return None
+    fingerprint = hashlib.sha256(
+        f"{request.method} {request.url.path} {if_match}\n{body.model_dump_json()}".encode()
+    ).hexdigest()
+    return service.IdempotentRequest(scope=who.name, key=key, fingerprint=fingerprint)
+
+
+def _respond(result: service.Answer) -> JSONResponse:
+    headers = {"Idempotent-Replayed": "true"} if result.replayed else None
+    return JSONResponse(result.body, status_code=result.status_code, headers=headers)
+
+
 @router.post("/orders", status_code=201, response_model=OrderResponse, responses=ERRORS)
 async def create_order(
     body: CreateOrderRequest,
+    request: Request,
     uow: Uow,
     who: Changer,
+    idempotency_key: IdempotencyKey = None,
     x_correlation_id: Annotated[str | None, Header()] = None,
-) -> OrderResponse:
-    order = await service.create_order(
-        uow,
-        customer=Customer(body.customer.name, body.customer.email, body.customer.phone),
-        actor=_actor(who),
-        order_id=body.id,
-        correlation_id=x_correlation_id,
-    )
-    return OrderResponse.of(order)
+) -> JSONResponse:
+    async def create(unit: UnitOfWork) -> dict[str, Any]:
+        order = await service.create_order_in(
+            unit,
+            customer=Customer(body.customer.name, body.customer.email, body.customer.phone),
+            actor=_actor(who),
+            order_id=body.id,
+            correlation_id=x_correlation_id,
+        )
+        return OrderResponse.of(order).model_dump(mode="json")
+
+    idempotency = _idempotency(who, idempotency_key, request, body)
+    return _respond(await service.answer(uow, 201, create, idempotency))
 
 
 @router.get("/orders", response_model=OrderPage, responses=ERRORS)
@@ -195,13 +231,15 @@ async def get_order(order_id: UUID, uow: Uow, _: Reader) -> OrderResponse:
 async def change_status(
     order_id: UUID,
     body: ChangeStatusRequest,
+    request: Request,
     uow: Uow,
     who: Changer,
+    idempotency_key: IdempotencyKey = None,
     if_match: Annotated[
         str | None, Header(description="The order version the change is based on")
     ] = None,
     x_correlation_id: Annotated[str | None, Header()] = None,
-) -> OrderResponse:
+) -> JSONResponse:
     try:
         target = OrderStatus(body.status)
     except ValueError:
@@ -211,16 +249,22 @@ async def change_status(
             f"'{body.status}' is not an order status.",
             allowed_values=[s.value for s in OrderStatus],
         ) from None
-    order = await service.change_order_status(
-        uow,
-        order_id,
-        target,
-        actor=_actor(who),
-        reason=body.reason,
-        expected_version=_version(if_match),
-        correlation_id=x_correlation_id,
-    )
-    return OrderResponse.of(order)
+    expected_version = _version(if_match)
+
+    async def change(unit: UnitOfWork) -> dict[str, Any]:
+        order = await service.change_order_status_in(
+            unit,
+            order_id,
+            target,
+            actor=_actor(who),
+            reason=body.reason,
+            expected_version=expected_version,
+            correlation_id=x_correlation_id,
+        )
+        return OrderResponse.of(order).model_dump(mode="json")
+
+    idempotency = _idempotency(who, idempotency_key, request, body, if_match)
+    return _respond(await service.answer(uow, 200, change, idempotency))
 
 
 def _version(if_match: str | None) -> int | None:
