@@ -4,14 +4,17 @@ PostgreSQL (the broker and databases come from tests/conftest.py)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
 from devstack import infra
+from devstack.waiting import wait_until
 from order import service as order_service
 from order.adapters.schema import upgrade_to_head as upgrade_orders
 from order.adapters.unit_of_work import UnitOfWorkFactory
@@ -57,18 +60,62 @@ async def order_service_app(
             yield OrderService(client, admin, viewer)
 
 
+class TopicReader:
+    """Reads a topic from the beginning, outside any consumer group, keeping every record."""
+
+    def __init__(self, consumer: AIOKafkaConsumer) -> None:
+        self._consumer = consumer
+        self.records: list[ConsumerRecord[bytes, bytes]] = []
+
+    async def _poll(self) -> list[ConsumerRecord[bytes, bytes]]:
+        for batch in (await self._consumer.getmany(timeout_ms=200)).values():
+            self.records.extend(batch)
+        return self.records
+
+    async def values_for(self, key: str, count: int, within: float = 30) -> list[dict[str, Any]]:
+        """The JSON values of records with `key`, once at least `count` have arrived."""
+
+        def matching() -> list[dict[str, Any]]:
+            return [json.loads(r.value) for r in self.records if r.key == key.encode()]
+
+        await wait_until(
+            self._poll, lambda _: len(matching()) >= count, within=within, what=f"{count} x {key}"
+        )
+        return matching()
+
+    async def all_values(self, settle: float = 1.0) -> list[bytes]:
+        """Everything on the topic, after `settle` seconds without new records."""
+        seen = -1
+        while seen != len(self.records):
+            seen = len(self.records)
+            for batch in (await self._consumer.getmany(timeout_ms=int(settle * 1000))).values():
+                self.records.extend(batch)
+        return [r.value for r in self.records]
+
+
 @pytest.fixture
-async def events_consumer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaConsumer]:
-    """Reads `orders.events` from the beginning, outside any consumer group."""
-    consumer = AIOKafkaConsumer(
-        "orders.events",
-        bootstrap_servers=kafka_bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-    )
-    await consumer.start()
-    try:
-        yield consumer
-    finally:
+async def read_topic(
+    kafka_bootstrap: str,
+) -> AsyncIterator[Callable[[str], Awaitable[TopicReader]]]:
+    consumers: list[AIOKafkaConsumer] = []
+
+    async def open_reader(topic: str) -> TopicReader:
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=kafka_bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            group_id=None,
+        )
+        await consumer.start()
+        consumers.append(consumer)
+        return TopicReader(consumer)
+
+    yield open_reader
+    for consumer in consumers:
         await consumer.stop()
+
+
+@pytest.fixture
+async def order_events(read_topic: Callable[[str], Awaitable[TopicReader]]) -> TopicReader:
+    return await read_topic("orders.events")

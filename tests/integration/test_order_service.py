@@ -7,10 +7,7 @@ import json
 from typing import Any
 from uuid import UUID, uuid4
 
-from aiokafka import AIOKafkaConsumer
-
-from devstack.waiting import wait_until
-from tests.integration.conftest import OrderService
+from tests.integration.conftest import OrderService, TopicReader
 
 CUSTOMER = {"name": "Grace", "email": "grace@example.com"}
 
@@ -29,28 +26,14 @@ async def change(svc: OrderService, order_id: UUID, status: str, **headers: str)
     )
 
 
-async def events_of(consumer: AIOKafkaConsumer, order_id: UUID, count: int) -> list[dict[str, Any]]:
-    seen: list[dict[str, Any]] = []
-
-    async def poll() -> list[dict[str, Any]]:
-        batches = await consumer.getmany(timeout_ms=200)
-        for records in batches.values():
-            for record in records:
-                if record.key == str(order_id).encode():
-                    seen.append(json.loads(record.value))
-        return seen
-
-    return await wait_until(poll, lambda events: len(events) >= count, within=30, what="events")
-
-
 async def test_changes_reach_orders_events_in_order(
-    order_service_app: OrderService, events_consumer: AIOKafkaConsumer
+    order_service_app: OrderService, order_events: TopicReader
 ) -> None:
     order_id = await create_order(order_service_app)
     for status in ("confirmed", "preparing", "ready"):
         assert (await change(order_service_app, order_id, status)).status_code == 200
 
-    events = await events_of(events_consumer, order_id, 4)
+    events = await order_events.values_for(str(order_id), 4)
 
     assert [(e["type"], e["version"]) for e in events] == [
         ("OrderCreated", 1),
@@ -67,7 +50,7 @@ async def test_changes_reach_orders_events_in_order(
 
 
 async def test_same_status_is_a_no_op_without_an_event(
-    order_service_app: OrderService, events_consumer: AIOKafkaConsumer
+    order_service_app: OrderService, order_events: TopicReader
 ) -> None:
     order_id = await create_order(order_service_app)
     first = await change(order_service_app, order_id, "confirmed")
@@ -76,7 +59,7 @@ async def test_same_status_is_a_no_op_without_an_event(
 
     assert (first.status_code, again.status_code, after.status_code) == (200, 200, 200)
     assert again.json()["version"] == first.json()["version"] == 2
-    events = await events_of(events_consumer, order_id, 3)
+    events = await order_events.values_for(str(order_id), 3)
     assert [e["version"] for e in events] == [1, 2, 3]
 
 
@@ -204,7 +187,7 @@ async def test_a_forged_cursor_is_422(order_service_app: OrderService) -> None:
 
 
 async def test_a_retried_post_with_its_idempotency_key_replays_the_first_answer(
-    order_service_app: OrderService, events_consumer: AIOKafkaConsumer
+    order_service_app: OrderService, order_events: TopicReader
 ) -> None:
     order_id = await create_order(order_service_app)
     key = {"Idempotency-Key": f"confirm-{order_id}"}
@@ -216,12 +199,12 @@ async def test_a_retried_post_with_its_idempotency_key_replays_the_first_answer(
     assert (first.status_code, retried.status_code) == (200, 200)
     assert retried.json() == first.json()
     assert retried.headers["Idempotent-Replayed"] == "true"
-    events = await events_of(events_consumer, order_id, 3)
+    events = await order_events.values_for(str(order_id), 3)
     assert [e["version"] for e in events] == [1, 2, 3]
 
 
 async def test_concurrent_duplicates_apply_once(
-    order_service_app: OrderService, events_consumer: AIOKafkaConsumer
+    order_service_app: OrderService, order_events: TopicReader
 ) -> None:
     key = {"Idempotency-Key": str(uuid4())}
     body = {"id": str(uuid4()), "customer": CUSTOMER}
@@ -234,7 +217,7 @@ async def test_concurrent_duplicates_apply_once(
     assert {r.status_code for r in responses} == {201}
     assert len({json.dumps(r.json(), sort_keys=True) for r in responses}) == 1
     assert sum(r.headers.get("Idempotent-Replayed") == "true" for r in responses) == 9
-    events = await events_of(events_consumer, UUID(body["id"]), 1)
+    events = await order_events.values_for(str(UUID(body["id"])), 1)
     assert len(events) == 1
 
 

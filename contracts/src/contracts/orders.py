@@ -49,19 +49,18 @@ order_command_adapter: TypeAdapter[CreateOrder | ChangeOrderStatus] = TypeAdapte
 
 
 # --- orders.command-results ------------------------------------------------------------
+# One result per command_id; `event_id` identifies the result message itself.
 
 
-class CommandAccepted(Message):
+class CommandAccepted(Envelope):
     type: Literal["CommandAccepted"] = "CommandAccepted"
     command_id: UUID
     order_id: UUID
     actor: Actor
     version: int
-    occurred_at: AwareDatetime = Field(default_factory=utc_now)
-    correlation_id: str | None = None
 
 
-class CommandRejected(Message):
+class CommandRejected(Envelope):
     """A refused command, with a machine-readable `code` and a human `reason`."""
 
     type: Literal["CommandRejected"] = "CommandRejected"
@@ -72,8 +71,6 @@ class CommandRejected(Message):
     reason: str
     current_status: OrderStatus | None = None
     requested_status: OrderStatus | None = None
-    occurred_at: AwareDatetime = Field(default_factory=utc_now)
-    correlation_id: str | None = None
 
 
 CommandResult = Annotated[CommandAccepted | CommandRejected, Field(discriminator="type")]

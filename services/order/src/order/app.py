@@ -11,11 +11,13 @@ from fastapi import FastAPI
 from faststream.kafka import KafkaBroker
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from order.adapters.broker import BrokerConnection
 from order.adapters.outbox_relay import OutboxRelay
 from order.adapters.schema import assert_schema_current
 from order.adapters.unit_of_work import UnitOfWorkFactory
 from order.config import Settings
 from order.entrypoints import http
+from order.entrypoints.commands import register_command_handlers
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +39,13 @@ def build_broker(settings: Settings) -> KafkaBroker:
     )
 
 
-def build_relay(settings: Settings, engine: AsyncEngine, broker: KafkaBroker) -> OutboxRelay:
+def build_relay(
+    settings: Settings, engine: AsyncEngine, connection: BrokerConnection
+) -> OutboxRelay:
     return OutboxRelay(
         engine,
-        broker,
+        connection.broker,
+        connection.connected,
         database_url=settings.database_url,
         batch_size=settings.relay_batch_size,
         poll_interval=settings.relay_poll_interval_seconds,
@@ -51,19 +56,25 @@ def build_relay(settings: Settings, engine: AsyncEngine, broker: KafkaBroker) ->
 def build_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     engine = build_engine(settings)
+    uow_factory = UnitOfWorkFactory(engine)
     broker = build_broker(settings)
-    relay = build_relay(settings, engine, broker)
+    register_command_handlers(broker, uow_factory, settings)
+    connection = BrokerConnection(broker, settings.relay_retry_seconds)
+    relay = build_relay(settings, engine, connection)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await assert_schema_current(engine, settings.database_url)
-        relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
+        tasks = [
+            asyncio.create_task(connection.connect(), name="kafka-connect"),
+            asyncio.create_task(relay.run(), name="outbox-relay"),
+        ]
         try:
             yield
         finally:
-            relay_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await relay_task
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await broker.stop()
             await engine.dispose()
 
@@ -75,7 +86,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.engine = engine
-    app.state.uow_factory = UnitOfWorkFactory(engine)
+    app.state.uow_factory = uow_factory
     http.install_error_handlers(app)
     app.include_router(http.router)
     return app

@@ -12,6 +12,10 @@ class Settings(BaseSettings):
         default="127.0.0.1:9092",
         validation_alias=AliasChoices("ORDER_KAFKA_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"),
     )
+    commands_consumer_group: str = "order-commands"
+    # How long a command whose handling failed for a transient reason (database down) waits
+    # before it is redelivered.
+    command_retry_seconds: float = 1.0
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     # The relay wakes on NOTIFY; the poll interval only bounds the delay if a notify is lost.

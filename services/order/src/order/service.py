@@ -3,6 +3,7 @@ and its outbox row commit together or not at all."""
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -11,8 +12,13 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from contracts import (
+    ORDERS_COMMAND_RESULTS,
     ORDERS_EVENTS,
     Actor,
+    ChangeOrderStatus,
+    CommandAccepted,
+    CommandRejected,
+    CreateOrder,
     OrderCreated,
     OrderStatus,
     OrderStatusChanged,
@@ -20,7 +26,13 @@ from contracts import (
 from contracts import Customer as CustomerContract
 from order.adapters.unit_of_work import UnitOfWork
 from order.domain.auth import Identity, Role
-from order.domain.errors import IdempotencyKeyReused, OrderAlreadyExists, OrderNotFound
+from order.domain.errors import (
+    IdempotencyKeyReused,
+    OrderAlreadyExists,
+    OrderError,
+    OrderNotFound,
+    TransitionNotAllowed,
+)
 from order.domain.model import Customer, Order
 
 # Anything that hands out a fresh unit of work (the composition root decides which).
@@ -137,10 +149,77 @@ async def answer(
             stored = await uow.idempotency.answer(scope, key)
             if stored.fingerprint != idempotency.fingerprint:
                 raise IdempotencyKeyReused(key)
-            return Answer(stored.status_code, stored.response, replayed=True)
+            return Answer(stored.status_code or status_code, stored.response, replayed=True)
         body = await action(uow)
         await uow.idempotency.record(scope, key, status_code, body)
         return Answer(status_code, body)
+
+
+COMMAND_SCOPE = "orders.commands"
+
+
+def _rejection(command: CreateOrder | ChangeOrderStatus, error: OrderError) -> CommandRejected:
+    order_id = command.order_id
+    current = error.current if isinstance(error, TransitionNotAllowed) else None
+    requested = command.status if isinstance(command, ChangeOrderStatus) else None
+    return CommandRejected(
+        command_id=command.command_id,
+        order_id=order_id,
+        actor=command.actor,
+        code=error.code,
+        reason=str(error),
+        current_status=current,
+        requested_status=requested,
+        correlation_id=command.correlation_id,
+    )
+
+
+async def handle_command(
+    uow_factory: UnitOfWorkFactory, command: CreateOrder | ChangeOrderStatus
+) -> CommandAccepted | CommandRejected | None:
+    """Apply an upstream command once per `command_id`, and publish its result through the
+    outbox in the same transaction. Returns None for a duplicate, which changes nothing."""
+    fingerprint = hashlib.sha256(command.model_dump_json().encode()).hexdigest()
+    result: CommandAccepted | CommandRejected
+    async with uow_factory() as uow:
+        if not await uow.idempotency.claim(COMMAND_SCOPE, str(command.command_id), fingerprint):
+            return None
+        try:
+            if isinstance(command, CreateOrder):
+                c = command.customer
+                order = await create_order_in(
+                    uow,
+                    customer=Customer(c.name, c.email, c.phone),
+                    actor=command.actor,
+                    order_id=command.order_id,
+                    correlation_id=command.correlation_id,
+                )
+            else:
+                order = await change_order_status_in(
+                    uow,
+                    command.order_id,
+                    command.status,
+                    actor=command.actor,
+                    reason=command.reason,
+                    expected_version=command.expected_version,
+                    correlation_id=command.correlation_id,
+                )
+            result = CommandAccepted(
+                command_id=command.command_id,
+                order_id=order.id,
+                actor=command.actor,
+                version=order.version,
+                correlation_id=command.correlation_id,
+            )
+        except OrderError as error:
+            # Domain rules raise before writing anything, so the transaction is still clean
+            # and the rejection is recorded and announced with the claimed command id.
+            result = _rejection(command, error)
+        await uow.outbox.add(ORDERS_COMMAND_RESULTS, str(command.order_id), result)
+        await uow.idempotency.record(
+            COMMAND_SCOPE, str(command.command_id), None, result.model_dump(mode="json")
+        )
+    return result
 
 
 async def get_order(uow_factory: UnitOfWorkFactory, order_id: UUID) -> Order:

@@ -39,6 +39,7 @@ class OutboxRelay:
         self,
         engine: AsyncEngine,
         broker: KafkaBroker,
+        connected: asyncio.Event,
         *,
         database_url: str,
         batch_size: int,
@@ -51,8 +52,8 @@ class OutboxRelay:
         self._batch_size = batch_size
         self._poll_interval = poll_interval
         self._retry_interval = retry_interval
+        self._connected = connected
         self._wake = asyncio.Event()
-        self._broker_started = False
 
     async def run(self) -> None:
         """Publish forever; cancel the task to stop. Never raises for Kafka or database faults:
@@ -60,8 +61,8 @@ class OutboxRelay:
         listener = asyncio.create_task(self._listen(), name="outbox-listener")
         try:
             while True:
+                await self._connected.wait()
                 try:
-                    await self._ensure_broker()
                     published = await self.publish_batch()
                 except asyncio.CancelledError:
                     raise
@@ -75,11 +76,6 @@ class OutboxRelay:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
-
-    async def _ensure_broker(self) -> None:
-        if not self._broker_started:
-            await self._broker.start()
-            self._broker_started = True
 
     async def _wait_for_work(self) -> None:
         with contextlib.suppress(TimeoutError):

@@ -188,7 +188,7 @@ class TokenRepository:
 @dataclass(frozen=True)
 class StoredAnswer:
     fingerprint: str
-    status_code: int
+    status_code: int | None
     response: dict[str, Any]
 
 
@@ -219,7 +219,7 @@ class IdempotencyRepository:
         return StoredAnswer(row.fingerprint, row.status_code, row.response)
 
     async def record(
-        self, scope: str, key: str, status_code: int, response: dict[str, Any]
+        self, scope: str, key: str, status_code: int | None, response: dict[str, Any]
     ) -> None:
         await self._connection.execute(
             update(idempotency_keys)

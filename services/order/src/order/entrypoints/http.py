@@ -46,7 +46,7 @@ ERROR_STATUS: dict[type[OrderError], int] = {
     OrderAlreadyExists: status.HTTP_409_CONFLICT,
     TransitionNotAllowed: status.HTTP_409_CONFLICT,
     StaleVersion: status.HTTP_412_PRECONDITION_FAILED,
-    IdempotencyKeyReused: status.HTTP_422_UNPROCESSABLE_ENTITY,
+    IdempotencyKeyReused: status.HTTP_422_UNPROCESSABLE_CONTENT,
 }
 
 
@@ -99,7 +99,7 @@ def install_error_handlers(app: FastAPI) -> None:
             for e in error.errors()
         ]
         return error_response(
-            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
             "validation_error",
             "The request is not valid.",
             problems=problems,

@@ -1,0 +1,45 @@
+"""Upstream commands from `orders.commands`: parse, apply once, let the outbox announce the
+result. The offset is committed only after the handler returns, i.e. after the transaction."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from pydantic import ValidationError
+
+from contracts import ORDERS_COMMANDS, order_command_adapter
+from order import service
+from order.adapters.dead_letters import dead_letter, describe_invalid
+from order.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def register_command_handlers(
+    broker: KafkaBroker, uow_factory: service.UnitOfWorkFactory, settings: Settings
+) -> None:
+    group = settings.commands_consumer_group
+
+    @broker.subscriber(
+        ORDERS_COMMANDS,
+        group_id=group,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+    )
+    async def on_command(msg: KafkaMessage) -> None:
+        try:
+            command = order_command_adapter.validate_json(msg.body)
+        except ValidationError as error:
+            await dead_letter(broker, msg, describe_invalid(error), group)
+            return
+        try:
+            await service.handle_command(uow_factory, command)
+        except Exception:
+            # Not the message's fault (database down?): redeliver it after a pause.
+            log.exception("command %s failed; will be redelivered", command.command_id)
+            await asyncio.sleep(settings.command_retry_seconds)
+            raise
