@@ -72,6 +72,16 @@ class TopicReader:
             self.records.extend(batch)
         return self.records
 
+    async def wait_for_keys(self, keys: set[str], within: float = 60) -> None:
+        """Until a record with each of `keys` has arrived."""
+        wanted = {key.encode() for key in keys}
+        await wait_until(
+            self._poll,
+            lambda records: wanted <= {r.key for r in records},
+            within=within,
+            what=f"records for {len(keys)} keys",
+        )
+
     async def values_for(self, key: str, count: int, within: float = 30) -> list[dict[str, Any]]:
         """The JSON values of records with `key`, once at least `count` have arrived."""
 
