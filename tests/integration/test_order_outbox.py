@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from uuid import UUID
 
 import pytest
@@ -114,3 +115,37 @@ async def test_two_relays_publish_each_row_once(
 
     keys = Counter(r.key.decode() for r in order_events.records)
     assert all(keys[str(order_id)] == 1 for order_id in created), keys
+
+
+async def test_published_rows_are_purged_after_the_retention(
+    kafka_bootstrap: str, own_order_database: str
+) -> None:
+    settings = Settings(database_url=own_order_database, kafka_bootstrap_servers=kafka_bootstrap)
+    engine = build_engine(settings)
+    async with UnitOfWork(engine) as uow:
+        for _ in range(3):
+            await service.create_order_in(
+                uow, customer=Customer("P", None, None), actor=Actor(id="p")
+            )
+    broker = KafkaBroker(kafka_bootstrap, enable_idempotence=True, acks="all")
+    await broker.start()
+    connected = asyncio.Event()
+    connected.set()
+    relay = OutboxRelay(
+        engine,
+        broker,
+        connected,
+        database_url=own_order_database,
+        batch_size=10,
+        poll_interval=0.2,
+        retry_interval=0.2,
+        retention=timedelta(0),
+    )
+    try:
+        assert await relay.purge_published() == 0  # nothing published yet: nothing to purge
+        assert await relay.publish_batch() == 3
+        assert await relay.purge_published() == 3
+        assert await relay.publish_batch() == 0
+    finally:
+        await broker.stop()
+        await engine.dispose()

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from typing import Any
 from uuid import UUID, uuid4
 
+import pytest
+
+from devstack import infra
+from order.adapters.schema import SchemaBehind
+from order.app import build_app
+from order.config import Settings as OrderSettings
 from tests.integration.conftest import OrderService, TopicReader
 
 CUSTOMER = {"name": "Grace", "email": "grace@example.com"}
@@ -232,3 +239,70 @@ async def test_an_idempotency_key_reused_for_another_request_is_422(
 
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "idempotency_key_reused"
+
+
+async def test_fifty_concurrent_changes_from_one_version_have_one_winner(
+    order_service_app: OrderService, order_events: TopicReader
+) -> None:
+    order_id = await create_order(order_service_app)
+    targets = ["confirmed", "cancelled"] * 25
+
+    responses = await asyncio.gather(
+        *(change(order_service_app, order_id, target, **{"If-Match": "1"}) for target in targets)
+    )
+
+    codes = Counter(r.status_code for r in responses)
+    assert set(codes) <= {200, 412}, codes
+    winners = {(r.json()["status"], r.json()["version"]) for r in responses if r.status_code == 200}
+    assert len(winners) == 1, winners  # the rest either lost (412) or asked for the winner's status
+    (winning_status, winning_version) = winners.pop()
+    assert winning_version == 2
+    history = (
+        await order_service_app.client.get(
+            f"/orders/{order_id}/history", headers=order_service_app.as_viewer()
+        )
+    ).json()["items"]
+    assert [(h["version"], h["to"]) for h in history] == [(1, "pending"), (2, winning_status)]
+    events = await order_events.values_for(str(order_id), 2)
+    assert [e["version"] for e in events] == [1, 2]
+
+
+async def test_the_service_refuses_a_database_whose_schema_is_behind(
+    kafka_bootstrap: str,
+) -> None:
+    created = infra.create_test_databases("behind")
+    try:
+        settings = OrderSettings(
+            database_url=created.urls["order"], kafka_bootstrap_servers=kafka_bootstrap
+        )
+        app = build_app(settings)
+        with pytest.raises(SchemaBehind, match="migrate"):
+            async with app.router.lifespan_context(app):
+                pass
+    finally:
+        infra.drop_test_databases(created)
+
+
+def test_the_openapi_document_describes_every_endpoint_and_its_errors() -> None:
+    document = build_app(OrderSettings()).openapi()
+    operations = {
+        (method.upper(), path): operation
+        for path, methods in document["paths"].items()
+        for method, operation in methods.items()
+    }
+
+    expected_errors = {
+        ("POST", "/orders"): {"401", "403", "409", "422"},
+        ("GET", "/orders"): {"401", "403", "422"},
+        ("GET", "/orders/{order_id}"): {"401", "403", "404", "422"},
+        ("POST", "/orders/{order_id}/status"): {"401", "403", "404", "409", "412", "422"},
+        ("GET", "/orders/{order_id}/history"): {"401", "403", "404", "422"},
+    }
+    error_schema = {"$ref": "#/components/schemas/ErrorResponse"}
+    for endpoint, codes in expected_errors.items():
+        responses = operations[endpoint]["responses"]
+        assert codes <= set(responses), endpoint
+        for code in codes:
+            content = responses[code]["content"]["application/json"]
+            assert content["schema"] == error_schema, (endpoint, code)
+    assert "ChangeStatusRequest" in document["components"]["schemas"]

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 from fastapi import FastAPI
 from faststream.kafka import KafkaBroker
@@ -50,6 +51,7 @@ def build_relay(
         batch_size=settings.relay_batch_size,
         poll_interval=settings.relay_poll_interval_seconds,
         retry_interval=settings.relay_retry_seconds,
+        retention=timedelta(hours=settings.outbox_retention_hours),
     )
 
 

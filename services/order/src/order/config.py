@@ -22,3 +22,4 @@ class Settings(BaseSettings):
     relay_poll_interval_seconds: float = 1.0
     relay_batch_size: int = Field(default=500, ge=1)
     relay_retry_seconds: float = 1.0
+    outbox_retention_hours: float = Field(default=24.0, ge=0)

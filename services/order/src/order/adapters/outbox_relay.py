@@ -5,6 +5,7 @@
   so replicas of the service never publish the same rows concurrently.
 - Rows go out in `id` order, which for one order is the order of its changes; the producer is
   idempotent with acks=all, so a retried send cannot reorder or duplicate within a partition.
+- Published rows are deleted once older than the retention setting.
 - A row is marked published only after its send is acknowledged. A crash between the ack and
   the mark re-sends the row: consumers deduplicate by event id (at-least-once delivery).
 """
@@ -15,11 +16,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
 from faststream.kafka import KafkaBroker
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from order.adapters.tables import OUTBOX_CHANNEL, outbox
@@ -45,6 +48,8 @@ class OutboxRelay:
         batch_size: int,
         poll_interval: float,
         retry_interval: float,
+        retention: timedelta = timedelta(days=1),
+        purge_interval: float = 60.0,
     ) -> None:
         self._engine = engine
         self._broker = broker
@@ -53,6 +58,9 @@ class OutboxRelay:
         self._poll_interval = poll_interval
         self._retry_interval = retry_interval
         self._connected = connected
+        self._retention = retention
+        self._purge_interval = purge_interval
+        self._next_purge = 0.0
         self._wake = asyncio.Event()
 
     async def run(self) -> None:
@@ -64,6 +72,7 @@ class OutboxRelay:
                 await self._connected.wait()
                 try:
                     published = await self.publish_batch()
+                    await self._purge_when_due()
                 except asyncio.CancelledError:
                     raise
                 except Exception:
@@ -105,6 +114,20 @@ class OutboxRelay:
                 if connection is not None and not connection.is_closed():
                     await connection.close()
             await asyncio.sleep(self._retry_interval)
+
+    async def _purge_when_due(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_purge:
+            self._next_purge = now + self._purge_interval
+            await self.purge_published()
+
+    async def purge_published(self) -> int:
+        """Delete rows published longer ago than the retention; they served their purpose."""
+        async with self._engine.begin() as connection:
+            result = await connection.execute(
+                delete(outbox).where(outbox.c.published_at < func.now() - self._retention)
+            )
+        return int(result.rowcount)
 
     async def publish_batch(self) -> int:
         """Publish up to one batch of unpublished rows; return how many Kafka acknowledged."""

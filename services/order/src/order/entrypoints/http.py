@@ -141,9 +141,20 @@ def _actor(identity: Identity) -> Actor:
     return Actor(id=identity.name, role=identity.role.value)
 
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 412, 422)
+ERROR_MEANINGS = {
+    401: "No bearer token, or an unknown or revoked one",
+    403: "The token's role may not do this",
+    404: "No such order",
+    409: "Forbidden transition (current status and allowed next ones in details), "
+    "or the order id is taken",
+    412: "If-Match names a version the order is no longer at",
+    422: "Invalid request: unknown status (allowed values in details), malformed body, "
+    "cursor or If-Match, or an Idempotency-Key reused for another request",
 }
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorResponse, "description": ERROR_MEANINGS[code]} for code in codes}
 
 
 IdempotencyKey = Annotated[
@@ -172,7 +183,9 @@ def _respond(result: service.Answer) -> JSONResponse:
     return JSONResponse(result.body, status_code=result.status_code, headers=headers)
 
 
-@router.post("/orders", status_code=201, response_model=OrderResponse, responses=ERRORS)
+@router.post(
+    "/orders", status_code=201, response_model=OrderResponse, responses=errors(401, 403, 409, 422)
+)
 async def create_order(
     body: CreateOrderRequest,
     request: Request,
@@ -195,7 +208,7 @@ async def create_order(
     return _respond(await service.answer(uow, 201, create, idempotency))
 
 
-@router.get("/orders", response_model=OrderPage, responses=ERRORS)
+@router.get("/orders", response_model=OrderPage, responses=errors(401, 403, 422))
 async def list_orders(
     uow: Uow,
     _: Reader,
@@ -222,12 +235,18 @@ def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
         raise ApiError(422, "invalid_cursor", "The cursor is not one this API issued.") from None
 
 
-@router.get("/orders/{order_id}", response_model=OrderResponse, responses=ERRORS)
+@router.get(
+    "/orders/{order_id}", response_model=OrderResponse, responses=errors(401, 403, 404, 422)
+)
 async def get_order(order_id: UUID, uow: Uow, _: Reader) -> OrderResponse:
     return OrderResponse.of(await service.get_order(uow, order_id))
 
 
-@router.post("/orders/{order_id}/status", response_model=OrderResponse, responses=ERRORS)
+@router.post(
+    "/orders/{order_id}/status",
+    response_model=OrderResponse,
+    responses=errors(401, 403, 404, 409, 412, 422),
+)
 async def change_status(
     order_id: UUID,
     body: ChangeStatusRequest,
@@ -276,7 +295,11 @@ def _version(if_match: str | None) -> int | None:
     return int(raw)
 
 
-@router.get("/orders/{order_id}/history", response_model=HistoryResponse, responses=ERRORS)
+@router.get(
+    "/orders/{order_id}/history",
+    response_model=HistoryResponse,
+    responses=errors(401, 403, 404, 422),
+)
 async def history(order_id: UUID, uow: Uow, _: Reader) -> HistoryResponse:
     rows = await service.order_history(uow, order_id)
     items = [
