@@ -306,3 +306,18 @@ def test_the_openapi_document_describes_every_endpoint_and_its_errors() -> None:
             content = responses[code]["content"]["application/json"]
             assert content["schema"] == error_schema, (endpoint, code)
     assert "ChangeStatusRequest" in document["components"]["schemas"]
+
+
+async def test_unknown_routes_and_methods_answer_in_the_error_shape(
+    order_service_app: OrderService,
+) -> None:
+    client = order_service_app.client
+
+    missing = await client.get("/nowhere")
+    wrong_method = await client.delete("/orders", headers=order_service_app.as_admin())
+
+    assert (missing.status_code, missing.json()["error"]["code"]) == (404, "not_found")
+    assert (wrong_method.status_code, wrong_method.json()["error"]["code"]) == (
+        405,
+        "method_not_allowed",
+    )
