@@ -1,0 +1,100 @@
+"""Relays the notifier's outbox to `notifications.events` until Kafka acknowledges each row.
+
+Rows are written in the same transaction as the communication change they announce, so an
+outcome is never lost and never announced for a change that rolled back. One relay publishes
+at a time (a transaction-scoped advisory lock), in `id` order; a crash between the ack and the
+mark re-sends a row, which the audit service deduplicates by event id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+
+from faststream.kafka import KafkaBroker
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from notifier.adapters.tables import outbox
+
+log = logging.getLogger(__name__)
+
+RELAY_LOCK_KEY = 0x6E6F7469666965_01
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        broker: KafkaBroker,
+        connected: asyncio.Event,
+        *,
+        batch_size: int,
+        poll_interval: float,
+        retry_interval: float,
+    ) -> None:
+        self._engine = engine
+        self._broker = broker
+        self._connected = connected
+        self._batch_size = batch_size
+        self._poll_interval = poll_interval
+        self._retry_interval = retry_interval
+        self.wake = asyncio.Event()
+
+    async def run(self) -> None:
+        while True:
+            await self._connected.wait()
+            try:
+                published = await self.publish_batch()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("notifier outbox: publishing failed; retrying", exc_info=True)
+                await asyncio.sleep(self._retry_interval)
+                continue
+            if published < self._batch_size:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), self._poll_interval)
+                self.wake.clear()
+
+    async def publish_batch(self) -> int:
+        async with self._engine.begin() as connection:
+            locked = await connection.scalar(select(func.pg_try_advisory_xact_lock(RELAY_LOCK_KEY)))
+            if not locked:
+                return 0
+            rows = (
+                await connection.execute(
+                    select(outbox.c.id, outbox.c.topic, outbox.c.key, outbox.c.payload)
+                    .where(outbox.c.published_at.is_(None))
+                    .order_by(outbox.c.id)
+                    .limit(self._batch_size)
+                )
+            ).all()
+            if not rows:
+                return 0
+            pending = [
+                await self._broker.publish(
+                    json.dumps(row.payload, separators=(",", ":")).encode(),
+                    row.topic,
+                    key=row.key.encode(),
+                    headers={"content-type": "application/json"},
+                    no_confirm=True,
+                )
+                for row in rows
+            ]
+            results = await asyncio.gather(*pending, return_exceptions=True)
+            acknowledged: list[int] = []
+            for row, result in zip(rows, results, strict=True):
+                if isinstance(result, BaseException):
+                    log.warning("outbox row %s not acknowledged (%r); will retry", row.id, result)
+                    break
+                acknowledged.append(row.id)
+            if acknowledged:
+                await connection.execute(
+                    update(outbox)
+                    .where(outbox.c.id.in_(acknowledged))
+                    .values(published_at=func.now())
+                )
+            return len(acknowledged)
