@@ -1,0 +1,60 @@
+"""`python -m audit serve|migrate|verify`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+
+import uvicorn
+
+from audit import service
+from audit.adapters.schema import upgrade_to_head
+from audit.adapters.unit_of_work import UnitOfWorkFactory
+from audit.app import build_app, build_engine
+from audit.config import Settings
+from audit.domain.entries import ChainReport
+
+
+async def _verify(settings: Settings) -> ChainReport:
+    engine = build_engine(settings)
+    try:
+        return await service.verify(UnitOfWorkFactory(engine))
+    finally:
+        await engine.dispose()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="audit", description="The audit service")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="consume the audited topics and serve the read API")
+    commands.add_parser("migrate", help="upgrade the database schema to the latest migration")
+    commands.add_parser("verify", help="walk the hash chain; exit 1 at the first broken link")
+    args = parser.parse_args(argv)
+
+    settings = Settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if args.command == "migrate":
+        upgrade_to_head(settings.database_url)
+    elif args.command == "verify":
+        report = asyncio.run(_verify(settings))
+        print(
+            json.dumps(
+                {"ok": report.ok, "checked": report.checked, "first_broken": report.first_broken}
+            )
+        )
+        sys.exit(0 if report.ok else 1)
+    else:
+        uvicorn.run(
+            build_app(settings),
+            host=settings.http_host,
+            port=settings.http_port,
+            log_level="info",
+            access_log=False,
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Composition root of the audit service: builds every dependency from the settings."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from faststream.kafka import KafkaBroker
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from audit.adapters.broker import BrokerConnection
+from audit.adapters.schema import assert_schema_current
+from audit.adapters.unit_of_work import UnitOfWorkFactory
+from audit.config import Settings
+from audit.entrypoints import http
+from audit.entrypoints.consumer import register_audit_handlers
+
+
+def build_engine(settings: Settings) -> AsyncEngine:
+    return create_async_engine(
+        settings.database_url, pool_size=10, max_overflow=10, pool_pre_ping=True
+    )
+
+
+def build_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    engine = build_engine(settings)
+    uow_factory = UnitOfWorkFactory(engine)
+    broker = KafkaBroker(
+        settings.kafka_bootstrap_servers,
+        enable_idempotence=True,
+        acks="all",
+        client_id="audit",
+    )
+    register_audit_handlers(broker, uow_factory, settings)
+    connection = BrokerConnection(broker, settings.retry_seconds)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await assert_schema_current(engine, settings.database_url)
+        connect = asyncio.create_task(connection.connect(), name="kafka-connect")
+        try:
+            yield
+        finally:
+            connect.cancel()
+            await asyncio.gather(connect, return_exceptions=True)
+            await broker.stop()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Audit",
+        version="0.1.0",
+        description="The append-only, hash-chained audit trail of every order change, "
+        "rejected command and customer communication.",
+        lifespan=lifespan,
+    )
+    app.state.engine = engine
+    app.state.uow_factory = uow_factory
+    app.state.kafka_connected = connection.connected
+    http.install_error_handlers(app)
+    app.include_router(http.router)
+    return app

@@ -1,0 +1,19 @@
+"""Settings of the audit service, from `AUDIT_*` environment variables."""
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AUDIT_", extra="ignore")
+
+    database_url: str = "postgresql+asyncpg://backbone:backbone@127.0.0.1:5432/audit"
+    kafka_bootstrap_servers: str = Field(
+        default="127.0.0.1:9092",
+        validation_alias=AliasChoices("AUDIT_KAFKA_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"),
+    )
+    consumer_group: str = "audit"
+    http_host: str = "127.0.0.1"
+    http_port: int = 8002
+    # Pause before a transiently failing message is redelivered, and between reconnects.
+    retry_seconds: float = 1.0
