@@ -5,11 +5,13 @@ out_for_delivery over the HTTP API with all three services running as processes.
 must succeed, send exactly one email (counted by Message-ID at the SMTP server), leave one
 communication row with its own dedupe key, and appear in the audit trail. Then, with the SMTP
 server down, one more change must still succeed at once; its email follows when SMTP returns.
+A refused change in between must be answered 409 and still appear in the audit trail.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -41,10 +43,11 @@ async def communication_rows(databases: infra.TestDatabases) -> list[asyncpg.Rec
         await connection.close()
 
 
-async def audited_event_ids(audit_api: httpx.AsyncClient) -> Counter[str]:
-    response = await audit_api.get("/audit", params={"entity_id": str(ORDER_ID), "limit": 500})
+async def audit_timeline(audit_api: httpx.AsyncClient) -> list[dict[str, Any]]:
+    response = await audit_api.get(f"/audit/orders/{ORDER_ID}/timeline")
     response.raise_for_status()
-    return Counter(item["event_id"] for item in response.json()["items"])
+    items: list[dict[str, Any]] = response.json()["items"]
+    return items
 
 
 async def history_event_ids(order_api: httpx.AsyncClient) -> list[str]:
@@ -87,15 +90,39 @@ async def test_live_protocol(
         assert list(matching.values()) == [1], f"key {key}: emails by Message-ID {matching}"
     assert sum(received.values()) == len(PROTOCOL), received
 
-    # The audit trail holds the creation and every change, each exactly once.
+    # A refused change: answered 409, and recorded as an attempt in the audit trail.
+    refused = await order_api.post(f"/orders/{ORDER_ID}/status", json={"status": "confirmed"})
+    assert refused.status_code == 409, refused.text
+
+    # The audit trail holds the creation, every change, the refused attempt and every email
+    # sent, each exactly once, the changes in order.
     all_event_ids = await history_event_ids(order_api)
-    audited = await wait_until(
-        lambda: audited_event_ids(audit_api),
-        lambda seen: all(event_id in seen for event_id in all_event_ids),
+    entries = await wait_until(
+        lambda: audit_timeline(audit_api),
+        lambda items: (
+            all(event_id in {i["event_id"] for i in items} for event_id in all_event_ids)
+            and sum(i["action"] == "order.command_rejected" for i in items) >= 1
+            and sum(i["action"] == "communication.sent" for i in items) >= len(PROTOCOL)
+        ),
         within=60,
-        what="an audit entry per order event",
+        what="audit entries for every change, the refusal and every email",
     )
-    assert all(audited[event_id] == 1 for event_id in all_event_ids), audited
+    counts = Counter(item["event_id"] for item in entries)
+    assert all(n == 1 for n in counts.values()), counts
+    changes = [i["after"]["status"] for i in entries if i["action"] == "order.status_changed"]
+    assert changes == PROTOCOL
+    (rejection,) = [i for i in entries if i["action"] == "order.command_rejected"]
+    assert (rejection["actor"], rejection["before"], rejection["after"]) == (
+        "dev-admin",
+        {"status": "out_for_delivery"},
+        {"status": "confirmed"},
+    )
+    sent_keys = sorted(
+        i["details"]["dedupe_key"] for i in entries if i["action"] == "communication.sent"
+    )
+    assert sent_keys == sorted(keys)
+    verified = (await audit_api.get("/audit/verify")).json()
+    assert verified["ok"] is True, verified
 
     # SMTP down: the change still succeeds at once; its email waits, then arrives once.
     stack.processes["smtp-sink"].stop()

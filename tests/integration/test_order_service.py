@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
 
+from contracts import OrderStatus, allowed_next, is_allowed
 from devstack import infra
 from order.adapters.schema import SchemaBehind
 from order.app import build_app
@@ -321,3 +323,53 @@ async def test_unknown_routes_and_methods_answer_in_the_error_shape(
         405,
         "method_not_allowed",
     )
+
+
+async def test_a_refused_change_over_http_is_announced_for_the_audit(
+    order_service_app: OrderService, read_topic: Callable[[str], Awaitable[TopicReader]]
+) -> None:
+    results = await read_topic("orders.command-results")
+    order_id = await create_order(order_service_app)
+
+    refused = await change(order_service_app, order_id, "delivered")
+
+    assert refused.status_code == 409
+    announced = await results.values_for(str(order_id), 1)
+    assert announced[0]["type"] == "CommandRejected"
+    assert announced[0]["code"] == "transition_not_allowed"
+    assert (announced[0]["current_status"], announced[0]["requested_status"]) == (
+        "pending",
+        "delivered",
+    )
+    assert announced[0]["actor"] == {"id": "it-admin", "role": "admin"}
+
+
+PATH_TO = {
+    OrderStatus.PENDING: [],
+    OrderStatus.CONFIRMED: ["confirmed"],
+    OrderStatus.PREPARING: ["confirmed", "preparing"],
+    OrderStatus.READY: ["confirmed", "preparing", "ready"],
+    OrderStatus.OUT_FOR_DELIVERY: ["confirmed", "preparing", "ready", "out_for_delivery"],
+    OrderStatus.DELIVERED: ["confirmed", "preparing", "ready", "out_for_delivery", "delivered"],
+    OrderStatus.CANCELLED: ["cancelled"],
+}
+
+
+@pytest.mark.parametrize(
+    ("current", "target"), [(a, b) for a in OrderStatus for b in OrderStatus if a != b]
+)
+async def test_every_transition_rule_holds_over_http(
+    order_service_app: OrderService, current: OrderStatus, target: OrderStatus
+) -> None:
+    order_id = await create_order(order_service_app)
+    for step in PATH_TO[current]:
+        assert (await change(order_service_app, order_id, step)).status_code == 200
+
+    response = await change(order_service_app, order_id, target.value)
+
+    if is_allowed(current, target):
+        assert response.status_code == 200, response.text
+        assert response.json()["status"] == target
+    else:
+        assert response.status_code == 409, response.text
+        assert response.json()["error"]["details"]["allowed_next"] == allowed_next(current)

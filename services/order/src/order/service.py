@@ -158,18 +158,35 @@ async def answer(
 COMMAND_SCOPE = "orders.commands"
 
 
-def _rejection(command: CreateOrder | ChangeOrderStatus, error: OrderError) -> CommandRejected:
-    order_id = command.order_id
-    current = error.current if isinstance(error, TransitionNotAllowed) else None
-    requested = command.status if isinstance(command, ChangeOrderStatus) else None
+def rejection_of(
+    error: OrderError,
+    *,
+    command_id: UUID,
+    order_id: UUID,
+    actor: Actor,
+    requested: OrderStatus | None,
+    correlation_id: str | None,
+) -> CommandRejected:
+    """The result announcing a refused change, so the refusal is audited like any change."""
     return CommandRejected(
-        command_id=command.command_id,
+        command_id=command_id,
         order_id=order_id,
-        actor=command.actor,
+        actor=actor,
         code=error.code,
         reason=str(error),
-        current_status=current,
+        current_status=error.current if isinstance(error, TransitionNotAllowed) else None,
         requested_status=requested,
+        correlation_id=correlation_id,
+    )
+
+
+def _rejection(command: CreateOrder | ChangeOrderStatus, error: OrderError) -> CommandRejected:
+    return rejection_of(
+        error,
+        command_id=command.command_id,
+        order_id=command.order_id,
+        actor=command.actor,
+        requested=command.status if isinstance(command, ChangeOrderStatus) else None,
         correlation_id=command.correlation_id,
     )
 
@@ -220,6 +237,24 @@ async def handle_command(
             COMMAND_SCOPE, str(command.command_id), None, result.model_dump(mode="json")
         )
     return result
+
+
+async def answer_change(
+    uow_factory: UnitOfWorkFactory,
+    action: Action,
+    idempotency: IdempotentRequest | None,
+    rejected: Callable[[OrderError], CommandRejected],
+) -> Answer:
+    """`answer` for a status change requested over HTTP: a refused change is announced on
+    orders.command-results (its own small transaction, as the change itself rolled back) so
+    that every rejected attempt reaches the audit trail, then the error goes to the caller."""
+    try:
+        return await answer(uow_factory, 200, action, idempotency)
+    except OrderError as error:
+        rejection = rejected(error)
+        async with uow_factory() as uow:
+            await uow.outbox.add(ORDERS_COMMAND_RESULTS, str(rejection.order_id), rejection)
+        raise
 
 
 async def get_order(uow_factory: UnitOfWorkFactory, order_id: UUID) -> Order:

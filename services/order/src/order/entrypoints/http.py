@@ -7,7 +7,7 @@ import hashlib
 from datetime import datetime
 from http import HTTPStatus
 from typing import Annotated, Any
-from uuid import UUID
+from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, status
 from fastapi.exceptions import RequestValidationError
@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from contracts import Actor, OrderStatus
+from contracts import Actor, CommandRejected, OrderStatus
 from order import service
 from order.adapters.unit_of_work import UnitOfWork, UnitOfWorkFactory
 from order.domain.auth import Identity, Permission
@@ -289,8 +289,23 @@ async def change_status(
         )
         return OrderResponse.of(order).model_dump(mode="json")
 
+    def rejected(error: OrderError) -> CommandRejected:
+        # Derived from the idempotency key when there is one, so a retried refusal is
+        # recognisably the same attempt.
+        command_id = (
+            uuid5(NAMESPACE_URL, f"{who.name}/{idempotency_key}") if idempotency_key else uuid4()
+        )
+        return service.rejection_of(
+            error,
+            command_id=command_id,
+            order_id=order_id,
+            actor=_actor(who),
+            requested=target,
+            correlation_id=x_correlation_id,
+        )
+
     idempotency = _idempotency(who, idempotency_key, request, body, if_match)
-    return _respond(await service.answer(uow, 200, change, idempotency))
+    return _respond(await service.answer_change(uow, change, idempotency, rejected))
 
 
 def _version(if_match: str | None) -> int | None:
