@@ -44,6 +44,11 @@ class Process:
         return self.log_dir / f"{self.name}.log"
 
     def start(self, timeout: float = 60.0) -> None:
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the process without waiting for it to be ready."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.popen = subprocess.Popen(
@@ -53,7 +58,6 @@ class Process:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-        self.wait_ready(timeout)
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

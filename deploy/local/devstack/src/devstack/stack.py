@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,9 +63,9 @@ class Stack:
         self.processes["smtp-sink"] = sink
         return sink
 
-    def start_service(self, service: str) -> Process:
+    def launch_service(self, service: str) -> Process:
         process = service_process(service, self.env(service), self.ports[service], self.log_dir)
-        process.start()
+        process.launch()
         self.processes[service] = process
         return process
 
@@ -86,12 +87,14 @@ class Stack:
         """Migrate every database, then start the sink and the services; each start waits until
         the process answers its readiness check."""
         asyncio.run(ensure_topics(self.kafka_bootstrap_servers))
-        for service in SERVICES:
-            migrate(service, self.env(service))
+        with ThreadPoolExecutor(len(SERVICES)) as pool:
+            list(pool.map(lambda service: migrate(service, self.env(service)), SERVICES))
         self.issue_admin_token()
         self.start_smtp_sink()
-        for service in SERVICES:
-            self.start_service(service)
+        # Started side by side; each is then waited for until it answers its readiness check.
+        launched = [self.launch_service(service) for service in SERVICES]
+        for process in launched:
+            process.wait_ready(60)
 
     def stop(self) -> None:
         for process in reversed(list(self.processes.values())):
