@@ -16,15 +16,15 @@ from order.config import Settings
 from order.domain.auth import Role
 
 
-async def _with_uow(settings: Settings, action: str, name: str, role: Role) -> None:
+async def _tokens(settings: Settings, args: argparse.Namespace) -> None:
     engine = build_engine(settings)
     try:
         uow = UnitOfWorkFactory(engine)
-        if action == "create":
-            print(await service.issue_token(uow, name, role))
+        if args.action == "create":
+            print(await service.issue_token(uow, args.name, Role(args.role), replace=args.replace))
         else:
-            revoked = await service.revoke_tokens(uow, name)
-            print(f"revoked {revoked} token(s) named {name!r}")
+            revoked = await service.revoke_tokens(uow, args.name)
+            print(f"revoked {revoked} token(s) named {args.name!r}")
     finally:
         await engine.dispose()
 
@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> None:
     token.add_argument("action", choices=["create", "revoke"])
     token.add_argument("--name", required=True, help="who the token is for (the event actor)")
     token.add_argument("--role", choices=[r.value for r in Role], default=Role.VIEWER.value)
+    token.add_argument(
+        "--replace", action="store_true", help="on create: revoke earlier tokens of this name"
+    )
     args = parser.parse_args(argv)
 
     settings = Settings()
@@ -45,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "migrate":
         upgrade_to_head(settings.database_url)
     elif args.command == "token":
-        asyncio.run(_with_uow(settings, args.action, args.name, Role(args.role)))
+        asyncio.run(_tokens(settings, args))
     else:
         uvicorn.run(
             build_app(settings),

@@ -283,10 +283,15 @@ async def order_history(uow_factory: UnitOfWorkFactory, order_id: UUID) -> list[
         return await uow.orders.history(order_id)
 
 
-async def issue_token(uow_factory: UnitOfWorkFactory, name: str, role: Role) -> str:
-    """Create an API token; the returned secret is shown once and stored only hashed."""
+async def issue_token(
+    uow_factory: UnitOfWorkFactory, name: str, role: Role, *, replace: bool = False
+) -> str:
+    """Create an API token; the returned secret is shown once and stored only hashed. With
+    `replace`, the earlier tokens of `name` are revoked in the same transaction."""
     token = secrets.token_urlsafe(32)
     async with uow_factory() as uow:
+        if replace:
+            await uow.tokens.revoke(name, _now())
         await uow.tokens.add(name, role, token)
     return token
 

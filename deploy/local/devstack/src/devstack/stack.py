@@ -70,15 +70,10 @@ class Stack:
         return process
 
     def issue_admin_token(self, name: str = "dev-admin") -> str:
-        """Revoke the previous tokens of `name` and issue a fresh admin token."""
-        env = self.env("order")
-        run_checked(
-            [sys.executable, "-m", "order", "token", "revoke", "--name", name], env, "token revoke"
-        )
+        """A fresh admin token; earlier tokens of `name` are revoked."""
+        command = ["token", "create", "--name", name, "--role", "admin", "--replace"]
         created = run_checked(
-            [sys.executable, "-m", "order", "token", "create", "--name", name, "--role", "admin"],
-            env,
-            "token create",
+            [sys.executable, "-m", "order", *command], self.env("order"), "token create"
         )
         self.admin_token = created.strip().splitlines()[-1]
         return self.admin_token
