@@ -4,7 +4,7 @@ Services import from here and never redefine a message.
 """
 
 from contracts.base import Actor, Envelope, Message
-from contracts.dlq import DeadLetter
+from contracts.dlq import DeadLetter, describe_invalid
 from contracts.notifications import (
     Channel,
     CommunicationDead,
@@ -79,6 +79,7 @@ __all__ = [
     "OrderStatusChanged",
     "allowed_next",
     "command_result_adapter",
+    "describe_invalid",
     "dlq_topic",
     "is_allowed",
     "is_terminal",

@@ -13,13 +13,14 @@ from faststream.kafka.annotations import KafkaMessage
 from pydantic import TypeAdapter, ValidationError
 
 from audit import service
-from audit.adapters.dead_letters import dead_letter, describe_invalid
+from audit.adapters.dead_letters import dead_letter
 from audit.config import Settings
 from contracts import (
     NOTIFICATIONS_EVENTS,
     ORDERS_COMMAND_RESULTS,
     ORDERS_EVENTS,
     command_result_adapter,
+    describe_invalid,
     notification_event_adapter,
     order_event_adapter,
 )

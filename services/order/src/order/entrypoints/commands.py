@@ -11,9 +11,9 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from pydantic import ValidationError
 
-from contracts import ORDERS_COMMANDS, order_command_adapter
+from contracts import ORDERS_COMMANDS, describe_invalid, order_command_adapter
 from order import service
-from order.adapters.dead_letters import dead_letter, describe_invalid
+from order.adapters.dead_letters import dead_letter
 from order.config import Settings
 
 log = logging.getLogger(__name__)
