@@ -11,9 +11,9 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from pydantic import ValidationError
 
-from contracts import ORDERS_EVENTS, order_event_adapter
+from contracts import ORDERS_EVENTS, describe_invalid, order_event_adapter
 from notifier import service
-from notifier.adapters.dead_letters import dead_letter, describe_invalid
+from notifier.adapters.dead_letters import dead_letter
 from notifier.config import Settings
 
 log = logging.getLogger(__name__)
