@@ -17,11 +17,20 @@ from devstack.stack import SERVICES, Stack
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "e2e"
 
 
-@pytest.fixture(scope="session")
-def stack(kafka_bootstrap: str, databases: infra.TestDatabases) -> Iterator[Stack]:
+@pytest.fixture(scope="module")
+def e2e_databases() -> Iterator[infra.TestDatabases]:
+    """Databases of the e2e stack's own: no in-process service of another layer shares them."""
+    created = infra.create_test_databases("e2e")
+    yield created
+    infra.drop_test_databases(created)
+
+
+@pytest.fixture(scope="module")
+def stack(kafka_bootstrap: str, e2e_databases: infra.TestDatabases) -> Iterator[Stack]:
+    """Module-scoped, so its consumers have left their groups before other layers' tests run."""
     ports = {name: free_port() for name in (*SERVICES, "smtp")}
-    shutil.rmtree(ARTIFACTS, ignore_errors=True)  # a fresh maildir and fresh logs per session
-    system = Stack(kafka_bootstrap, databases.urls, ports, ARTIFACTS)
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)  # a fresh maildir and fresh logs per module
+    system = Stack(kafka_bootstrap, e2e_databases.urls, ports, ARTIFACTS)
     try:
         system.start()
         yield system

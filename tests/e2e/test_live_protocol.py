@@ -58,7 +58,7 @@ async def history_event_ids(order_api: httpx.AsyncClient) -> list[str]:
 
 async def test_live_protocol(
     stack: Stack,
-    databases: infra.TestDatabases,
+    e2e_databases: infra.TestDatabases,
     order_api: httpx.AsyncClient,
     audit_api: httpx.AsyncClient,
 ) -> None:
@@ -72,7 +72,7 @@ async def test_live_protocol(
 
     # One communication per change, each under its own dedupe key, all sent.
     rows = await wait_until(
-        lambda: communication_rows(databases),
+        lambda: communication_rows(e2e_databases),
         lambda rows: len(rows) >= len(PROTOCOL) and all(r["status"] == "sent" for r in rows),
         within=60,
         what="a sent communication per change",
@@ -134,7 +134,7 @@ async def test_live_protocol(
 
     stack.start_smtp_sink()
     rows = await wait_until(
-        lambda: communication_rows(databases),
+        lambda: communication_rows(e2e_databases),
         lambda rows: len(rows) == len(PROTOCOL) + 1 and all(r["status"] == "sent" for r in rows),
         within=90,
         what="the delivered email to be sent once SMTP is back",

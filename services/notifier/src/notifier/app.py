@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import uuid
@@ -14,6 +15,7 @@ from fastapi import FastAPI
 from faststream.kafka import KafkaBroker
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from contracts import Channel
 from notifier.adapters.broker import BrokerConnection
 from notifier.adapters.outbox_relay import OutboxRelay
 from notifier.adapters.schema import assert_schema_current
@@ -22,10 +24,14 @@ from notifier.adapters.templates import EmailTemplates
 from notifier.adapters.unit_of_work import UnitOfWorkFactory
 from notifier.config import Settings
 from notifier.domain.communication import RetryPolicy
+from notifier.domain.delivery import Sender
+from notifier.domain.planning import NotificationRules
 from notifier.entrypoints import http
 from notifier.entrypoints.consumer import register_event_handlers
-from notifier.entrypoints.worker import run_dispatcher
+from notifier.entrypoints.worker import DispatchWorker
 from notifier.service import Dispatcher
+
+log = logging.getLogger(__name__)
 
 
 def build_engine(settings: Settings) -> AsyncEngine:
@@ -34,7 +40,29 @@ def build_engine(settings: Settings) -> AsyncEngine:
     )
 
 
-def build_dispatcher(settings: Settings, engine: AsyncEngine) -> Dispatcher:
+def build_broker(settings: Settings) -> KafkaBroker:
+    # Idempotent producer with acks=all for the outbox and the DLQ; `graceful_timeout` lets
+    # the message in hand finish (and commit its offset) when consuming stops.
+    return KafkaBroker(
+        settings.kafka_bootstrap_servers,
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=5,
+        client_id="notifier",
+        graceful_timeout=settings.shutdown_grace_seconds,
+    )
+
+
+def build_rules(settings: Settings) -> NotificationRules:
+    return NotificationRules(
+        statuses=frozenset(settings.notify_statuses),
+        on_order_created=settings.notify_on_order_created,
+        channels=tuple(settings.notify_channels),
+    )
+
+
+def build_senders(settings: Settings) -> dict[Channel, Sender]:
+    """One sender per channel that can send today. SMS plugs in here once it exists."""
     smtp = SmtpSettings(
         host=settings.smtp_host,
         port=settings.smtp_port,
@@ -46,34 +74,31 @@ def build_dispatcher(settings: Settings, engine: AsyncEngine) -> Dispatcher:
         mail_from=settings.mail_from,
         message_id_domain=settings.message_id_domain,
     )
+    senders: dict[Channel, Sender] = {Channel.EMAIL: SmtpEmailSender(smtp, EmailTemplates())}
+    missing = set(settings.notify_channels) - senders.keys()
+    if missing:
+        raise ValueError(f"no sender for the configured channels {sorted(missing)}")
+    return senders
+
+
+def build_dispatcher(settings: Settings, uow_factory: UnitOfWorkFactory) -> Dispatcher:
     return Dispatcher(
-        uow_factory=UnitOfWorkFactory(engine),
-        sender=SmtpEmailSender(smtp),
-        templates=EmailTemplates(),
+        uow_factory=uow_factory,
+        senders=build_senders(settings),
         policy=RetryPolicy(
             settings.max_attempts, settings.backoff_base_seconds, settings.backoff_max_seconds
         ),
-        # Unique per process, so a restarted replica never mistakes old leases for its own.
         owner=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}",
         batch_size=settings.dispatch_batch_size,
         lease=timedelta(seconds=settings.lease_seconds),
-        concurrency=settings.dispatch_concurrency,
+        retry_interval=settings.retry_seconds,
     )
 
 
 def build_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     engine = build_engine(settings)
-    uow_factory = UnitOfWorkFactory(engine)
-    broker = KafkaBroker(
-        settings.kafka_bootstrap_servers,
-        enable_idempotence=True,
-        acks="all",
-        linger_ms=5,
-        client_id="notifier",
-    )
-    recorded = asyncio.Event()
-    register_event_handlers(broker, uow_factory, settings, recorded)
+    broker = build_broker(settings)
     connection = BrokerConnection(broker, settings.retry_seconds)
     relay = OutboxRelay(
         engine,
@@ -82,45 +107,57 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         batch_size=settings.outbox_batch_size,
         poll_interval=settings.outbox_poll_interval_seconds,
         retry_interval=settings.retry_seconds,
+        retention=timedelta(hours=settings.outbox_retention_hours),
     )
-    dispatcher = build_dispatcher(settings, engine)
+    uow_factory = UnitOfWorkFactory(engine, on_outbox_commit=relay.wake.set)
+    worker = DispatchWorker(
+        build_dispatcher(settings, uow_factory),
+        poll_interval=settings.dispatch_poll_interval_seconds,
+        retry_interval=settings.retry_seconds,
+    )
+    register_event_handlers(
+        broker,
+        uow_factory,
+        build_rules(settings),
+        consumer_group=settings.consumer_group,
+        retry_seconds=settings.retry_seconds,
+        on_queued=worker.wake,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await assert_schema_current(engine, settings.database_url)
-        tasks = [
-            asyncio.create_task(connection.connect(), name="kafka-connect"),
-            asyncio.create_task(relay.run(), name="outbox-relay"),
-            asyncio.create_task(
-                run_dispatcher(
-                    dispatcher,
-                    recorded,
-                    settings.dispatch_poll_interval_seconds,
-                    settings.retry_seconds,
-                ),
-                name="dispatcher",
-            ),
-        ]
+        try:
+            await assert_schema_current(engine, settings.database_url)
+        except Exception:
+            await engine.dispose()
+            raise
+        connect = asyncio.create_task(connection.connect(), name="kafka-connect")
+        relaying = asyncio.create_task(relay.run(), name="outbox-relay")
+        dispatching = asyncio.create_task(worker.run(), name="dispatcher")
         try:
             yield
         finally:
-            # Stop consuming first, so no new work arrives while the rest winds down.
+            # Stop consuming (the message in hand finishes), then let the sends in flight
+            # finish and release what is still claimed; the outbox keeps what is unpublished.
+            connect.cancel()
+            await asyncio.gather(connect, return_exceptions=True)
             await broker.stop()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await worker.stop(dispatching, settings.shutdown_grace_seconds)
+            relaying.cancel()
+            await asyncio.gather(relaying, return_exceptions=True)
             await engine.dispose()
+            log.info("notifier stopped")
 
     app = FastAPI(
         title="Notifier",
         version="0.1.0",
-        description="Customer email for order status changes, exactly once per event, "
-        "channel, template and recipient.",
+        description="Customer email for order status changes from `orders.events`, exactly "
+        "once per event, channel, template and recipient; outcomes on `notifications.events`.",
         lifespan=lifespan,
     )
     app.state.engine = engine
     app.state.uow_factory = uow_factory
-    app.state.kafka_connected = connection.connected
+    app.state.kafka = connection
     http.install_error_handlers(app)
     app.include_router(http.router)
     return app

@@ -1,9 +1,11 @@
-"""Settings of the notifier, from `NOTIFIER_*` environment variables."""
+"""Settings of the notifier, from `NOTIFIER_*` environment variables (lists as JSON)."""
 
-from pydantic import AliasChoices, Field, SecretStr
+from typing import Self
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from contracts import OrderStatus
+from contracts import Channel, OrderStatus
 
 
 class Settings(BaseSettings):
@@ -20,8 +22,8 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 8001
 
-    # Which status changes email the customer (a JSON list in the environment).
-    email_statuses: list[OrderStatus] = [
+    # What notifies the customer, e.g. NOTIFIER_NOTIFY_STATUSES='["confirmed","delivered"]'.
+    notify_statuses: list[OrderStatus] = [
         OrderStatus.CONFIRMED,
         OrderStatus.PREPARING,
         OrderStatus.READY,
@@ -29,6 +31,8 @@ class Settings(BaseSettings):
         OrderStatus.DELIVERED,
         OrderStatus.CANCELLED,
     ]
+    notify_on_order_created: bool = False
+    notify_channels: list[Channel] = [Channel.EMAIL]
 
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 1025
@@ -36,19 +40,37 @@ class Settings(BaseSettings):
     smtp_password: SecretStr | None = None
     smtp_starttls: bool = False
     smtp_use_tls: bool = False
-    smtp_timeout_seconds: float = 10.0
+    # Bounds one whole send (connect, dialogue, data); a slower send counts as failed.
+    smtp_timeout_seconds: float = Field(default=10.0, gt=0)
     mail_from: str = "Order Backbone <orders@backbone.local>"
     message_id_domain: str = "backbone.local"
 
-    dispatch_batch_size: int = Field(default=50, ge=1)
-    dispatch_concurrency: int = Field(default=10, ge=1)
-    dispatch_poll_interval_seconds: float = 0.5
+    # The dispatcher claims up to a batch of due communications and sends them concurrently.
+    dispatch_batch_size: int = Field(default=20, ge=1)
+    dispatch_poll_interval_seconds: float = Field(default=1.0, gt=0)
+    # A claim expires after this; another worker then takes the communication over.
     lease_seconds: float = Field(default=60.0, gt=0)
-    max_attempts: int = Field(default=5, ge=1)
+    max_attempts: int = Field(default=8, ge=1)
     backoff_base_seconds: float = Field(default=2.0, gt=0)
-    backoff_max_seconds: float = Field(default=300.0, gt=0)
+    backoff_max_seconds: float = Field(default=600.0, gt=0)
 
-    # Pause before a transiently failing message is redelivered, and between reconnects.
-    retry_seconds: float = 1.0
-    outbox_poll_interval_seconds: float = 0.5
+    # Pause before redelivering a message whose handling failed for a transient reason
+    # (database down), and between reconnects and retries of the background tasks.
+    retry_seconds: float = Field(default=1.0, gt=0)
+    outbox_poll_interval_seconds: float = Field(default=1.0, gt=0)
     outbox_batch_size: int = Field(default=500, ge=1)
+    # Published outbox rows are kept this long (for inspection), then deleted.
+    outbox_retention_hours: float = Field(default=24.0, ge=0)
+    # On SIGTERM: how long in-flight messages and sends may take to finish.
+    shutdown_grace_seconds: float = Field(default=15.0, ge=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.smtp_starttls and self.smtp_use_tls:
+            raise ValueError("smtp_starttls and smtp_use_tls exclude each other")
+        if self.lease_seconds < 2 * self.smtp_timeout_seconds:
+            # A lease running out mid-send would let a second worker send the same email.
+            raise ValueError("lease_seconds must be at least twice smtp_timeout_seconds")
+        if self.backoff_max_seconds < self.backoff_base_seconds:
+            raise ValueError("backoff_max_seconds must not be below backoff_base_seconds")
+        return self

@@ -1,14 +1,15 @@
 """The notifier's use cases: record the communications an event asks for, dispatch the due
-ones, and read them back. Each change runs in one unit of work with its outbox row."""
+ones, read them back. Every change of a communication commits in one unit of work together
+with its announcement on the outbox (for notifications.events)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 from uuid import UUID
 
 from contracts import (
@@ -19,24 +20,20 @@ from contracts import (
     CommunicationFailed,
     CommunicationQueued,
     CommunicationSent,
-    OrderCreated,
-    OrderStatus,
-    OrderStatusChanged,
 )
-from notifier.adapters.repository import NewCommunication, Row
-from notifier.adapters.smtp import SendError, SmtpEmailSender
-from notifier.adapters.templates import EmailTemplates, RenderError
 from notifier.adapters.unit_of_work import UnitOfWork
-from notifier.domain.communication import (
-    CommunicationStatus,
-    RetryPolicy,
-    after_failure,
+from notifier.domain.communication import Communication, CommunicationStatus, RetryPolicy
+from notifier.domain.delivery import DeliveryFailed, Sender, Undeliverable
+from notifier.domain.planning import (
+    NotificationRules,
+    OrderEvent,
     plan_communications,
+    template_context,
 )
-from notifier.domain.dedupe import dedupe_key
 
 log = logging.getLogger(__name__)
 
+# Anything that hands out a fresh unit of work (the composition root decides which).
 UnitOfWorkFactory = Callable[[], UnitOfWork]
 
 
@@ -44,146 +41,146 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _announcement(row: Row, kind: type[CommunicationEvent], **fields: Any) -> CommunicationEvent:
-    return kind(
-        communication_id=row.id,
-        dedupe_key=row.dedupe_key,
-        order_id=row.order_id,
-        source_event_id=row.event_id,
-        channel=Channel(row.channel),
-        template=row.template,
-        recipient=row.recipient,
-        attempts=row.attempts,
-        correlation_id=row.context.get("correlation_id"),
-        **fields,
+def announcement(communication: Communication) -> CommunicationEvent:
+    """The notifications.events message for where `communication` now stands."""
+    common = {
+        "communication_id": communication.id,
+        "dedupe_key": communication.dedupe_key,
+        "order_id": communication.order_id,
+        "source_event_id": communication.event_id,
+        "channel": communication.channel,
+        "template": communication.template,
+        "recipient": communication.recipient,
+        "attempts": communication.attempts,
+        "occurred_at": communication.updated_at,
+        "correlation_id": communication.context.get("correlation_id"),
+    }
+    error = communication.last_error or ""
+    match communication.status:
+        case CommunicationStatus.QUEUED:
+            return CommunicationQueued.model_validate(common)
+        case CommunicationStatus.SENT:
+            return CommunicationSent.model_validate(
+                {**common, "provider_message_id": communication.provider_message_id}
+            )
+        case CommunicationStatus.FAILED:
+            return CommunicationFailed.model_validate({**common, "error": error})
+        case CommunicationStatus.DEAD:
+            return CommunicationDead.model_validate({**common, "error": error})
+    raise ValueError(f"a {communication.status} communication is not announced")
+
+
+async def _announce(uow: UnitOfWork, communication: Communication) -> None:
+    await uow.outbox.add(
+        NOTIFICATIONS_EVENTS, str(communication.order_id), announcement(communication)
     )
 
 
-async def _announce(uow: UnitOfWork, event: CommunicationEvent) -> None:
-    await uow.outbox.add(NOTIFICATIONS_EVENTS, str(event.order_id), event)
-
-
 async def record_communications(
-    uow_factory: UnitOfWorkFactory,
-    event: OrderCreated | OrderStatusChanged,
-    email_statuses: frozenset[OrderStatus],
-) -> int:
-    """Record (queue) what `event` asks for; returns how many were new. Recording twice is a
-    no-op: the dedupe key's unique constraint makes the second insert do nothing."""
-    if not isinstance(event, OrderStatusChanged):
-        return 0
-    planned = plan_communications(event.to_status, event.customer.email, email_statuses)
-    context = {
-        "order_id": str(event.order_id),
-        "customer_name": event.customer.name,
-        "status": event.to_status.value,
-        "status_label": event.to_status.value.replace("_", " "),
-        "reason": event.reason,
-        "correlation_id": event.correlation_id,
-    }
-    created = 0
+    uow_factory: UnitOfWorkFactory, event: OrderEvent, rules: NotificationRules
+) -> list[Communication]:
+    """Queue what `event` asks for, in one transaction; returns the newly queued ones. Recording
+    the same event again queues nothing: its dedupe keys are already taken."""
+    planned = plan_communications(event, rules)
+    if not planned:
+        return []
+    context = {**template_context(event), "correlation_id": event.correlation_id}
+    now = _now()
+    queued = []
     async with uow_factory() as uow:
         for plan in planned:
-            row = await uow.communications.add_if_new(
-                NewCommunication(
-                    dedupe_key=dedupe_key(
-                        event.event_id, plan.channel, plan.template, plan.recipient
-                    ),
-                    order_id=event.order_id,
-                    event_id=event.event_id,
-                    channel=plan.channel,
-                    template=plan.template,
-                    recipient=plan.recipient,
-                    context=context,
-                ),
-                _now(),
+            communication = Communication.queue(
+                event_id=event.event_id,
+                order_id=event.order_id,
+                channel=plan.channel,
+                template=plan.template,
+                recipient=plan.recipient,
+                context=context,
+                now=now,
             )
-            if row is not None:
-                created += 1
-                await _announce(uow, _announcement(row, CommunicationQueued))
-    return created
+            if await uow.communications.add_if_new(communication):
+                await _announce(uow, communication)
+                queued.append(communication)
+    return queued
 
 
-@dataclass
+@dataclass(frozen=True)
 class Dispatcher:
-    """Claims due communications under a lease and sends them. Any number of dispatchers (in
-    any number of replicas) can run: claims never overlap, and a dead one's lease expires."""
+    """Claims due communications under a lease and sends them. Any number of dispatchers, in
+    any number of replicas, can run side by side: claims never overlap, and the claims of a
+    dispatcher that died expire with its lease."""
 
     uow_factory: UnitOfWorkFactory
-    sender: SmtpEmailSender
-    templates: EmailTemplates
+    senders: Mapping[Channel, Sender]
     policy: RetryPolicy
-    owner: str
+    owner: str  # unique per process, so a restarted replica never takes old leases for its own
     batch_size: int
     lease: timedelta
-    concurrency: int
+    retry_interval: float
 
     async def dispatch_due(self) -> int:
-        """One round: claim a batch and attempt each; returns how many were attempted."""
+        """One round: claim up to a batch and attempt them all concurrently; returns how many
+        were attempted."""
+        # Taken before the claim, so it never outlasts the lease the database records.
+        deadline = time.monotonic() + self.lease.total_seconds()
         async with self.uow_factory() as uow:
-            claimed = await uow.communications.claim_due(self.owner, self.batch_size, self.lease)
-        limit = asyncio.Semaphore(self.concurrency)
-
-        async def attempt(row: Row) -> None:
-            async with limit:
-                await self._attempt(row)
-
-        await asyncio.gather(*(attempt(row) for row in claimed))
+            claimed = await uow.communications.claim_due(
+                self.owner, _now(), self.batch_size, self.lease
+            )
+        await asyncio.gather(*(self.deliver(c, deadline) for c in claimed))
         return len(claimed)
 
-    async def _attempt(self, row: Row) -> None:
+    async def deliver(self, communication: Communication, lease_deadline: float) -> None:
+        """Attempt one claimed communication and record the outcome."""
+        sender = self.senders.get(communication.channel)
         try:
-            email = self.templates.render(row.template, row.context)
-        except RenderError as error:
-            await self._finish_dead(row, str(error))
-            return
-        try:
-            provider_id = await self.sender.send(row.dedupe_key, row.recipient, email)
-        except SendError as error:
-            await self._finish_failed(row, str(error))
-            return
-        async with self.uow_factory() as uow:
-            done = await uow.communications.finish(
-                row.id,
-                self.owner,
-                status=CommunicationStatus.SENT,
-                now=_now(),
-                provider_message_id=provider_id,
-            )
-            if done is not None:
-                await _announce(
-                    uow, _announcement(done, CommunicationSent, provider_message_id=provider_id)
-                )
+            if sender is None:
+                raise Undeliverable(f"no sender for the {communication.channel} channel")
+            provider_message_id = await sender.send(communication)
+        except Undeliverable as error:
+            communication.mark_dead(str(error), _now())
+        except DeliveryFailed as error:
+            communication.mark_failed(str(error), self.policy, _now())
+        except Exception as error:
+            log.exception("sending communication %s failed unexpectedly", communication.id)
+            communication.mark_failed(f"{type(error).__name__}: {error}", self.policy, _now())
+        else:
+            communication.mark_sent(provider_message_id, _now())
+        if communication.status is CommunicationStatus.DEAD:
+            log.warning("communication %s is dead: %s", communication.id, communication.last_error)
+        await self._record_outcome(communication, lease_deadline)
 
-    async def _finish_failed(self, row: Row, error: str) -> None:
-        outcome = after_failure(self.policy, row.attempts, _now())
-        if outcome.status is CommunicationStatus.DEAD:
-            await self._finish_dead(row, f"gave up after {row.attempts} attempts: {error}")
-            return
-        async with self.uow_factory() as uow:
-            done = await uow.communications.finish(
-                row.id,
-                self.owner,
-                status=CommunicationStatus.FAILED,
-                now=_now(),
-                error=error,
-                next_attempt_at=outcome.next_attempt_at,
-            )
-            if done is not None:
-                await _announce(uow, _announcement(done, CommunicationFailed, error=error))
+    async def _record_outcome(self, communication: Communication, lease_deadline: float) -> None:
+        """Store the outcome, retrying while the lease lasts: an outcome that is not stored
+        means the communication is attempted again once the lease expires (for a sent email, a
+        second copy with the same Message-ID)."""
+        while True:
+            try:
+                async with self.uow_factory() as uow:
+                    if await uow.communications.save_outcome(communication, self.owner):
+                        await _announce(uow, communication)
+                    else:
+                        log.warning(
+                            "communication %s: lease lost before its outcome (%s) was stored",
+                            communication.id,
+                            communication.status,
+                        )
+                return
+            except Exception:
+                if time.monotonic() + self.retry_interval >= lease_deadline:
+                    log.exception(
+                        "the outcome of %s could not be stored; it is retried once its lease "
+                        "expires",
+                        communication.id,
+                    )
+                    return
+                log.warning("storing the outcome of %s failed; retrying", communication.id)
+                await asyncio.sleep(self.retry_interval)
 
-    async def _finish_dead(self, row: Row, error: str) -> None:
-        log.warning("communication %s is dead: %s", row.id, error)
+    async def release_claims(self) -> int:
+        """Hand back whatever this dispatcher claimed and did not finish (at shutdown)."""
         async with self.uow_factory() as uow:
-            done = await uow.communications.finish(
-                row.id, self.owner, status=CommunicationStatus.DEAD, now=_now(), error=error
-            )
-            if done is not None:
-                await _announce(uow, _announcement(done, CommunicationDead, error=error))
-
-    async def release_leases(self) -> int:
-        async with self.uow_factory() as uow:
-            return await uow.communications.release_leases(self.owner)
+            return await uow.communications.release_leases(self.owner, _now())
 
 
 async def list_communications(
@@ -192,6 +189,6 @@ async def list_communications(
     order_id: UUID | None,
     limit: int,
     after: tuple[datetime, UUID] | None,
-) -> list[Row]:
+) -> list[Communication]:
     async with uow_factory() as uow:
         return await uow.communications.page(order_id=order_id, limit=limit, after=after)

@@ -3,7 +3,8 @@
 Rows are written in the same transaction as the communication change they announce, so an
 outcome is never lost and never announced for a change that rolled back. One relay publishes
 at a time (a transaction-scoped advisory lock), in `id` order; a crash between the ack and the
-mark re-sends a row, which the audit service deduplicates by event id.
+mark re-sends a row, which the audit service deduplicates by event id. Published rows are
+deleted once older than the retention.
 """
 
 from __future__ import annotations
@@ -12,15 +13,18 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
+from datetime import timedelta
 
 from faststream.kafka import KafkaBroker
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from notifier.adapters.tables import outbox
 
 log = logging.getLogger(__name__)
 
+# An arbitrary constant naming "the notifier outbox relay" among advisory locks.
 RELAY_LOCK_KEY = 0x6E6F7469666965_01
 
 
@@ -34,6 +38,8 @@ class OutboxRelay:
         batch_size: int,
         poll_interval: float,
         retry_interval: float,
+        retention: timedelta,
+        purge_interval: float = 60.0,
     ) -> None:
         self._engine = engine
         self._broker = broker
@@ -41,13 +47,19 @@ class OutboxRelay:
         self._batch_size = batch_size
         self._poll_interval = poll_interval
         self._retry_interval = retry_interval
+        self._retention = retention
+        self._purge_interval = purge_interval
+        self._next_purge = 0.0
         self.wake = asyncio.Event()
 
     async def run(self) -> None:
+        """Publish forever; cancel the task to stop. Kafka or database faults never end it:
+        rows wait in the outbox until both are back."""
         while True:
             await self._connected.wait()
             try:
                 published = await self.publish_batch()
+                await self._purge_when_due()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -55,11 +67,24 @@ class OutboxRelay:
                 await asyncio.sleep(self._retry_interval)
                 continue
             if published < self._batch_size:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                # racing with the wake-up, and the relay would outlive shutdown.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), self._poll_interval)
+                    async with asyncio.timeout(self._poll_interval):
+                        await self.wake.wait()
                 self.wake.clear()
 
+    async def _purge_when_due(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_purge:
+            self._next_purge = now + self._purge_interval
+            async with self._engine.begin() as connection:
+                await connection.execute(
+                    delete(outbox).where(outbox.c.published_at < func.now() - self._retention)
+                )
+
     async def publish_batch(self) -> int:
+        """Publish up to one batch of unpublished rows; return how many Kafka acknowledged."""
         async with self._engine.begin() as connection:
             locked = await connection.scalar(select(func.pg_try_advisory_xact_lock(RELAY_LOCK_KEY)))
             if not locked:
@@ -74,6 +99,7 @@ class OutboxRelay:
             ).all()
             if not rows:
                 return 0
+            # Send the whole batch before awaiting any ack, so the producer can batch them.
             pending = [
                 await self._broker.publish(
                     json.dumps(row.payload, separators=(",", ":")).encode(),

@@ -1,165 +1,170 @@
-"""Communication rows and the notifier's outbox."""
+"""Stores communications and the notifier's outbox rows."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
-from sqlalchemy import and_, func, insert, or_, select, tuple_, update
+from sqlalchemy import and_, insert, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts import Channel, Envelope
 from notifier.adapters.tables import communication_events, outbox
-from notifier.domain.communication import CommunicationStatus
+from notifier.domain.communication import Communication, CommunicationStatus
 
-Row = Any  # a SQLAlchemy row of communication_events
+_c = communication_events.c
 
 
-@dataclass(frozen=True)
-class NewCommunication:
-    dedupe_key: str
-    order_id: UUID
-    event_id: UUID
-    channel: Channel
-    template: str
-    recipient: str
-    context: dict[str, Any]
+def _to_communication(row: Any) -> Communication:
+    return Communication(
+        id=row.id,
+        dedupe_key=row.dedupe_key,
+        order_id=row.order_id,
+        event_id=row.event_id,
+        channel=Channel(row.channel),
+        template=row.template,
+        recipient=row.recipient,
+        context=row.context,
+        status=CommunicationStatus(row.status),
+        attempts=row.attempts,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        last_error=row.last_error,
+        provider_message_id=row.provider_message_id,
+        next_attempt_at=row.next_attempt_at,
+        sent_at=row.sent_at,
+    )
 
 
 class CommunicationRepository:
     def __init__(self, connection: AsyncConnection) -> None:
         self._connection = connection
 
-    async def add_if_new(self, new: NewCommunication, now: datetime) -> Row | None:
-        """Insert-first under the unique dedupe key: the row if this call created it, None if
-        the communication already exists (a redelivery, another replica, a restart)."""
+    async def add_if_new(self, communication: Communication) -> bool:
+        """Insert-first under the unique dedupe key: False when the communication already
+        exists (a redelivery, another replica, a restart), and then nothing is written. A
+        concurrent insert of the same key waits for the first transaction to finish."""
         result = await self._connection.execute(
             pg_insert(communication_events)
             .values(
-                id=uuid4(),
-                dedupe_key=new.dedupe_key,
-                order_id=new.order_id,
-                event_id=new.event_id,
-                channel=new.channel.value,
-                template=new.template,
-                recipient=new.recipient,
-                context=new.context,
-                status=CommunicationStatus.QUEUED.value,
-                next_attempt_at=now,
-                created_at=now,
-                updated_at=now,
+                id=communication.id,
+                dedupe_key=communication.dedupe_key,
+                order_id=communication.order_id,
+                event_id=communication.event_id,
+                channel=communication.channel.value,
+                template=communication.template,
+                recipient=communication.recipient,
+                context=communication.context,
+                status=communication.status.value,
+                attempts=communication.attempts,
+                next_attempt_at=communication.next_attempt_at,
+                created_at=communication.created_at,
+                updated_at=communication.updated_at,
             )
-            .on_conflict_do_nothing(index_elements=["dedupe_key"])
-            .returning(communication_events)
+            .on_conflict_do_nothing(index_elements=[_c.dedupe_key])
         )
-        return result.one_or_none()
+        return bool(result.rowcount)
 
-    async def claim_due(self, owner: str, limit: int, lease: timedelta) -> list[Row]:
-        """Lease up to `limit` communications that are due, or whose lease ran out (their
-        worker died). SKIP LOCKED lets any number of workers claim side by side."""
-        c = communication_events.c
-        now = func.now()
+    async def claim_due(
+        self, owner: str, now: datetime, limit: int, lease: timedelta
+    ) -> list[Communication]:
+        """Lease up to `limit` communications that are due (queued, or failed and past their
+        next attempt), or whose lease ran out because their worker died. Each claim counts as
+        an attempt. SKIP LOCKED lets any number of workers claim side by side without waiting
+        for, or taking, each other's rows."""
         due = (
-            select(c.id)
+            select(_c.id)
             .where(
                 or_(
                     and_(
-                        c.status.in_([CommunicationStatus.QUEUED, CommunicationStatus.FAILED]),
-                        c.next_attempt_at <= now,
+                        _c.status.in_([CommunicationStatus.QUEUED, CommunicationStatus.FAILED]),
+                        _c.next_attempt_at <= now,
                     ),
-                    and_(c.status == CommunicationStatus.SENDING, c.lease_until < now),
+                    and_(_c.status == CommunicationStatus.SENDING, _c.lease_until < now),
                 )
             )
-            .order_by(c.next_attempt_at)
+            .order_by(_c.next_attempt_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
-            .scalar_subquery()
+            .cte("due")
         )
         result = await self._connection.execute(
             update(communication_events)
-            .where(c.id.in_(due))
+            .where(_c.id == due.c.id)
             .values(
                 status=CommunicationStatus.SENDING.value,
                 lease_owner=owner,
                 lease_until=now + lease,
-                attempts=c.attempts + 1,
+                attempts=_c.attempts + 1,
                 updated_at=now,
             )
             .returning(communication_events)
         )
-        return list(result.all())
+        return [_to_communication(row) for row in result.all()]
 
-    async def finish(
-        self,
-        communication_id: UUID,
-        owner: str,
-        *,
-        status: CommunicationStatus,
-        now: datetime,
-        error: str | None = None,
-        provider_message_id: str | None = None,
-        next_attempt_at: datetime | None = None,
-    ) -> Row | None:
-        """Record an attempt's outcome, if this worker still holds the lease (None if not)."""
-        c = communication_events.c
+    async def save_outcome(self, communication: Communication, owner: str) -> bool:
+        """Store an attempt's outcome and end the lease, if `owner` still holds it; False if the
+        lease was lost (it expired and another worker took the communication over)."""
         result = await self._connection.execute(
             update(communication_events)
             .where(
-                c.id == communication_id,
-                c.lease_owner == owner,
-                c.status == CommunicationStatus.SENDING,
+                _c.id == communication.id,
+                _c.lease_owner == owner,
+                _c.status == CommunicationStatus.SENDING,
             )
             .values(
-                status=status.value,
-                last_error=error,
-                provider_message_id=provider_message_id,
-                next_attempt_at=next_attempt_at,
-                sent_at=now if status is CommunicationStatus.SENT else None,
+                status=communication.status.value,
+                last_error=communication.last_error,
+                provider_message_id=communication.provider_message_id,
+                next_attempt_at=communication.next_attempt_at,
+                sent_at=communication.sent_at,
+                updated_at=communication.updated_at,
                 lease_owner=None,
                 lease_until=None,
-                updated_at=now,
             )
-            .returning(communication_events)
         )
-        return result.one_or_none()
+        return bool(result.rowcount)
 
-    async def release_leases(self, owner: str) -> int:
-        """Hand this worker's unfinished claims back at once (graceful shutdown)."""
-        c = communication_events.c
+    async def release_leases(self, owner: str, now: datetime) -> int:
+        """Hand back what `owner` claimed but did not finish: due again at once. The interrupted
+        attempt stays counted, since it may have reached the server."""
         result = await self._connection.execute(
             update(communication_events)
-            .where(c.lease_owner == owner, c.status == CommunicationStatus.SENDING)
+            .where(_c.lease_owner == owner, _c.status == CommunicationStatus.SENDING)
             .values(
                 status=CommunicationStatus.FAILED.value,
-                next_attempt_at=func.now(),
+                next_attempt_at=now,
+                last_error="the attempt was interrupted by a shutdown",
+                updated_at=now,
                 lease_owner=None,
                 lease_until=None,
-                last_error="released at shutdown before the attempt finished",
-                updated_at=func.now(),
             )
         )
         return int(result.rowcount)
 
     async def page(
         self, *, order_id: UUID | None, limit: int, after: tuple[datetime, UUID] | None
-    ) -> list[Row]:
-        c = communication_events.c
-        query = select(communication_events).order_by(c.created_at, c.id).limit(limit)
+    ) -> list[Communication]:
+        """Oldest first, keyset-paginated on (created_at, id)."""
+        query = select(communication_events).order_by(_c.created_at, _c.id).limit(limit)
         if order_id is not None:
-            query = query.where(c.order_id == order_id)
+            query = query.where(_c.order_id == order_id)
         if after is not None:
-            query = query.where(tuple_(c.created_at, c.id) > tuple_(*after))
-        return list((await self._connection.execute(query)).all())
+            query = query.where(tuple_(_c.created_at, _c.id) > tuple_(*after))
+        return [_to_communication(row) for row in (await self._connection.execute(query)).all()]
 
 
 class Outbox:
+    """Writes notifications.events messages in the caller's transaction."""
+
     def __init__(self, connection: AsyncConnection) -> None:
         self._connection = connection
+        self.written = False
 
     async def add(self, topic: str, key: str, event: Envelope) -> None:
+        self.written = True
         await self._connection.execute(
             insert(outbox).values(
                 event_id=event.event_id,

@@ -1,19 +1,20 @@
-"""Email over SMTP (aiosmtplib). The Message-ID derives from the dedupe key, so a resend of
-the same communication is recognisable as the same message by any mail system."""
+"""Email over SMTP (aiosmtplib). The Message-ID derives from the dedupe key, so should the
+same communication ever be sent twice (a crash between the server's acceptance and our
+record of it), every mail system sees one message twice rather than two messages."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from email.message import EmailMessage
+from email.utils import formatdate
 
 import aiosmtplib
 from pydantic import SecretStr
 
-from notifier.adapters.templates import RenderedEmail
-
-
-class SendError(Exception):
-    """The SMTP server could not be reached or refused the message."""
+from notifier.adapters.templates import EmailTemplates, RenderError
+from notifier.domain.communication import Communication
+from notifier.domain.delivery import DeliveryFailed, Undeliverable
 
 
 @dataclass(frozen=True)
@@ -34,34 +35,47 @@ def message_id(dedupe_key: str, domain: str) -> str:
 
 
 class SmtpEmailSender:
-    def __init__(self, settings: SmtpSettings) -> None:
+    def __init__(self, settings: SmtpSettings, templates: EmailTemplates) -> None:
         self._settings = settings
+        self._templates = templates
 
-    def build(self, dedupe_key: str, recipient: str, email: RenderedEmail) -> EmailMessage:
+    def build(self, communication: Communication) -> EmailMessage:
+        try:
+            rendered = self._templates.render(communication.template, communication.context)
+        except RenderError as error:
+            raise Undeliverable(str(error)) from error
         message = EmailMessage()
-        message["Message-ID"] = message_id(dedupe_key, self._settings.message_id_domain)
+        message["Message-ID"] = message_id(
+            communication.dedupe_key, self._settings.message_id_domain
+        )
+        message["Date"] = formatdate(localtime=False)
         message["From"] = self._settings.mail_from
-        message["To"] = recipient
-        message["Subject"] = email.subject
-        message.set_content(email.text)
-        message.add_alternative(email.html, subtype="html")
+        message["To"] = communication.recipient
+        message["Subject"] = rendered.subject
+        message.set_content(rendered.text)
+        message.add_alternative(rendered.html, subtype="html")
         return message
 
-    async def send(self, dedupe_key: str, recipient: str, email: RenderedEmail) -> str:
-        """Send; returns the provider message id (the Message-ID). Raises SendError."""
+    async def send(self, communication: Communication) -> str:
+        """Send by email; returns the Message-ID."""
         s = self._settings
-        message = self.build(dedupe_key, recipient, email)
+        message = self.build(communication)
         try:
-            await aiosmtplib.send(
-                message,
-                hostname=s.host,
-                port=s.port,
-                username=s.username,
-                password=s.password.get_secret_value() if s.password else None,
-                start_tls=s.starttls,
-                use_tls=s.use_tls,
-                timeout=s.timeout,
-            )
-        except (aiosmtplib.SMTPException, OSError) as error:
-            raise SendError(f"{type(error).__name__}: {error}") from error
+            async with asyncio.timeout(s.timeout):
+                await aiosmtplib.send(
+                    message,
+                    hostname=s.host,
+                    port=s.port,
+                    username=s.username,
+                    password=s.password.get_secret_value() if s.password else None,
+                    start_tls=s.starttls,
+                    use_tls=s.use_tls,
+                    timeout=s.timeout,
+                )
+        except aiosmtplib.SMTPRecipientsRefused as error:
+            if all(refusal.code >= 500 for refusal in error.recipients):
+                raise Undeliverable(f"recipient refused: {error}") from error
+            raise DeliveryFailed(f"recipient deferred: {error}") from error
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
+            raise DeliveryFailed(f"{type(error).__name__}: {str(error) or 'no details'}") from error
         return str(message["Message-ID"])

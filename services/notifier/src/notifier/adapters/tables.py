@@ -2,6 +2,7 @@
 
 from sqlalchemy import (
     BigInteger,
+    CheckConstraint,
     Column,
     DateTime,
     Identity,
@@ -40,18 +41,25 @@ communication_events = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     Column("sent_at", DateTime(timezone=True)),
-    Index("ix_communication_events_order", "order_id", "created_at"),
+    CheckConstraint(
+        "status IN ('queued', 'sending', 'sent', 'failed', 'dead')",
+        name="ck_communication_events_status",
+    ),
+    Index("ix_communication_events_order", "order_id", "created_at", "id"),
     Index(
         "ix_communication_events_due",
         "next_attempt_at",
         postgresql_where=text("status IN ('queued', 'failed')"),
     ),
     Index(
-        "ix_communication_events_leased", "lease_until", postgresql_where=text("status = 'sending'")
+        "ix_communication_events_leased",
+        "lease_until",
+        postgresql_where=text("status = 'sending'"),
     ),
 )
 
-# Outcomes for notifications.events, written in the transaction that changes the row.
+# Transactional outbox for notifications.events: each change of a communication is announced
+# from the transaction that makes it; the relay publishes the rows, later deletes them.
 outbox = Table(
     "outbox",
     metadata,

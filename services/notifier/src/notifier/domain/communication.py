@@ -1,4 +1,12 @@
-"""A customer communication's lifecycle, its retry policy, and which ones an event asks for."""
+"""A customer communication: its lifecycle and its retry policy.
+
+    queued  ─► sending               a dispatcher claims it under a lease
+    sending ─► sent | failed | dead  the attempt's outcome
+    failed  ─► sending               claimed again once next_attempt_at is due
+    sending ─► sending               its lease ran out (the worker died): claimed again
+
+`sent` and `dead` (attempts exhausted, or it can never be sent) are terminal.
+"""
 
 from __future__ import annotations
 
@@ -6,65 +14,141 @@ import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any, Final
+from uuid import UUID, uuid4
 
-from contracts import Channel, OrderStatus
+from contracts import Channel
+from notifier.domain.dedupe import dedupe_key
 
 
 class CommunicationStatus(StrEnum):
     QUEUED = "queued"
     SENDING = "sending"
     SENT = "sent"
-    FAILED = "failed"  # will be retried at next_attempt_at
-    DEAD = "dead"  # gave up: attempts exhausted or not sendable at all
+    FAILED = "failed"  # retried at next_attempt_at
+    DEAD = "dead"  # given up: attempts exhausted, or it can never be sent
+
+
+TRANSITIONS: Final[dict[CommunicationStatus, frozenset[CommunicationStatus]]] = {
+    CommunicationStatus.QUEUED: frozenset({CommunicationStatus.SENDING}),
+    CommunicationStatus.SENDING: frozenset(
+        {
+            CommunicationStatus.SENDING,
+            CommunicationStatus.SENT,
+            CommunicationStatus.FAILED,
+            CommunicationStatus.DEAD,
+        }
+    ),
+    CommunicationStatus.FAILED: frozenset({CommunicationStatus.SENDING}),
+    CommunicationStatus.SENT: frozenset(),
+    CommunicationStatus.DEAD: frozenset(),
+}
+
+
+class LifecycleError(Exception):
+    def __init__(self, current: CommunicationStatus, target: CommunicationStatus) -> None:
+        super().__init__(f"a communication cannot go from {current} to {target}")
+        self.current = current
+        self.target = target
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter, bounded in delay and in attempts."""
+    """Exponential backoff with jitter, bounded in delay and in attempts.
+
+    After the n-th failed attempt the next one waits between half and all of
+    min(max_seconds, base_seconds * 2**(n-1)): the jitter spreads retries of many
+    communications apart, the lower half-bound keeps the backoff growing."""
 
     max_attempts: int
     base_seconds: float
     max_seconds: float
 
+    def ceiling(self, attempts: int) -> float:
+        exponent = min(max(attempts - 1, 0), 62)  # beyond this the cap applies anyway
+        return float(min(self.max_seconds, self.base_seconds * 2**exponent))
+
     def delay(self, attempts: int, rng: random.Random | None = None) -> timedelta:
-        ceiling = min(self.max_seconds, self.base_seconds * 2 ** max(attempts - 1, 0))
-        return timedelta(seconds=(rng or random).uniform(0, ceiling))
+        ceiling = self.ceiling(attempts)
+        return timedelta(seconds=(rng or random).uniform(ceiling / 2, ceiling))
 
     def exhausted(self, attempts: int) -> bool:
         return attempts >= self.max_attempts
 
 
-@dataclass(frozen=True)
-class FailureOutcome:
-    status: CommunicationStatus
-    next_attempt_at: datetime | None
-
-
-def after_failure(policy: RetryPolicy, attempts: int, now: datetime) -> FailureOutcome:
-    """`attempts` counts the attempt that just failed."""
-    if policy.exhausted(attempts):
-        return FailureOutcome(CommunicationStatus.DEAD, None)
-    return FailureOutcome(CommunicationStatus.FAILED, now + policy.delay(attempts))
-
-
-@dataclass(frozen=True)
-class PlannedCommunication:
+@dataclass
+class Communication:
+    id: UUID
+    dedupe_key: str
+    order_id: UUID
+    event_id: UUID
     channel: Channel
     template: str
     recipient: str
+    context: dict[str, Any]
+    status: CommunicationStatus
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+    last_error: str | None = None
+    provider_message_id: str | None = None
+    next_attempt_at: datetime | None = None
+    sent_at: datetime | None = None
 
+    @classmethod
+    def queue(
+        cls,
+        *,
+        event_id: UUID,
+        order_id: UUID,
+        channel: Channel,
+        template: str,
+        recipient: str,
+        context: dict[str, Any],
+        now: datetime,
+    ) -> Communication:
+        """A new communication, due at once, identified by its dedupe key."""
+        return cls(
+            id=uuid4(),
+            dedupe_key=dedupe_key(event_id, channel, template, recipient),
+            order_id=order_id,
+            event_id=event_id,
+            channel=channel,
+            template=template,
+            recipient=recipient.strip(),
+            context=context,
+            status=CommunicationStatus.QUEUED,
+            attempts=0,
+            created_at=now,
+            updated_at=now,
+            next_attempt_at=now,
+        )
 
-def template_for(status: OrderStatus) -> str:
-    return f"order_{status.value}"
+    def mark_sent(self, provider_message_id: str, now: datetime) -> None:
+        self._move(CommunicationStatus.SENT, now)
+        self.provider_message_id = provider_message_id
+        self.sent_at = now
+        self.next_attempt_at = None
+        self.last_error = None
 
+    def mark_failed(
+        self, error: str, policy: RetryPolicy, now: datetime, rng: random.Random | None = None
+    ) -> None:
+        """A failed attempt (already counted in `attempts`): retry later, or give up."""
+        if policy.exhausted(self.attempts):
+            self.mark_dead(f"gave up after {self.attempts} attempts: {error}", now)
+            return
+        self._move(CommunicationStatus.FAILED, now)
+        self.last_error = error
+        self.next_attempt_at = now + policy.delay(self.attempts, rng)
 
-def plan_communications(
-    to_status: OrderStatus,
-    email: str | None,
-    email_statuses: frozenset[OrderStatus],
-) -> list[PlannedCommunication]:
-    """What a status change asks for: an email when the status is configured to notify and the
-    customer has an address."""
-    if email and to_status in email_statuses:
-        return [PlannedCommunication(Channel.EMAIL, template_for(to_status), email)]
-    return []
+    def mark_dead(self, reason: str, now: datetime) -> None:
+        self._move(CommunicationStatus.DEAD, now)
+        self.last_error = reason
+        self.next_attempt_at = None
+
+    def _move(self, target: CommunicationStatus, now: datetime) -> None:
+        if target not in TRANSITIONS[self.status]:
+            raise LifecycleError(self.status, target)
+        self.status = target
+        self.updated_at = now

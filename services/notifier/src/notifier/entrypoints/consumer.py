@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
@@ -14,7 +15,7 @@ from pydantic import ValidationError
 from contracts import ORDERS_EVENTS, describe_invalid, order_event_adapter
 from notifier import service
 from notifier.adapters.dead_letters import dead_letter
-from notifier.config import Settings
+from notifier.domain.planning import NotificationRules
 
 log = logging.getLogger(__name__)
 
@@ -22,27 +23,34 @@ log = logging.getLogger(__name__)
 def register_event_handlers(
     broker: KafkaBroker,
     uow_factory: service.UnitOfWorkFactory,
-    settings: Settings,
-    recorded: asyncio.Event,
+    rules: NotificationRules,
+    *,
+    consumer_group: str,
+    retry_seconds: float,
+    on_queued: Callable[[], None],
 ) -> None:
-    email_statuses = frozenset(settings.email_statuses)
+    """Subscribe to orders.events. `on_queued` runs when an event queued a communication."""
+
+    async def take(msg: KafkaMessage) -> None:
+        try:
+            event = order_event_adapter.validate_json(msg.body)
+        except ValidationError as error:
+            await dead_letter(broker, msg, describe_invalid(error), consumer_group)
+            return
+        if await service.record_communications(uow_factory, event, rules):
+            on_queued()
 
     @broker.subscriber(
         ORDERS_EVENTS,
-        group_id=settings.consumer_group,
+        group_id=consumer_group,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.NACK_ON_ERROR,
     )
     async def on_order_event(msg: KafkaMessage) -> None:
         try:
-            event = order_event_adapter.validate_json(msg.body)
-        except ValidationError as error:
-            await dead_letter(broker, msg, describe_invalid(error), settings.consumer_group)
-            return
-        try:
-            if await service.record_communications(uow_factory, event, email_statuses):
-                recorded.set()  # wake the dispatcher instead of waiting for its next poll
+            await take(msg)
         except Exception:
-            log.exception("event %s not recorded; will be redelivered", event.event_id)
-            await asyncio.sleep(settings.retry_seconds)
+            # Not the message's fault (database or DLQ unreachable): redeliver after a pause.
+            log.exception("message %s not taken; it will be redelivered", msg.message_id)
+            await asyncio.sleep(retry_seconds)
             raise

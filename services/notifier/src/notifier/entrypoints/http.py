@@ -15,20 +15,26 @@ from pydantic import BaseModel, Field
 from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from contracts import Channel
 from notifier import service
+from notifier.adapters.broker import BrokerConnection
+from notifier.domain.communication import Communication, CommunicationStatus
 
 router = APIRouter()
 
+# How long the readiness check waits for Kafka to answer.
+KAFKA_PING_SECONDS = 1.0
 
-class Communication(BaseModel):
+
+class CommunicationResponse(BaseModel):
     id: UUID
     order_id: UUID
     event_id: UUID
-    channel: str
+    channel: Channel
     template: str
     recipient: str
     dedupe_key: str
-    status: str
+    status: CommunicationStatus
     attempts: int
     last_error: str | None
     provider_message_id: str | None
@@ -39,7 +45,7 @@ class Communication(BaseModel):
 
 
 class CommunicationPage(BaseModel):
-    items: list[Communication]
+    items: list[CommunicationResponse]
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page")
 
 
@@ -70,8 +76,8 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(422, "invalid_cursor", "The cursor is not one this API issued.")
 
 
-def _encode_cursor(row: Any) -> str:
-    return base64.urlsafe_b64encode(f"{row.created_at.isoformat()}|{row.id}".encode()).decode()
+def _encode_cursor(last: Communication) -> str:
+    return base64.urlsafe_b64encode(f"{last.created_at.isoformat()}|{last.id}".encode()).decode()
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
@@ -87,16 +93,17 @@ async def communications(
     request: Request,
     order_id: UUID | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    cursor: str | None = None,
+    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
 ) -> CommunicationPage:
+    """Communications, oldest first, optionally of one order."""
     after = _decode_cursor(cursor) if cursor else None
-    rows = await service.list_communications(
+    found = await service.list_communications(
         request.app.state.uow_factory, order_id=order_id, limit=limit + 1, after=after
     )
-    page = rows[:limit]
+    page = found[:limit]
     return CommunicationPage(
-        items=[Communication.model_validate(row, from_attributes=True) for row in page],
-        next_cursor=_encode_cursor(page[-1]) if len(rows) > limit else None,
+        items=[CommunicationResponse.model_validate(c, from_attributes=True) for c in page],
+        next_cursor=_encode_cursor(page[-1]) if len(found) > limit else None,
     )
 
 
@@ -113,6 +120,9 @@ async def ready(request: Request) -> JSONResponse:
             await connection.execute(text("SELECT 1"))
     except Exception as error:
         return error_response(503, "not_ready", f"database unreachable: {type(error).__name__}")
-    if not request.app.state.kafka_connected.is_set():
+    kafka: BrokerConnection = request.app.state.kafka
+    if not kafka.connected.is_set():
         return error_response(503, "not_ready", "kafka not connected yet")
+    if not await kafka.broker.ping(timeout=KAFKA_PING_SECONDS):
+        return error_response(503, "not_ready", "kafka not answering")
     return JSONResponse({"status": "ok"})

@@ -1,4 +1,7 @@
-"""The dispatch loop: sends due communications until stopped, then hands back its leases."""
+"""The dispatch loop: sends due communications until asked to stop, then hands back its claims.
+
+It wakes when the consumer queued something, and otherwise polls, so it also finds retries
+falling due and work queued by other replicas."""
 
 from __future__ import annotations
 
@@ -11,23 +14,52 @@ from notifier.service import Dispatcher
 log = logging.getLogger(__name__)
 
 
-async def run_dispatcher(
-    dispatcher: Dispatcher, wake: asyncio.Event, poll_interval: float, retry_interval: float
-) -> None:
-    try:
-        while True:
+class DispatchWorker:
+    def __init__(self, dispatcher: Dispatcher, poll_interval: float, retry_interval: float) -> None:
+        self._dispatcher = dispatcher
+        self._poll_interval = poll_interval
+        self._retry_interval = retry_interval
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
             try:
-                attempted = await dispatcher.dispatch_due()
+                attempted = await self._dispatcher.dispatch_due()
             except Exception:
                 log.warning("dispatch round failed; retrying", exc_info=True)
-                await asyncio.sleep(retry_interval)
+                await self._pause(self._retry_interval)
                 continue
-            if attempted < dispatcher.batch_size:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), poll_interval)
-                wake.clear()
-    finally:
-        with contextlib.suppress(Exception):
-            released = await asyncio.shield(dispatcher.release_leases())
-            if released:
-                log.info("released %d unfinished communications", released)
+            if attempted < self._dispatcher.batch_size:
+                await self._pause(self._poll_interval)
+
+    async def _pause(self, seconds: float) -> None:
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+        # races with the wake-up.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+        self._wake.clear()
+
+    async def stop(self, task: asyncio.Task[None], grace: float) -> None:
+        """Let the round in progress finish (its sends and their outcomes) for up to `grace`
+        seconds, cancel it past that, then release whatever is still claimed."""
+        self._stopping.set()
+        self._wake.set()
+        try:
+            async with asyncio.timeout(grace):
+                await asyncio.shield(task)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        try:
+            released = await self._dispatcher.release_claims()
+        except Exception:
+            log.warning("could not release claims; they expire with their lease", exc_info=True)
+            return
+        if released:
+            log.info("released %d unfinished communications", released)

@@ -87,8 +87,11 @@ class OutboxRelay:
                 await listener
 
     async def _wait_for_work(self) -> None:
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+        # races with the wake-up, leaving the relay running after shutdown asked it to stop.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+            async with asyncio.timeout(self._poll_interval):
+                await self._wake.wait()
         self._wake.clear()
 
     async def _listen(self) -> None:

@@ -1,0 +1,539 @@
+"""The notifier against the session's real Kafka and PostgreSQL and a real SMTP server
+(aiosmtpd, writing each accepted message to a maildir): one email per event however often it
+is delivered, poison messages dead-lettered without stopping, sends retried through an SMTP
+outage, every outcome announced on notifications.events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiosmtpd.controller import Controller
+
+from contracts import (
+    NOTIFICATIONS_EVENTS,
+    ORDERS_EVENTS,
+    Actor,
+    Channel,
+    Customer,
+    Message,
+    OrderCreated,
+    OrderStatus,
+    OrderStatusChanged,
+    dlq_topic,
+)
+from devstack import infra
+from devstack.processes import free_port, migrate, service_env, service_process
+from devstack.smtp_sink import MaildirHandler, read_messages
+from devstack.waiting import wait_until
+from notifier.adapters.schema import SchemaBehind, upgrade_to_head
+from notifier.adapters.unit_of_work import UnitOfWorkFactory
+from notifier.app import build_app, build_engine
+from notifier.config import Settings
+from notifier.domain.communication import Communication
+from notifier.domain.dedupe import dedupe_key
+
+MESSAGE_ID_DOMAIN = "it.backbone.local"
+SHOP = Actor(id="shop", role="admin")
+
+
+# --- fixtures: an SMTP sink that can go down, the notifier in this process, topic readers ---
+
+
+class SmtpSink:
+    """aiosmtpd on a fixed port, writing to a maildir; `stop()` and `start()` simulate an
+    outage of the mail server."""
+
+    def __init__(self, maildir: Path, port: int) -> None:
+        self.maildir = maildir
+        self.port = port
+        self._controller: Controller | None = None
+
+    def start(self) -> None:
+        self._controller = Controller(
+            MaildirHandler(self.maildir), hostname="127.0.0.1", port=self.port
+        )
+        self._controller.start()
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+    def messages_to(self, recipient: str) -> list[EmailMessage]:
+        return [m for m in read_messages(self.maildir) if m["To"] == recipient]
+
+
+@pytest.fixture(scope="module")
+def smtp_sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmtpSink]:
+    sink = SmtpSink(tmp_path_factory.mktemp("mail"), free_port())
+    sink.start()
+    yield sink
+    sink.stop()
+
+
+def notifier_settings(
+    databases: infra.TestDatabases, kafka_bootstrap: str, smtp_port: int, **overrides: Any
+) -> Settings:
+    fields: dict[str, Any] = {
+        "database_url": databases.urls["notifier"],
+        "kafka_bootstrap_servers": kafka_bootstrap,
+        "consumer_group": f"notifier-it-{uuid4().hex[:8]}",
+        "smtp_port": smtp_port,
+        "smtp_timeout_seconds": 2.0,
+        "lease_seconds": 10.0,
+        "message_id_domain": MESSAGE_ID_DOMAIN,
+        "dispatch_poll_interval_seconds": 0.2,
+        "outbox_poll_interval_seconds": 0.2,
+        "backoff_base_seconds": 0.2,
+        "backoff_max_seconds": 1.0,
+        "max_attempts": 100,
+        "retry_seconds": 0.5,
+        **overrides,
+    }
+    return Settings(**fields)
+
+
+@pytest.fixture(scope="module")
+async def notifier_api(
+    kafka_bootstrap: str, databases: infra.TestDatabases, smtp_sink: SmtpSink
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The notifier (consumer, dispatcher, relay and HTTP API) running in this process."""
+    settings = notifier_settings(databases, kafka_bootstrap, smtp_sink.port)
+    await asyncio.to_thread(upgrade_to_head, settings.database_url)  # alembic runs its own loop
+    app = build_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://notifier") as client:
+            await wait_until(
+                lambda: client.get("/health/ready"),
+                lambda response: response.status_code == 200,
+                within=60,
+                what="the notifier to be ready",
+            )
+            yield client
+
+
+@pytest.fixture
+async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
+    client = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    await client.start()
+    yield client
+    await client.stop()
+
+
+class TopicReader:
+    """Reads a topic from its beginning, outside any consumer group."""
+
+    def __init__(self, consumer: AIOKafkaConsumer) -> None:
+        self._consumer = consumer
+        self.records: list[ConsumerRecord[bytes, bytes]] = []
+
+    async def values_for(self, key: str, count: int, within: float = 30) -> list[dict[str, Any]]:
+        """The JSON values of the records keyed `key`, once there are at least `count`."""
+
+        async def poll() -> list[dict[str, Any]]:
+            for batch in (await self._consumer.getmany(timeout_ms=200)).values():
+                self.records.extend(batch)
+            return [json.loads(r.value) for r in self.records if r.key == key.encode()]
+
+        return await wait_until(
+            poll, lambda values: len(values) >= count, within=within, what=f"{count} x {key}"
+        )
+
+
+@pytest.fixture
+async def read_topic(kafka_bootstrap: str) -> AsyncIterator[Any]:
+    consumers: list[AIOKafkaConsumer] = []
+
+    async def open_reader(topic: str) -> TopicReader:
+        consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest", group_id=None
+        )
+        await consumer.start()
+        consumers.append(consumer)
+        return TopicReader(consumer)
+
+    yield open_reader
+    for consumer in consumers:
+        await consumer.stop()
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def customer_for(order_id: UUID) -> Customer:
+    """A recipient of the test's own, so its mail is told apart from every other test's."""
+    return Customer(name="Ann O'Neil", email=f"ann+{order_id.hex[:12]}@example.com")
+
+
+def status_changed(
+    order_id: UUID, to: OrderStatus, version: int, frm: OrderStatus = OrderStatus.PENDING
+) -> OrderStatusChanged:
+    return OrderStatusChanged(
+        order_id=order_id,
+        from_status=frm,
+        to_status=to,
+        version=version,
+        actor=SHOP,
+        customer=customer_for(order_id),
+    )
+
+
+async def publish(producer: AIOKafkaProducer, order_id: UUID, value: bytes | Message) -> None:
+    payload = value if isinstance(value, bytes) else value.model_dump_json().encode()
+    await producer.send_and_wait(ORDERS_EVENTS, payload, key=str(order_id).encode())
+
+
+def message_id(event: OrderStatusChanged) -> str:
+    email = event.customer.email
+    assert email is not None
+    key = dedupe_key(event.event_id, Channel.EMAIL, f"order_{event.to_status.value}", email)
+    return f"<{key}@{MESSAGE_ID_DOMAIN}>"
+
+
+async def communications(api: httpx.AsyncClient, order_id: UUID) -> list[dict[str, Any]]:
+    response = await api.get("/communications", params={"order_id": str(order_id)})
+    assert response.status_code == 200, response.text
+    items: list[dict[str, Any]] = response.json()["items"]
+    return items
+
+
+async def wait_for_mail(
+    sink: SmtpSink, recipient: str, count: int, within: float = 60
+) -> list[EmailMessage]:
+    async def probe() -> list[EmailMessage]:
+        return sink.messages_to(recipient)
+
+    return await wait_until(
+        probe, lambda mail: len(mail) >= count, within=within, what=f"{count} email(s)"
+    )
+
+
+async def wait_for_statuses(
+    api: httpx.AsyncClient, order_id: UUID, statuses: list[str], within: float = 60
+) -> list[dict[str, Any]]:
+    return await wait_until(
+        lambda: communications(api, order_id),
+        lambda items: [item["status"] for item in items] == statuses,
+        within=within,
+        what=f"communications {statuses}",
+    )
+
+
+# --- tests --------------------------------------------------------------------------------
+
+
+async def test_an_event_delivered_ten_times_sends_one_email(
+    notifier_api: httpx.AsyncClient, smtp_sink: SmtpSink, producer: AIOKafkaProducer
+) -> None:
+    order_id = uuid4()
+    confirmed = status_changed(order_id, OrderStatus.CONFIRMED, 2)
+    for _ in range(10):
+        await publish(producer, order_id, confirmed)
+    # Same key, so the same partition: once this one is mailed, all ten were handled.
+    preparing = status_changed(order_id, OrderStatus.PREPARING, 3, OrderStatus.CONFIRMED)
+    await publish(producer, order_id, preparing)
+
+    recipient = customer_for(order_id).email
+    assert recipient is not None
+    await wait_for_mail(smtp_sink, recipient, 2)
+    items = await wait_for_statuses(notifier_api, order_id, ["sent", "sent"])
+
+    mailed = sorted(m["Message-ID"] for m in smtp_sink.messages_to(recipient))
+    assert mailed == sorted([message_id(confirmed), message_id(preparing)])
+    assert [(i["event_id"], i["template"]) for i in items] == [
+        (str(confirmed.event_id), "order_confirmed"),
+        (str(preparing.event_id), "order_preparing"),
+    ]
+    first = items[0]
+    assert first["provider_message_id"] == message_id(confirmed)
+    assert (first["attempts"], first["last_error"], first["channel"]) == (1, None, "email")
+    assert first["recipient"] == recipient
+    assert first["sent_at"] is not None
+    assert datetime.fromisoformat(first["sent_at"]) <= datetime.now(UTC)
+
+
+async def test_two_events_send_two_emails_with_distinct_keys_and_announce_each_outcome(
+    notifier_api: httpx.AsyncClient,
+    smtp_sink: SmtpSink,
+    producer: AIOKafkaProducer,
+    read_topic: Any,
+) -> None:
+    announcements = await read_topic(NOTIFICATIONS_EVENTS)
+    order_id = uuid4()
+    ready = status_changed(order_id, OrderStatus.READY, 4, OrderStatus.PREPARING)
+    cancelled = status_changed(order_id, OrderStatus.CANCELLED, 5, OrderStatus.READY)
+    await publish(producer, order_id, ready)
+    await publish(producer, order_id, cancelled)
+
+    recipient = customer_for(order_id).email
+    assert recipient is not None
+    mail = await wait_for_mail(smtp_sink, recipient, 2)
+    items = await wait_for_statuses(notifier_api, order_id, ["sent", "sent"])
+
+    assert len({i["dedupe_key"] for i in items}) == 2
+    assert {m["Message-ID"] for m in mail} == {
+        f"<{i['dedupe_key']}@{MESSAGE_ID_DOMAIN}>" for i in items
+    }
+    cancellation = mail[[m["Message-ID"] for m in mail].index(message_id(cancelled))]
+    text = cancellation.get_body(("plain",))
+    assert text is not None
+    assert "cancelled" in text.get_content()
+    assert "Ann O'Neil" in text.get_content()
+
+    values = await announcements.values_for(str(order_id), 4)
+    outcomes = sorted((v["type"], v["dedupe_key"]) for v in values)
+    assert outcomes == sorted(
+        (kind, i["dedupe_key"])
+        for i in items
+        for kind in ("CommunicationQueued", "CommunicationSent")
+    )
+    sent = [v for v in values if v["type"] == "CommunicationSent"]
+    assert {v["provider_message_id"] for v in sent} == {m["Message-ID"] for m in mail}
+
+    page = await notifier_api.get("/communications", params={"order_id": str(order_id), "limit": 1})
+    assert [i["id"] for i in page.json()["items"]] == [items[0]["id"]]
+    rest = await notifier_api.get(
+        "/communications",
+        params={"order_id": str(order_id), "limit": 1, "cursor": page.json()["next_cursor"]},
+    )
+    assert [i["id"] for i in rest.json()["items"]] == [items[1]["id"]]
+    assert rest.json()["next_cursor"] is None
+
+
+@pytest.mark.parametrize(
+    ("poison", "reason_part"),
+    [
+        (b"\x00\xffnot json at all", "invalid message"),
+        (
+            b'{"type": "OrderTeleported", "order_id": "x"}',
+            "does not match any of the expected tags",
+        ),
+        (b'{"type": "OrderStatusChanged", "order_id": "not-a-uuid"}', "order_id"),
+    ],
+    ids=["not-json", "unknown-type", "schema-invalid"],
+)
+async def test_a_malformed_message_is_dead_lettered_and_the_next_one_is_still_sent(
+    notifier_api: httpx.AsyncClient,
+    smtp_sink: SmtpSink,
+    producer: AIOKafkaProducer,
+    read_topic: Any,
+    poison: bytes,
+    reason_part: str,
+) -> None:
+    dead_letters = await read_topic(dlq_topic(ORDERS_EVENTS))
+    order_id = uuid4()
+    await publish(producer, order_id, poison)
+    # A field this consumer does not know is ignored, not a reason to dead-letter.
+    valid = status_changed(order_id, OrderStatus.CONFIRMED, 2)
+    await publish(
+        producer, order_id, valid.model_dump_json().replace("{", '{"gift_wrap":true,', 1).encode()
+    )
+
+    recipient = customer_for(order_id).email
+    assert recipient is not None
+    mail = await wait_for_mail(smtp_sink, recipient, 1)
+    assert [m["Message-ID"] for m in mail] == [message_id(valid)]
+
+    (letter,) = await dead_letters.values_for(str(order_id), 1)
+    assert letter["type"] == "DeadLetter"
+    assert reason_part in letter["reason"]
+    assert letter["payload"] == poison.decode("utf-8", errors="replace")
+    assert (letter["source_topic"], letter["key"]) == (ORDERS_EVENTS, str(order_id))
+    assert letter["partition"] >= 0
+    assert letter["offset"] >= 0
+    assert letter["consumer_group"].startswith("notifier-it-")
+
+
+async def test_order_created_sends_nothing_by_default(
+    notifier_api: httpx.AsyncClient, smtp_sink: SmtpSink, producer: AIOKafkaProducer
+) -> None:
+    order_id = uuid4()
+    created = OrderCreated(
+        order_id=order_id,
+        status=OrderStatus.PENDING,
+        version=1,
+        customer=customer_for(order_id),
+        actor=SHOP,
+    )
+    await publish(producer, order_id, created)
+    confirmed = status_changed(order_id, OrderStatus.CONFIRMED, 2)
+    await publish(producer, order_id, confirmed)
+
+    recipient = customer_for(order_id).email
+    assert recipient is not None
+    await wait_for_statuses(notifier_api, order_id, ["sent"])
+    assert [m["Message-ID"] for m in smtp_sink.messages_to(recipient)] == [message_id(confirmed)]
+
+
+async def test_with_smtp_down_a_send_fails_and_is_retried_until_delivered_once(
+    notifier_api: httpx.AsyncClient,
+    smtp_sink: SmtpSink,
+    producer: AIOKafkaProducer,
+    read_topic: Any,
+) -> None:
+    announcements = await read_topic(NOTIFICATIONS_EVENTS)
+    order_id = uuid4()
+    delivered = status_changed(order_id, OrderStatus.DELIVERED, 6, OrderStatus.OUT_FOR_DELIVERY)
+    smtp_sink.stop()
+    try:
+        await publish(producer, order_id, delivered)
+        (failed,) = await wait_until(
+            lambda: communications(notifier_api, order_id),
+            lambda items: (
+                len(items) == 1 and items[0]["status"] == "failed" and items[0]["attempts"] >= 2
+            ),
+            within=60,
+            what="a communication failed twice",
+        )
+        assert "refused" in failed["last_error"] or "Connect" in failed["last_error"]
+        assert failed["sent_at"] is None
+        # Backing off: the next attempt is scheduled after the failure, not at once.
+        failed_at = datetime.fromisoformat(failed["updated_at"])
+        assert datetime.fromisoformat(failed["next_attempt_at"]) > failed_at
+        values = await announcements.values_for(str(order_id), 3)
+        assert [v["type"] for v in values[:3]] == [
+            "CommunicationQueued",
+            "CommunicationFailed",
+            "CommunicationFailed",
+        ]
+    finally:
+        smtp_sink.start()
+
+    recipient = customer_for(order_id).email
+    assert recipient is not None
+    (item,) = await wait_for_statuses(notifier_api, order_id, ["sent"])
+    assert item["attempts"] >= 3
+    assert (item["last_error"], item["next_attempt_at"]) == (None, None)
+    mail = smtp_sink.messages_to(recipient)
+    assert [m["Message-ID"] for m in mail] == [message_id(delivered)]
+    values = await announcements.values_for(str(order_id), item["attempts"] + 1)
+    assert values[-1]["type"] == "CommunicationSent"
+    assert values[-1]["attempts"] == item["attempts"]
+
+
+async def test_a_template_that_cannot_render_ends_dead_with_the_reason(
+    notifier_api: httpx.AsyncClient, databases: infra.TestDatabases
+) -> None:
+    order_id = uuid4()
+    engine = build_engine(Settings(database_url=databases.urls["notifier"]))
+    try:
+        async with UnitOfWorkFactory(engine, on_outbox_commit=lambda: None)() as uow:
+            await uow.communications.add_if_new(
+                Communication.queue(
+                    event_id=uuid4(),
+                    order_id=order_id,
+                    channel=Channel.EMAIL,
+                    template="order_teleported",
+                    recipient="ann@example.com",
+                    context={"order_id": str(order_id)},
+                    now=datetime.now(UTC),
+                )
+            )
+    finally:
+        await engine.dispose()
+
+    (item,) = await wait_for_statuses(notifier_api, order_id, ["dead"])
+    assert "order_teleported" in item["last_error"]
+    assert item["attempts"] == 1
+    assert (await notifier_api.get("/health/live")).status_code == 200
+
+
+async def test_with_kafka_unreachable_the_api_serves_and_readiness_says_why(
+    databases: infra.TestDatabases, smtp_sink: SmtpSink, notifier_api: httpx.AsyncClient
+) -> None:
+    settings = notifier_settings(databases, f"127.0.0.1:{free_port()}", smtp_sink.port)
+    app = build_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://notifier") as client:
+            assert (await client.get("/health/live")).status_code == 200
+            ready = await client.get("/health/ready")
+            assert ready.status_code == 503
+            error = ready.json()["error"]
+            assert (error["code"], error["details"]) == ("not_ready", {})
+            assert "kafka" in error["message"]
+            listed = await client.get("/communications", params={"limit": 1})
+            assert listed.status_code == 200
+            assert set(listed.json()) == {"items", "next_cursor"}
+
+
+async def test_the_api_answers_bad_requests_in_the_error_shape(
+    notifier_api: httpx.AsyncClient,
+) -> None:
+    for params in ({"order_id": "nope"}, {"cursor": "garbage"}, {"limit": 0}):
+        response = await notifier_api.get("/communications", params=params)
+        assert response.status_code == 422, params
+        assert set(response.json()["error"]) == {"code", "message", "details"}
+    missing = await notifier_api.get("/nowhere")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "not_found"
+
+
+async def test_the_service_refuses_a_database_whose_schema_is_behind(
+    kafka_bootstrap: str,
+) -> None:
+    created = infra.create_test_databases("behind")
+    try:
+        settings = Settings(
+            database_url=created.urls["notifier"], kafka_bootstrap_servers=kafka_bootstrap
+        )
+        app = build_app(settings)
+        with pytest.raises(SchemaBehind, match="migrate"):
+            async with app.router.lifespan_context(app):
+                pass
+    finally:
+        infra.drop_test_databases(created)
+
+
+async def test_as_a_process_it_migrates_serves_and_stops_cleanly_on_sigterm(
+    kafka_bootstrap: str,
+    smtp_sink: SmtpSink,
+    producer: AIOKafkaProducer,
+    tmp_path: Path,
+) -> None:
+    created = infra.create_test_databases("proc")
+    port = free_port()
+    env = service_env(
+        "notifier",
+        database_url=created.urls["notifier"],
+        kafka_bootstrap_servers=kafka_bootstrap,
+        http_port=port,
+        extra={
+            "NOTIFIER_SMTP_PORT": str(smtp_sink.port),
+            "NOTIFIER_CONSUMER_GROUP": f"notifier-proc-{uuid4().hex[:8]}",
+            "NOTIFIER_MESSAGE_ID_DOMAIN": MESSAGE_ID_DOMAIN,
+        },
+    )
+    process = service_process("notifier", env, port, tmp_path)
+    try:
+        await asyncio.to_thread(migrate, "notifier", env)
+        await asyncio.to_thread(process.start)
+        order_id = uuid4()
+        ready = status_changed(order_id, OrderStatus.READY, 4)
+        await publish(producer, order_id, ready)
+        recipient = customer_for(order_id).email
+        assert recipient is not None
+        mail = await wait_for_mail(smtp_sink, recipient, 1)
+        assert [m["Message-ID"] for m in mail] == [message_id(ready)]
+
+        await asyncio.to_thread(process.stop)
+        assert process.popen is not None
+        # uvicorn finishes the shutdown, then re-raises the signal it caught.
+        assert process.popen.returncode in (0, -signal.SIGTERM), process.tail()
+        assert "notifier stopped" in process.tail()
+        assert "Application shutdown complete" in process.tail()
+    finally:
+        process.kill()
+        infra.drop_test_databases(created)
