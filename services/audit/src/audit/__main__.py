@@ -40,11 +40,7 @@ def main(argv: list[str] | None = None) -> None:
         upgrade_to_head(settings.database_url)
     elif args.command == "verify":
         report = asyncio.run(_verify(settings))
-        print(
-            json.dumps(
-                {"ok": report.ok, "checked": report.checked, "first_broken": report.first_broken}
-            )
-        )
+        print(json.dumps(report.as_dict()))
         sys.exit(0 if report.ok else 1)
     else:
         uvicorn.run(

@@ -19,8 +19,14 @@ from audit.entrypoints.consumer import register_audit_handlers
 
 
 def build_engine(settings: Settings) -> AsyncEngine:
+    # READ COMMITTED whatever the database's default: appending to the chain relies on it
+    # (see AuditRepository.lock_tail).
     return create_async_engine(
-        settings.database_url, pool_size=10, max_overflow=10, pool_pre_ping=True
+        settings.database_url,
+        pool_size=10,
+        max_overflow=10,
+        pool_pre_ping=True,
+        isolation_level="READ COMMITTED",
     )
 
 
@@ -28,6 +34,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     engine = build_engine(settings)
     uow_factory = UnitOfWorkFactory(engine)
+    # The producer only writes dead letters; idempotent with acks=all so none is lost or doubled.
     broker = KafkaBroker(
         settings.kafka_bootstrap_servers,
         enable_idempotence=True,
@@ -58,7 +65,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.engine = engine
     app.state.uow_factory = uow_factory
-    app.state.kafka_connected = connection.connected
+    app.state.kafka = connection
     http.install_error_handlers(app)
     app.include_router(http.router)
     return app

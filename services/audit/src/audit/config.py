@@ -15,5 +15,7 @@ class Settings(BaseSettings):
     consumer_group: str = "audit"
     http_host: str = "127.0.0.1"
     http_port: int = 8002
-    # Pause before a transiently failing message is redelivered, and between reconnects.
+    # Most messages consumed, and appended to the chain in one transaction, at a time.
+    batch_size: int = Field(default=500, ge=1)
+    # Pause before a transiently failing batch is redelivered, and between reconnects.
     retry_seconds: float = 1.0

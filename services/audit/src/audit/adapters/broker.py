@@ -1,15 +1,23 @@
-"""Connects the Kafka broker client in the background, so the service starts and serves its
-read API and chain verification while Kafka is down."""
+"""The Kafka client: connected in the background, so the service starts and serves its read
+API and chain verification while Kafka is down; and fed raw records, so no message can fail
+inside faststream before this service gets to dead-letter it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
 
+from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaBroker
+from faststream.message import StreamMessage
 
 log = logging.getLogger(__name__)
+
+Records = tuple[ConsumerRecord[Any, Any], ...]
 
 
 class BrokerConnection:
@@ -32,3 +40,34 @@ class BrokerConnection:
                 continue
             self.connected.set()
             return
+
+    async def answers(self, within: float) -> bool:
+        """Started, and the cluster answers now (within `within` seconds)."""
+        return self.connected.is_set() and await self.broker.ping(within)
+
+
+async def parse_with_text_headers(
+    records: Records, parse: Callable[[Records], Awaitable[StreamMessage[Records]]]
+) -> StreamMessage[Records]:
+    """faststream's batch parser decodes every header value as strict UTF-8 and, when that
+    fails, drops the whole batch unseen (neither handled nor dead-lettered). Header values
+    are made valid UTF-8 first; this service does not read them."""
+    return await parse(
+        tuple(
+            dataclasses.replace(
+                record,
+                headers=[
+                    (name, (value or b"").decode("utf-8", errors="replace").encode())
+                    for name, value in record.headers
+                ],
+            )
+            for record in records
+        )
+    )
+
+
+def undecoded(message: StreamMessage[Records]) -> Any:
+    """The bodies as they came. faststream's own decoder parses JSON when the content-type
+    header says so and raises on a body that is not, before the handler could dead-letter
+    it; the handler parses the raw bytes itself."""
+    return message.body

@@ -3,30 +3,49 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaBroker
-from faststream.kafka.message import KafkaMessage
+from pydantic import ValidationError
 
 from contracts import DeadLetter, dlq_topic
 
+# Kafka refuses records over its max size (1 MiB by default); an oversized poison message
+# must still fit in its dead letter, so its payload is cut to this many characters.
+MAX_KEPT_PAYLOAD = 256 * 1024
+
+
+def describe_invalid(error: ValidationError) -> str:
+    problems = "; ".join(
+        f"{'.'.join(str(part) for part in e['loc']) or 'message'}: {e['msg']}"
+        for e in error.errors()[:5]
+    )
+    return f"invalid message: {problems}"
+
 
 async def dead_letter(
-    broker: KafkaBroker, message: KafkaMessage, reason: str, consumer_group: str
+    broker: KafkaBroker, record: ConsumerRecord[Any, Any], reason: str, consumer_group: str
 ) -> None:
-    record = message.raw_message
-    assert not isinstance(record, tuple), "dead-lettering is per message"
-    letter = DeadLetter.of_record(
-        topic=record.topic,
+    value: bytes = record.value or b""
+    key: bytes | None = record.key
+    payload = value.decode("utf-8", errors="replace")
+    if len(payload) > MAX_KEPT_PAYLOAD:
+        reason = f"{reason} (payload of {len(payload)} characters cut to {MAX_KEPT_PAYLOAD})"
+        payload = payload[:MAX_KEPT_PAYLOAD]
+    letter = DeadLetter(
+        source_topic=record.topic,
         partition=record.partition,
         offset=record.offset,
-        key=record.key,
-        value=record.value,
-        headers=record.headers,
+        key=key.decode("utf-8", errors="replace") if key else None,
+        payload=payload,
+        headers={k: (v or b"").decode("utf-8", errors="replace") for k, v in record.headers},
         reason=reason,
         consumer_group=consumer_group,
     )
     await broker.publish(
         letter.model_dump_json().encode(),
         dlq_topic(record.topic),
-        key=record.key,
+        key=key,
         headers={"content-type": "application/json"},
     )

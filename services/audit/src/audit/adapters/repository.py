@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
-from sqlalchemy import func, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import DateTime, func, insert, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from audit.adapters.tables import audit_log
-from audit.domain.entries import GENESIS_HASH, AuditEntry, StoredEntry, chain_hash
+from audit.domain.entries import GENESIS_HASH, AuditEntry, ChainedEntry, StoredEntry
 
-# Names "the audit chain tail" among advisory locks.
+# Names "the audit chain tail" among the advisory locks of the audit database.
 CHAIN_LOCK_KEY = 0x61756469745F01
+
+
+class Unstorable(Exception):
+    """The database refused the content itself (SQLSTATE class 22, data exception, e.g. a NUL
+    character in a text): retrying cannot help, unlike a lost connection."""
+
+
+@dataclass(frozen=True)
+class ChainTail:
+    hash: str
+    now: datetime
 
 
 def _entry(row: Any) -> AuditEntry:
@@ -39,59 +52,63 @@ class AuditRepository:
     def __init__(self, connection: AsyncConnection) -> None:
         self._connection = connection
 
-    async def append(self, entries: list[AuditEntry]) -> int:
-        """Append entries not yet recorded, each linked to the one before; returns how many
-        were new.
+    async def lock_tail(self) -> ChainTail:
+        """Take the chain for this transaction and return its tail: the last entry's hash and
+        the database's clock.
 
-        Concurrency: the chain is one sequence, so appends from every replica are serialised
-        by a transaction-scoped advisory lock taken before reading the tail. The lock is held
-        only for this short transaction (read tail, hash, insert), and callers pass whole
-        consumer batches, so replicas still share the consuming, parsing and I/O while only
-        the append itself is serial. Already-recorded event ids are skipped, which makes a
-        redelivered message change nothing."""
+        Why: the chain is one sequence, and every replica of the service appends to it. Two
+        appenders reading the same tail would fork it, so appends are serialised by a
+        transaction-scoped advisory lock on a constant, held until commit or rollback. The
+        tail is read by a second statement *after* the lock is granted: under READ COMMITTED
+        (which the engine sets) each statement sees everything committed before it started,
+        so it sees the previous holder's entries. The lock is held only for the short append
+        transaction and callers append whole consumer batches, so replicas still share the
+        consuming and parsing while only the append itself is serial. A UNIQUE constraint on
+        prev_hash backs this up: a fork fails to insert instead of being stored. The clock
+        is read under the lock so `recorded_at` never goes backwards along the chain."""
         await self._connection.execute(select(func.pg_advisory_xact_lock(CHAIN_LOCK_KEY)))
-        known = set(
-            (
-                await self._connection.execute(
-                    select(audit_log.c.event_id).where(
-                        audit_log.c.event_id.in_([e.event_id for e in entries])
-                    )
-                )
-            ).scalars()
+        last_hash = select(audit_log.c.hash).order_by(audit_log.c.id.desc()).limit(1)
+        now = func.clock_timestamp(type_=DateTime(timezone=True))
+        row = (await self._connection.execute(select(now, last_hash.scalar_subquery()))).one()
+        return ChainTail(hash=row[1] or GENESIS_HASH, now=row[0])
+
+    async def recorded(self, event_ids: list[UUID]) -> set[UUID]:
+        """Which of `event_ids` already have an entry."""
+        rows = await self._connection.execute(
+            select(audit_log.c.event_id).where(audit_log.c.event_id.in_(event_ids))
         )
-        prev_hash = (
-            await self._connection.scalar(
-                select(audit_log.c.hash).order_by(audit_log.c.id.desc()).limit(1)
-            )
-        ) or GENESIS_HASH
-        added = 0
-        for entry in entries:
-            if entry.event_id in known:
-                continue
-            known.add(entry.event_id)
-            entry_hash = chain_hash(prev_hash, entry)
-            await self._connection.execute(
-                pg_insert(audit_log).values(
-                    event_id=entry.event_id,
-                    action=entry.action,
-                    actor=entry.actor,
-                    entity_type=entry.entity_type,
-                    entity_id=entry.entity_id,
-                    occurred_at=entry.occurred_at,
-                    recorded_at=entry.recorded_at,
-                    source=entry.source,
-                    before=entry.before,
-                    after=entry.after,
-                    reason=entry.reason,
-                    correlation_id=entry.correlation_id,
-                    details=entry.details,
-                    prev_hash=prev_hash,
-                    hash=entry_hash,
-                )
-            )
-            prev_hash = entry_hash
-            added += 1
-        return added
+        return set(rows.scalars())
+
+    async def insert(self, links: list[ChainedEntry]) -> None:
+        """Store linked entries; their ids follow the list's order, which is the chain's."""
+        if not links:
+            return
+        rows = [
+            {
+                "event_id": link.entry.event_id,
+                "action": link.entry.action,
+                "actor": link.entry.actor,
+                "entity_type": link.entry.entity_type,
+                "entity_id": link.entry.entity_id,
+                "occurred_at": link.entry.occurred_at,
+                "recorded_at": link.entry.recorded_at,
+                "source": link.entry.source,
+                "before": link.entry.before,
+                "after": link.entry.after,
+                "reason": link.entry.reason,
+                "correlation_id": link.entry.correlation_id,
+                "details": link.entry.details,
+                "prev_hash": link.prev_hash,
+                "hash": link.hash,
+            }
+            for link in links
+        ]
+        try:
+            await self._connection.execute(insert(audit_log), rows)
+        except DBAPIError as error:
+            if str(getattr(error.orig, "sqlstate", "")).startswith("22"):
+                raise Unstorable(str(error.orig).splitlines()[0]) from error
+            raise
 
     async def page(
         self,
@@ -116,7 +133,7 @@ class AuditRepository:
             query = query.where(c.id < after_id if newest_first else c.id > after_id)
         return list((await self._connection.execute(query)).all())
 
-    async def walk(self, batch: int = 1000) -> AsyncIterator[StoredEntry]:
+    async def walk(self, batch: int = 1000) -> AsyncGenerator[StoredEntry, None]:
         """Every entry in chain order, read in batches."""
         last_id = 0
         while True:

@@ -1,4 +1,4 @@
-"""The audit table (SQLAlchemy Core). The migration also makes it append-only."""
+"""The audit table (SQLAlchemy Core). The migrations also make it append-only."""
 
 from sqlalchemy import (
     BigInteger,
@@ -10,6 +10,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     Uuid,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -35,7 +36,9 @@ audit_log = Table(
     Column("details", JSONB, nullable=False),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False, unique=True),
+    UniqueConstraint("prev_hash", name="uq_audit_log_prev_hash"),
     Index("ix_audit_log_entity", "entity_id", "id"),
     Index("ix_audit_log_actor", "actor", "id"),
     Index("ix_audit_log_action", "action", "id"),
+    Index("ix_audit_log_occurred_at", "occurred_at", "id"),
 )

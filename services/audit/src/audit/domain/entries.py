@@ -1,10 +1,19 @@
 """Audit entries: what each message means for the trail, and the hash chain that makes the
 trail tamper-evident.
 
-Each entry's hash is sha256(prev_hash + "\\n" + canonical content), where the canonical
-content is the entry's fields as compact JSON with sorted keys and timestamps in UTC ISO 8601.
-Changing any field of any entry, or removing or reordering entries, breaks the chain from that
-entry on; `verify_chain` names the first entry where it breaks.
+Canonical content of an entry: a JSON object of exactly these fields, `event_id`, `action`,
+`actor`, `entity_type`, `entity_id`, `occurred_at`, `recorded_at`, `source`, `before`,
+`after`, `reason`, `correlation_id`, `details`, serialised with sorted keys, no whitespace
+(`","` and `":"` separators) and ASCII escapes; UUIDs in their 36-character form, timestamps
+in UTC as ISO 8601 with microseconds (`2026-05-01T12:00:00.000000+00:00`), absent values as
+`null`. The database id, `hash` and `prev_hash` are not part of it.
+
+Each entry's `hash` is the hex sha256 of `prev_hash + "\\n" + canonical content`, where
+`prev_hash` is the previous entry's `hash` (64 zeros for the first entry). Changing any field
+of any entry, or removing or reordering entries, breaks the chain from that entry on;
+`verify_chain` names the first entry where it breaks. Cutting entries off the end leaves a
+valid shorter chain, which is why a verification reports the `head` hash: kept elsewhere, it
+shows that nothing after it went missing.
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID
+from uuid import NAMESPACE_URL, UUID, uuid5
 
 from contracts import (
     CommandAccepted,
@@ -48,6 +57,21 @@ COMMUNICATION_ACTIONS: dict[type[CommunicationEvent], str] = {
     CommunicationFailed: "communication.failed",
     CommunicationDead: "communication.dead",
 }
+
+COMMAND_RESULT_NAMESPACE = uuid5(NAMESPACE_URL, "urn:order-backbone:audit:command-result")
+
+
+def audit_event_id(message: AuditedMessage) -> UUID:
+    """The id an entry is recorded (and deduplicated) under.
+
+    Events carry their own `event_id`. A command result is about one attempt, its
+    `command_id`, and the order service may announce the same attempt again under a new
+    `event_id` (a refused HTTP change retried with the same Idempotency-Key keeps its
+    command id), so its id is uuid5(COMMAND_RESULT_NAMESPACE, "<command_id>/<type>"): the
+    same attempt and outcome always map to the same entry."""
+    if isinstance(message, CommandAccepted | CommandRejected):
+        return uuid5(COMMAND_RESULT_NAMESPACE, f"{message.command_id}/{message.type}")
+    return message.event_id
 
 
 @dataclass(frozen=True)
@@ -94,10 +118,10 @@ def chain_hash(prev_hash: str, entry: AuditEntry) -> str:
 
 
 def entry_for(message: AuditedMessage, recorded_at: datetime) -> AuditEntry:
-    """The one audit entry a message stands for. Its `event_id` is the message's own, so a
+    """The one audit entry a message stands for, under `audit_event_id(message)`, so a
     redelivered message maps to the same entry and is recorded once."""
     common: dict[str, Any] = {
-        "event_id": message.event_id,
+        "event_id": audit_event_id(message),
         "occurred_at": message.occurred_at,
         "recorded_at": recorded_at,
         "correlation_id": message.correlation_id,
@@ -132,20 +156,28 @@ def entry_for(message: AuditedMessage, recorded_at: datetime) -> AuditEntry:
             entity_id=str(message.order_id),
             source="order",
             after={"version": message.version},
-            details={"command_id": str(message.command_id)},
+            details={
+                "command_id": str(message.command_id),
+                "result_event_id": str(message.event_id),
+            },
             **common,
         )
     if isinstance(message, CommandRejected):
         return AuditEntry(
             action="order.command_rejected",
             actor=message.actor.id,
-            entity_type="order",
+            # A command refused before naming an order (none to name) is filed under itself.
+            entity_type="order" if message.order_id else "command",
             entity_id=str(message.order_id or message.command_id),
             source="order",
             before={"status": message.current_status.value} if message.current_status else None,
             after={"status": message.requested_status.value} if message.requested_status else None,
             reason=message.reason,
-            details={"command_id": str(message.command_id), "code": message.code},
+            details={
+                "command_id": str(message.command_id),
+                "code": message.code,
+                "result_event_id": str(message.event_id),
+            },
             **common,
         )
     details: dict[str, Any] = {
@@ -172,6 +204,38 @@ def entry_for(message: AuditedMessage, recorded_at: datetime) -> AuditEntry:
     )
 
 
+def new_entries(
+    messages: Iterable[AuditedMessage], recorded: set[UUID], recorded_at: datetime
+) -> list[AuditEntry]:
+    """The entries of the messages not recorded yet, each once, in message order."""
+    seen = set(recorded)
+    entries = []
+    for message in messages:
+        entry = entry_for(message, recorded_at)
+        if entry.event_id not in seen:
+            seen.add(entry.event_id)
+            entries.append(entry)
+    return entries
+
+
+@dataclass(frozen=True)
+class ChainedEntry:
+    entry: AuditEntry
+    prev_hash: str
+    hash: str
+
+
+def chained(tail_hash: str, entries: Iterable[AuditEntry]) -> list[ChainedEntry]:
+    """Link `entries`, in order, after the entry whose hash is `tail_hash`."""
+    links = []
+    prev_hash = tail_hash
+    for entry in entries:
+        link = ChainedEntry(entry, prev_hash, chain_hash(prev_hash, entry))
+        links.append(link)
+        prev_hash = link.hash
+    return links
+
+
 @dataclass(frozen=True)
 class StoredEntry:
     id: int
@@ -184,21 +248,59 @@ class StoredEntry:
 class ChainReport:
     ok: bool
     checked: int
+    head: str
     first_broken: dict[str, Any] | None = None
 
+    def as_dict(self) -> dict[str, Any]:
+        """`{"ok": true, "checked": N, "head": ...}`, or with `first_broken` when not ok."""
+        report: dict[str, Any] = {"ok": self.ok, "checked": self.checked, "head": self.head}
+        if self.first_broken is not None:
+            report["first_broken"] = self.first_broken
+        return report
 
-def verify_chain(entries: Iterable[StoredEntry], expected_prev: str = GENESIS_HASH) -> ChainReport:
-    """Walk the chain in order; report the first entry whose link or content does not hold."""
-    checked = 0
-    for stored in entries:
+
+class ChainCheck:
+    """Checks a chain one entry at a time, so a long chain is verified without holding it
+    all in memory. `checked` counts the entries that hold; `head` is the last one's hash."""
+
+    def __init__(self) -> None:
+        self.checked = 0
+        self.head = GENESIS_HASH
+        self.first_broken: dict[str, Any] | None = None
+
+    def add(self, stored: StoredEntry) -> bool:
+        """Check the next entry; False (and nothing more is checked) once the chain broke."""
+        if self.first_broken is not None:
+            return False
         problem = None
-        if stored.prev_hash != expected_prev:
+        if stored.prev_hash != self.head:
             problem = "prev_hash does not match the previous entry's hash"
         elif chain_hash(stored.prev_hash, stored.entry) != stored.hash:
             problem = "content does not match its hash (the entry was altered)"
         if problem is not None:
-            broken = {"id": stored.id, "event_id": str(stored.entry.event_id), "problem": problem}
-            return ChainReport(ok=False, checked=checked, first_broken=broken)
-        expected_prev = stored.hash
-        checked += 1
-    return ChainReport(ok=True, checked=checked)
+            self.first_broken = {
+                "id": stored.id,
+                "event_id": str(stored.entry.event_id),
+                "problem": problem,
+            }
+            return False
+        self.head = stored.hash
+        self.checked += 1
+        return True
+
+    def report(self) -> ChainReport:
+        return ChainReport(
+            ok=self.first_broken is None,
+            checked=self.checked,
+            head=self.head,
+            first_broken=self.first_broken,
+        )
+
+
+def verify_chain(entries: Iterable[StoredEntry]) -> ChainReport:
+    """Walk the chain in order; report the first entry whose link or content does not hold."""
+    check = ChainCheck()
+    for stored in entries:
+        if not check.add(stored):
+            break
+    return check.report()

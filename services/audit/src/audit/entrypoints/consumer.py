@@ -1,5 +1,7 @@
-"""Every audited topic → one audit entry per message. The offset is committed only after the
-handler returns, i.e. after the entry is committed to the chain."""
+"""Every audited topic → one audit entry per message, a consumed batch at a time.
+
+The offsets are committed only after the handler returns, i.e. after the batch's entries are
+committed to the chain; on an error the batch is redelivered, which records nothing twice."""
 
 from __future__ import annotations
 
@@ -7,20 +9,22 @@ import asyncio
 import logging
 from typing import Any
 
+from aiokafka import ConsumerRecord
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from pydantic import TypeAdapter, ValidationError
 
 from audit import service
-from audit.adapters.dead_letters import dead_letter
+from audit.adapters.broker import Records, parse_with_text_headers, undecoded
+from audit.adapters.dead_letters import dead_letter, describe_invalid
 from audit.config import Settings
+from audit.domain.entries import AuditedMessage
 from contracts import (
     NOTIFICATIONS_EVENTS,
     ORDERS_COMMAND_RESULTS,
     ORDERS_EVENTS,
     command_result_adapter,
-    describe_invalid,
     notification_event_adapter,
     order_event_adapter,
 )
@@ -34,35 +38,52 @@ AUDITED_TOPICS: dict[str, TypeAdapter[Any]] = {
 }
 
 
+Parsed = list[tuple[ConsumerRecord[Any, Any], AuditedMessage]]
+Rejected = list[tuple[ConsumerRecord[Any, Any], str]]
+
+
+def _parse(records: Records) -> tuple[Parsed, Rejected]:
+    """Each record as its topic's contract, or the reason it is not one."""
+    parsed: Parsed = []
+    rejected: Rejected = []
+    for record in records:
+        try:
+            parsed.append((record, AUDITED_TOPICS[record.topic].validate_json(record.value or b"")))
+        except ValidationError as error:
+            rejected.append((record, describe_invalid(error)))
+    return parsed, rejected
+
+
 def register_audit_handlers(
     broker: KafkaBroker, uow_factory: service.UnitOfWorkFactory, settings: Settings
 ) -> None:
-    for topic, adapter in AUDITED_TOPICS.items():
-        _subscribe(broker, topic, adapter, uow_factory, settings)
+    group = settings.consumer_group
 
-
-def _subscribe(
-    broker: KafkaBroker,
-    topic: str,
-    adapter: TypeAdapter[Any],
-    uow_factory: service.UnitOfWorkFactory,
-    settings: Settings,
-) -> None:
     @broker.subscriber(
-        topic,
-        group_id=settings.consumer_group,
+        *AUDITED_TOPICS,
+        group_id=group,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.NACK_ON_ERROR,
+        batch=True,
+        max_records=settings.batch_size,
+        parser=parse_with_text_headers,
+        decoder=undecoded,
     )
-    async def on_message(msg: KafkaMessage) -> None:
-        try:
-            message = adapter.validate_json(msg.body)
-        except ValidationError as error:
-            await dead_letter(broker, msg, describe_invalid(error), settings.consumer_group)
-            return
-        try:
-            await service.record(uow_factory, [message])
-        except Exception:
-            log.exception("%s %s not audited; will be redelivered", topic, message.event_id)
-            await asyncio.sleep(settings.retry_seconds)
-            raise
+    async def on_batch(msg: KafkaMessage) -> None:
+        raw = msg.raw_message
+        parsed, rejects = _parse(raw if isinstance(raw, tuple) else (raw,))
+        if parsed:
+            try:
+                recorded = await service.record(uow_factory, [m for _, m in parsed])
+            except Exception:
+                # Not the messages' fault (database down?): redeliver them after a pause.
+                log.exception("%d messages not audited; will be redelivered", len(parsed))
+                await asyncio.sleep(settings.retry_seconds)
+                raise
+            rejects += [
+                (parsed[position][0], f"cannot be stored: {why}")
+                for position, why in recorded.refused.items()
+            ]
+        # After the commit: a failure here redelivers the batch, whose entries are skipped.
+        for record, reason in rejects:
+            await dead_letter(broker, record, reason, group)

@@ -19,6 +19,8 @@ from audit import service
 
 router = APIRouter()
 
+MAX_ID = 2**63 - 1  # a cursor beyond bigint would fail in the database, not as a 422
+
 
 class Entry(BaseModel):
     id: int
@@ -47,12 +49,16 @@ class EntryPage(BaseModel):
 class Timeline(BaseModel):
     order_id: UUID
     items: list[Entry] = Field(description="Oldest first")
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page")
 
 
 class VerifyReport(BaseModel):
     ok: bool
-    checked: int
-    first_broken: dict[str, Any] | None = None
+    checked: int = Field(description="How many entries, from the first, hold")
+    head: str = Field(description="Hash of the last entry that holds; keep it to detect a cut")
+    first_broken: dict[str, Any] | None = Field(
+        default=None, description="Only when not ok: the entry's id, event_id and the problem"
+    )
 
 
 class InvalidCursor(Exception):
@@ -84,9 +90,19 @@ def install_error_handlers(app: FastAPI) -> None:
 
 def _decode_cursor(cursor: str) -> int:
     try:
-        return int(base64.urlsafe_b64decode(cursor.encode()).decode())
+        after_id = int(base64.urlsafe_b64decode(cursor.encode()).decode())
     except ValueError:
         raise InvalidCursor from None
+    if not 0 < after_id <= MAX_ID:
+        raise InvalidCursor
+    return after_id
+
+
+def _cursor_after(rows: list[Any], limit: int) -> str | None:
+    """The cursor of the next page, if `rows` (fetched with one extra) has one."""
+    if len(rows) <= limit:
+        return None
+    return base64.urlsafe_b64encode(str(rows[limit - 1].id).encode()).decode()
 
 
 @router.get("/audit", response_model=EntryPage)
@@ -95,7 +111,7 @@ async def entries(
     entity_id: str | None = None,
     actor: str | None = None,
     action: str | None = None,
-    since: AwareDatetime | None = None,
+    since: Annotated[AwareDatetime | None, Query(description="occurred at or after")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: str | None = None,
 ) -> EntryPage:
@@ -109,31 +125,39 @@ async def entries(
         after_id=_decode_cursor(cursor) if cursor else None,
         limit=limit + 1,
     )
-    page = rows[:limit]
-    next_cursor = (
-        base64.urlsafe_b64encode(str(page[-1].id).encode()).decode() if len(rows) > limit else None
-    )
     return EntryPage(
-        items=[Entry.model_validate(row, from_attributes=True) for row in page],
-        next_cursor=next_cursor,
+        items=[Entry.model_validate(row, from_attributes=True) for row in rows[:limit]],
+        next_cursor=_cursor_after(rows, limit),
     )
 
 
 @router.get("/audit/orders/{order_id}/timeline", response_model=Timeline)
-async def timeline(request: Request, order_id: UUID) -> Timeline:
+async def timeline(
+    request: Request,
+    order_id: UUID,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+    cursor: str | None = None,
+) -> Timeline:
     """Everything that happened to one order, oldest first, ready for an admin UI."""
     rows = await service.list_entries(
-        request.app.state.uow_factory, entity_id=str(order_id), limit=10_000, newest_first=False
+        request.app.state.uow_factory,
+        entity_id=str(order_id),
+        after_id=_decode_cursor(cursor) if cursor else None,
+        limit=limit + 1,
+        newest_first=False,
     )
     return Timeline(
-        order_id=order_id, items=[Entry.model_validate(row, from_attributes=True) for row in rows]
+        order_id=order_id,
+        items=[Entry.model_validate(row, from_attributes=True) for row in rows[:limit]],
+        next_cursor=_cursor_after(rows, limit),
     )
 
 
-@router.get("/audit/verify", response_model=VerifyReport)
+@router.get("/audit/verify", response_model=VerifyReport, response_model_exclude_none=True)
 async def verify(request: Request) -> VerifyReport:
+    """Walk the whole chain from the first entry and report the first broken link."""
     report = await service.verify(request.app.state.uow_factory)
-    return VerifyReport(ok=report.ok, checked=report.checked, first_broken=report.first_broken)
+    return VerifyReport.model_validate(report.as_dict())
 
 
 @router.get("/health/live", tags=["health"])
@@ -148,7 +172,9 @@ async def ready(request: Request) -> JSONResponse:
         async with request.app.state.engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
     except Exception as error:
-        return error_response(503, "not_ready", f"database unreachable: {type(error).__name__}")
-    if not request.app.state.kafka_connected.is_set():
-        return error_response(503, "not_ready", "kafka not connected yet")
+        return error_response(
+            503, "not_ready", f"database unreachable: {type(error).__name__}", dependency="database"
+        )
+    if not await request.app.state.kafka.answers(within=1.0):
+        return error_response(503, "not_ready", "kafka not connected", dependency="kafka")
     return JSONResponse({"status": "ok"})
