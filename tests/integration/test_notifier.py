@@ -190,9 +190,16 @@ def status_changed(
     )
 
 
-async def publish(producer: AIOKafkaProducer, order_id: UUID, value: bytes | Message) -> None:
+async def publish(
+    producer: AIOKafkaProducer,
+    order_id: UUID,
+    value: bytes | Message,
+    headers: list[tuple[str, bytes]] | None = None,
+) -> None:
     payload = value if isinstance(value, bytes) else value.model_dump_json().encode()
-    await producer.send_and_wait(ORDERS_EVENTS, payload, key=str(order_id).encode())
+    await producer.send_and_wait(
+        ORDERS_EVENTS, payload, key=str(order_id).encode(), headers=headers
+    )
 
 
 def message_id(event: OrderStatusChanged) -> str:
@@ -312,17 +319,23 @@ async def test_two_events_send_two_emails_with_distinct_keys_and_announce_each_o
     assert rest.json()["next_cursor"] is None
 
 
+JSON_LABEL = [("content-type", b"application/json")]
+
+
 @pytest.mark.parametrize(
-    ("poison", "reason_part"),
+    ("poison", "headers", "reason_part"),
     [
-        (b"\x00\xffnot json at all", "invalid message"),
+        (b"\x00\xffnot json at all", None, "invalid message"),
+        (b"not json, though labelled so", JSON_LABEL, "Invalid JSON"),
         (
             b'{"type": "OrderTeleported", "order_id": "x"}',
+            None,
             "does not match any of the expected tags",
         ),
-        (b'{"type": "OrderStatusChanged", "order_id": "not-a-uuid"}', "order_id"),
+        (b'{"type": "OrderStatusChanged", "order_id": "not-a-uuid"}', None, "order_id"),
+        (b"{}", [("trace", b"\xff\xfe")], "type"),
     ],
-    ids=["not-json", "unknown-type", "schema-invalid"],
+    ids=["not-json", "not-json-labelled-json", "unknown-type", "schema-invalid", "binary-header"],
 )
 async def test_a_malformed_message_is_dead_lettered_and_the_next_one_is_still_sent(
     notifier_api: httpx.AsyncClient,
@@ -330,15 +343,19 @@ async def test_a_malformed_message_is_dead_lettered_and_the_next_one_is_still_se
     producer: AIOKafkaProducer,
     read_topic: Any,
     poison: bytes,
+    headers: list[tuple[str, bytes]] | None,
     reason_part: str,
 ) -> None:
     dead_letters = await read_topic(dlq_topic(ORDERS_EVENTS))
     order_id = uuid4()
-    await publish(producer, order_id, poison)
+    await publish(producer, order_id, poison, headers)
     # A field this consumer does not know is ignored, not a reason to dead-letter.
     valid = status_changed(order_id, OrderStatus.CONFIRMED, 2)
     await publish(
-        producer, order_id, valid.model_dump_json().replace("{", '{"gift_wrap":true,', 1).encode()
+        producer,
+        order_id,
+        valid.model_dump_json().replace("{", '{"gift_wrap":true,', 1).encode(),
+        [("trace", b"\xff")],
     )
 
     recipient = customer_for(order_id).email

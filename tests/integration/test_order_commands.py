@@ -24,9 +24,14 @@ async def producer(kafka_bootstrap: str) -> Any:
     await client.stop()
 
 
-async def send(producer: AIOKafkaProducer, key: UUID, value: bytes | Message) -> None:
+async def send(
+    producer: AIOKafkaProducer,
+    key: UUID,
+    value: bytes | Message,
+    headers: list[tuple[str, bytes]] | None = None,
+) -> None:
     payload = value if isinstance(value, bytes) else value.model_dump_json().encode()
-    await producer.send_and_wait("orders.commands", payload, key=str(key).encode())
+    await producer.send_and_wait("orders.commands", payload, key=str(key).encode(), headers=headers)
 
 
 def create_command(order_id: UUID) -> CreateOrder:
@@ -116,28 +121,41 @@ async def test_a_forbidden_change_is_rejected_with_the_reason(
     assert "allowed next: confirmed, cancelled" in rejected["reason"]
 
 
+JSON_LABEL = [("content-type", b"application/json")]
+
+
 @pytest.mark.parametrize(
-    ("poison", "reason_part"),
+    ("poison", "headers", "reason_part"),
     [
-        (b"\x00\xffnot json", "Invalid JSON"),
-        (b'{"type": "DeleteEverything", "command_id": "x"}', "DeleteEverything"),
-        (b'{"type": "ChangeOrderStatus", "order_id": "nope"}', "order_id"),
-        (b'{"type": "CreateOrder", "pad": "' + b"x" * 600_000 + b'"}', "customer"),
+        (b"\x00\xffnot json", None, "Invalid JSON"),
+        (b"not json, though labelled so", JSON_LABEL, "Invalid JSON"),
+        (b'{"type": "DeleteEverything", "command_id": "x"}', JSON_LABEL, "DeleteEverything"),
+        (b'{"type": "ChangeOrderStatus", "order_id": "nope"}', None, "order_id"),
+        (b'{"type": "CreateOrder", "pad": "' + b"x" * 600_000 + b'"}', None, "customer"),
+        (b"{}", [("trace", b"\xff\xfe")], "type"),
     ],
-    ids=["not-json", "unknown-type", "schema-invalid", "oversized"],
+    ids=[
+        "not-json",
+        "not-json-labelled-json",
+        "unknown-type",
+        "schema-invalid",
+        "oversized",
+        "binary-header",
+    ],
 )
 async def test_poison_is_dead_lettered_and_the_consumer_carries_on(
     order_service_app: OrderService,
     producer: AIOKafkaProducer,
     read_topic: Callable[[str], Awaitable[TopicReader]],
     poison: bytes,
+    headers: list[tuple[str, bytes]] | None,
     reason_part: str,
 ) -> None:
     dlq = await read_topic("orders.commands.dlq")
     results = await read_topic("orders.command-results")
     key = uuid4()
-    await send(producer, key, poison)
-    await send(producer, key, create_command(key))
+    await send(producer, key, poison, headers)
+    await send(producer, key, create_command(key), [("trace", b"\xff")])
 
     letters = await dlq.values_for(str(key), 1)
     assert letters[0]["source_topic"] == "orders.commands"

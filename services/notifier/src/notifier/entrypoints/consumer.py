@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from contracts import ORDERS_EVENTS, describe_invalid, order_event_adapter
 from notifier import service
+from notifier.adapters.broker import parse_with_text_headers, undecoded
 from notifier.adapters.dead_letters import dead_letter
 from notifier.domain.planning import NotificationRules
 
@@ -45,6 +46,9 @@ def register_event_handlers(
         group_id=consumer_group,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.NACK_ON_ERROR,
+        # Raw records in: every message reaches the handler, which parses or dead-letters it.
+        parser=parse_with_text_headers,
+        decoder=undecoded,
     )
     async def on_order_event(msg: KafkaMessage) -> None:
         try:

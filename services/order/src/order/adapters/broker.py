@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeAlias
 
+from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaBroker
+from faststream.message import StreamMessage
 
 log = logging.getLogger(__name__)
 
@@ -32,3 +37,25 @@ class BrokerConnection:
                 continue
             self.connected.set()
             return
+
+
+Record: TypeAlias = "ConsumerRecord[Any, Any]"
+
+
+async def parse_with_text_headers(
+    record: Record, parse: Callable[[Record], Awaitable[StreamMessage[Record]]]
+) -> StreamMessage[Record]:
+    """faststream's parser decodes header values as strict UTF-8 and, when that fails, drops
+    the message unseen (neither handled nor dead-lettered). Header values are made valid
+    UTF-8 first; the handlers do not rely on them."""
+    headers = [
+        (name, (value or b"").decode("utf-8", errors="replace").encode())
+        for name, value in record.headers
+    ]
+    return await parse(dataclasses.replace(record, headers=headers))
+
+
+def undecoded(message: StreamMessage[Record]) -> Any:
+    """The body as it came. faststream's own decoder parses JSON when the content-type header
+    says so and raises on a body that is not JSON, before the handler could dead-letter it."""
+    return message.body

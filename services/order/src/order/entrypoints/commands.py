@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from contracts import ORDERS_COMMANDS, describe_invalid, order_command_adapter
 from order import service
+from order.adapters.broker import parse_with_text_headers, undecoded
 from order.adapters.dead_letters import dead_letter
 from order.config import Settings
 
@@ -29,6 +30,9 @@ def register_command_handlers(
         group_id=group,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.NACK_ON_ERROR,
+        # Raw records in: every message reaches the handler, which parses or dead-letters it.
+        parser=parse_with_text_headers,
+        decoder=undecoded,
     )
     async def on_command(msg: KafkaMessage) -> None:
         try:
