@@ -334,20 +334,31 @@ JSON_LABEL = [("content-type", b"application/json")]
         ),
         (b'{"type": "OrderStatusChanged", "order_id": "not-a-uuid"}', None, "order_id"),
         (b"{}", [("trace", b"\xff\xfe")], "type"),
+        (None, None, "unstorable"),
     ],
-    ids=["not-json", "not-json-labelled-json", "unknown-type", "schema-invalid", "binary-header"],
+    ids=[
+        "not-json",
+        "not-json-labelled-json",
+        "unknown-type",
+        "schema-invalid",
+        "binary-header",
+        "unstorable-nul",
+    ],
 )
 async def test_a_malformed_message_is_dead_lettered_and_the_next_one_is_still_sent(
     notifier_api: httpx.AsyncClient,
     smtp_sink: SmtpSink,
     producer: AIOKafkaProducer,
     read_topic: Any,
-    poison: bytes,
+    poison: bytes | None,
     headers: list[tuple[str, bytes]] | None,
     reason_part: str,
 ) -> None:
     dead_letters = await read_topic(dlq_topic(ORDERS_EVENTS))
     order_id = uuid4()
+    if poison is None:  # valid by the contract, refused by PostgreSQL (a NUL in a text)
+        nul = status_changed(order_id, OrderStatus.READY, 4).model_copy(update={"reason": "\u0000"})
+        poison = nul.model_dump_json().encode()
     await publish(producer, order_id, poison, headers)
     # A field this consumer does not know is ignored, not a reason to dead-letter.
     valid = status_changed(order_id, OrderStatus.CONFIRMED, 2)

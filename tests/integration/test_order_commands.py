@@ -164,3 +164,23 @@ async def test_poison_is_dead_lettered_and_the_consumer_carries_on(
     assert letters[0]["payload"][:20] == poison.decode("utf-8", errors="replace")[:20]
     answered = await results.values_for(str(key), 1)
     assert answered[0]["type"] == "CommandAccepted"
+
+
+async def test_a_command_the_database_cannot_store_is_dead_lettered(
+    order_service_app: OrderService,
+    producer: AIOKafkaProducer,
+    read_topic: Callable[[str], Awaitable[TopicReader]],
+) -> None:
+    dlq = await read_topic("orders.commands.dlq")
+    results = await read_topic("orders.command-results")
+    key = uuid4()
+    unstorable = CreateOrder(
+        command_id=uuid4(), order_id=key, customer=Customer(name="Nul\u0000Byte"), actor=UPSTREAM
+    )
+    await send(producer, key, unstorable)
+    await send(producer, key, create_command(key))
+
+    (letter,) = await dlq.values_for(str(key), 1)
+    assert letter["reason"].startswith("unstorable:")
+    answered = await results.values_for(str(key), 1)
+    assert answered[0]["type"] == "CommandAccepted"

@@ -373,3 +373,16 @@ async def test_every_transition_rule_holds_over_http(
     else:
         assert response.status_code == 409, response.text
         assert response.json()["error"]["details"]["allowed_next"] == allowed_next(current)
+
+
+async def test_a_value_the_database_cannot_store_is_422_not_500(
+    order_service_app: OrderService,
+) -> None:
+    response = await order_service_app.client.post(
+        "/orders",
+        json={"customer": {"name": "Nul\u0000Byte"}},
+        headers=order_service_app.as_admin(),
+    )
+
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "unstorable_value"

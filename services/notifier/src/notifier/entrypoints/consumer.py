@@ -16,6 +16,7 @@ from contracts import ORDERS_EVENTS, describe_invalid, order_event_adapter
 from notifier import service
 from notifier.adapters.broker import parse_with_text_headers, undecoded
 from notifier.adapters.dead_letters import dead_letter
+from notifier.adapters.unit_of_work import Unstorable
 from notifier.domain.planning import NotificationRules
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,12 @@ def register_event_handlers(
         except ValidationError as error:
             await dead_letter(broker, msg, describe_invalid(error), consumer_group)
             return
-        if await service.record_communications(uow_factory, event, rules):
+        try:
+            queued = await service.record_communications(uow_factory, event, rules)
+        except Unstorable as refused:
+            await dead_letter(broker, msg, f"unstorable: {refused}", consumer_group)
+            return
+        if queued:
             on_queued()
 
     @broker.subscriber(

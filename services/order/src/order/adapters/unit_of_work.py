@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from types import TracebackType
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from order.adapters.repository import (
@@ -13,6 +14,18 @@ from order.adapters.repository import (
     Outbox,
     TokenRepository,
 )
+
+
+class Unstorable(Exception):
+    """The database refused the content itself (SQLSTATE class 22, data exception: a NUL
+    character in a text, a number out of range): retrying cannot help, unlike a lost
+    connection, so the caller refuses the input (4xx, or a dead letter)."""
+
+
+def _refused_content(error: BaseException | None) -> bool:
+    return isinstance(error, DBAPIError) and str(getattr(error.orig, "sqlstate", "")).startswith(
+        "22"
+    )
 
 
 class UnitOfWork:
@@ -49,6 +62,8 @@ class UnitOfWork:
         finally:
             await self._connection.close()
             self._connection = None
+        if _refused_content(exc):
+            raise Unstorable(str(getattr(exc, "orig", exc)).splitlines()[0]) from exc
 
 
 class UnitOfWorkFactory:

@@ -15,6 +15,7 @@ from contracts import ORDERS_COMMANDS, describe_invalid, order_command_adapter
 from order import service
 from order.adapters.broker import parse_with_text_headers, undecoded
 from order.adapters.dead_letters import dead_letter
+from order.adapters.unit_of_work import Unstorable
 from order.config import Settings
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ def register_command_handlers(
             return
         try:
             await service.handle_command(uow_factory, command)
+        except Unstorable as refused:
+            await dead_letter(broker, msg, f"unstorable: {refused}", group)
         except Exception:
             # Not the message's fault (database down?): redeliver it after a pause.
             log.exception("command %s failed; will be redelivered", command.command_id)

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contracts import Actor, CommandRejected, OrderStatus
 from order import service
-from order.adapters.unit_of_work import UnitOfWork, UnitOfWorkFactory
+from order.adapters.unit_of_work import UnitOfWork, UnitOfWorkFactory, Unstorable
 from order.domain.auth import Identity, Permission
 from order.domain.errors import (
     IdempotencyKeyReused,
@@ -93,6 +93,14 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def on_api_error(_: Request, error: ApiError) -> JSONResponse:
         return error_response(error.status_code, error.code, error.message, **error.details)
+
+    @app.exception_handler(Unstorable)
+    async def on_unstorable(_: Request, error: Unstorable) -> JSONResponse:
+        return error_response(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            "unstorable_value",
+            f"The request holds a value the database cannot store: {error}",
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
