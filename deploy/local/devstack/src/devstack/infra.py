@@ -16,6 +16,7 @@ from pathlib import Path
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from contracts import ALL_TOPICS, dlq_topic
+from devstack.processes import port_answers
 
 REPO_ROOT = Path(__file__).resolve().parents[5]
 SCRIPTS = REPO_ROOT / "deploy" / "local"
@@ -72,6 +73,12 @@ def fresh_test_kafka() -> Kafka:
     port = int(os.environ.get("TEST_KAFKA_PORT", "19092"))
     kafka = Kafka(f"127.0.0.1:{port}", port, CACHE / f"kafka-test-{port}")
     kafka.stop()
+    if port_answers(port):
+        # Another checkout's or session's broker: sharing it would mix their messages.
+        raise RuntimeError(
+            f"port {port} is taken by a broker this checkout did not start; "
+            "set TEST_KAFKA_PORT to a free port"
+        )
     shutil.rmtree(kafka.state_dir, ignore_errors=True)  # type: ignore[arg-type]
     kafka.start()
     return kafka
