@@ -4,7 +4,7 @@ export UV_PYTHON_DOWNLOADS := never
 
 SOURCES := contracts/src services/order/src services/notifier/src services/audit/src deploy/local/devstack/src
 
-.PHONY: help setup infra run test demo lint format unit integration e2e
+.PHONY: help setup infra run test demo chaos lint format unit integration e2e
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -24,6 +24,9 @@ test: setup lint ## lint, type-check and run every test against real Kafka, Post
 
 demo: setup ## run the live production test protocol end to end, with all services as processes
 	uv run pytest tests/e2e/test_live_protocol.py -v -rA
+
+chaos: setup ## break things on purpose under load; prints the findings table
+	uv run pytest tests/chaos -m chaos -v -s
 
 lint: setup ## ruff and mypy
 	uv run ruff check .

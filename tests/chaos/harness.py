@@ -1,0 +1,213 @@
+"""Steady load, and the checks every chaos scenario ends with.
+
+The load walks orders through their lifecycle over HTTP at a fixed rate and records every
+answer. Afterwards the checks compare what was accepted with what every consumer made of it:
+each accepted change once on orders.events and in per-order order, one email per change at
+the SMTP server (by Message-ID), an audit entry per change and a chain that verifies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from itertools import pairwise
+from typing import Any
+from uuid import UUID
+
+import httpx
+from aiokafka import AIOKafkaConsumer
+
+from devstack.smtp_sink import read_messages
+from devstack.stack import Stack
+from devstack.waiting import wait_until
+
+LIFECYCLE = ["confirmed", "preparing", "ready", "out_for_delivery", "delivered"]
+
+
+@dataclass
+class Answer:
+    order_id: UUID
+    target: str
+    status_code: int
+    seconds: float
+
+
+@dataclass
+class SteadyLoad:
+    """`rate` status changes per second over HTTP, spread over fresh orders."""
+
+    client: httpx.AsyncClient
+    rate: float
+    answers: list[Answer] = field(default_factory=list)
+    orders: dict[UUID, int] = field(default_factory=dict)  # order -> lifecycle steps taken
+
+    async def new_order(self) -> UUID:
+        response = await self.client.post(
+            "/orders", json={"customer": {"name": "Chaos", "email": "chaos@example.com"}}
+        )
+        response.raise_for_status()
+        order_id = UUID(response.json()["id"])
+        self.orders[order_id] = 0
+        return order_id
+
+    async def _step(self, order_id: UUID) -> None:
+        target = LIFECYCLE[self.orders[order_id]]
+        self.orders[order_id] += 1
+        started = time.perf_counter()
+        try:
+            response = await self.client.post(f"/orders/{order_id}/status", json={"status": target})
+            code = response.status_code
+        except httpx.HTTPError:
+            code = 0
+        self.answers.append(Answer(order_id, target, code, time.perf_counter() - started))
+
+    async def run(self, seconds: float) -> None:
+        """Offer load for `seconds`; each change in its own task, so a slow answer shows as
+        latency instead of lowering the offered rate."""
+        in_flight: set[asyncio.Task[None]] = set()
+        deadline = time.monotonic() + seconds
+        rng = random.Random(7)
+        while time.monotonic() < deadline:
+            open_orders = [o for o, step in self.orders.items() if step < len(LIFECYCLE)]
+            if len(open_orders) < 10:
+                open_orders.append(await self.new_order())
+            order_id = rng.choice(open_orders)
+            if any(not t.done() and t.get_name() == str(order_id) for t in in_flight):
+                await asyncio.sleep(1 / self.rate)
+                continue
+            task = asyncio.create_task(self._step(order_id), name=str(order_id))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+            await asyncio.sleep(1 / self.rate)
+        await asyncio.gather(*in_flight)
+
+    @property
+    def accepted(self) -> list[Answer]:
+        return [a for a in self.answers if a.status_code == 200]
+
+    def p99(self) -> float:
+        latencies = sorted(a.seconds for a in self.answers)
+        return latencies[int(0.99 * (len(latencies) - 1))] if latencies else 0.0
+
+
+@dataclass
+class Findings:
+    scenario: str
+    offered: int
+    accepted: int
+    failed_calls: int
+    p99_ms: float
+    checked: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    out_of_order: int = 0
+    stuck: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not (
+            self.failed_calls or self.lost or self.duplicated or self.out_of_order or self.stuck
+        )
+
+    def row(self) -> str:
+        return (
+            f"| {self.scenario} | {self.offered} | {self.accepted} | {self.failed_calls} | "
+            f"{self.p99_ms:.0f} | {self.checked} | {self.lost} | {self.duplicated} | "
+            f"{self.out_of_order} | {self.stuck} |"
+        )
+
+
+TABLE_HEADER = (
+    "| scenario | changes offered | accepted | failed calls | HTTP p99 ms | messages checked "
+    "| lost | duplicated | out of order | stuck |\n|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+async def _order_events(bootstrap: str, orders: set[UUID]) -> dict[UUID, list[dict[str, Any]]]:
+    consumer = AIOKafkaConsumer(
+        "orders.events", bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    found: dict[UUID, list[dict[str, Any]]] = defaultdict(list)
+    wanted = {str(order_id).encode(): order_id for order_id in orders}
+    try:
+        quiet = 0
+        while quiet < 3:
+            batches = await consumer.getmany(timeout_ms=1000)
+            if not batches:
+                quiet += 1
+            for records in batches.values():
+                for record in records:
+                    if record.key in wanted:
+                        found[wanted[record.key]].append(json.loads(record.value))
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def check(stack: Stack, load: SteadyLoad, scenario: str, within: float = 180) -> Findings:
+    """Wait until every consumer caught up (or `within` passed), then count anomalies."""
+    accepted = load.accepted
+    findings = Findings(
+        scenario=scenario,
+        offered=len(load.answers),
+        accepted=len(accepted),
+        failed_calls=sum(a.status_code != 200 for a in load.answers),
+        p99_ms=load.p99() * 1000,
+    )
+    orders = set(load.orders)
+    expected_per_order = Counter(a.order_id for a in accepted)
+
+    async def sent_emails() -> dict[str, int]:
+        async with httpx.AsyncClient(base_url=stack.url("notifier"), timeout=10) as notifier:
+            sent: dict[str, int] = {}
+            for order_id in orders:
+                items = (
+                    await notifier.get("/communications", params={"order_id": str(order_id)})
+                ).json()["items"]
+                sent[str(order_id)] = sum(i["status"] == "sent" for i in items)
+            return sent
+
+    try:
+        await wait_until(
+            sent_emails,
+            lambda sent: all(sent[str(o)] >= expected_per_order[o] for o in orders),
+            within=within,
+            what="an email per accepted change",
+        )
+    except TimeoutError as error:
+        findings.stuck += 1
+        findings.notes.append(str(error)[:200])
+
+    events = await _order_events(stack.kafka_bootstrap_servers, orders)
+    for order_id in orders:
+        changes = [e for e in events.get(order_id, []) if e["type"] == "OrderStatusChanged"]
+        ids = Counter(e["event_id"] for e in changes)
+        findings.checked += len(changes)
+        findings.duplicated += sum(n - 1 for n in ids.values())
+        versions = [e["version"] for e in changes]  # in arrival order, per partition
+        findings.out_of_order += sum(later < earlier for earlier, later in pairwise(versions))
+        findings.lost += max(0, expected_per_order[order_id] - len(ids))
+
+    message_ids = Counter(str(m["Message-ID"]) for m in read_messages(stack.maildir))
+    findings.duplicated += sum(n - 1 for n in message_ids.values())
+
+    async with httpx.AsyncClient(base_url=stack.url("audit"), timeout=30) as audit:
+        for order_id in orders:
+            entries = (
+                await audit.get(f"/audit/orders/{order_id}/timeline", params={"limit": 1000})
+            ).json()["items"]
+            changes = [e for e in entries if e["action"] == "order.status_changed"]
+            counts = Counter(e["event_id"] for e in changes)
+            findings.duplicated += sum(n - 1 for n in counts.values())
+            findings.lost += max(0, expected_per_order[order_id] - len(counts))
+        verified = (await audit.get("/audit/verify")).json()
+        if not verified["ok"]:
+            findings.notes.append(f"audit chain broken: {verified.get('first_broken')}")
+            findings.lost += 1
+    return findings

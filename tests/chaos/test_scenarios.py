@@ -1,0 +1,142 @@
+"""Faults under steady load. Each scenario breaks one thing while status changes keep coming,
+then checks that nothing was lost, duplicated, reordered or left stuck, and that HTTP stayed
+as fast as without the fault."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from devstack import infra
+from devstack.stack import Stack
+from tests.chaos.harness import Findings, SteadyLoad, check
+
+pytestmark = pytest.mark.chaos
+
+RATE = 20.0  # status changes per second
+BASELINE: dict[str, float] = {}
+
+
+def assert_clean(findings: Findings) -> None:
+    assert findings.clean, findings
+    baseline = BASELINE.get("p99_ms")
+    if baseline is not None:
+        assert findings.p99_ms <= 3 * baseline + 50, (findings.p99_ms, baseline)
+
+
+async def test_baseline_without_faults(
+    chaos_stack: Stack, order_client: httpx.AsyncClient, report: list[Findings]
+) -> None:
+    load = SteadyLoad(order_client, RATE)
+    await load.run(20)
+    findings = await check(chaos_stack, load, "no fault (baseline)")
+    report.append(findings)
+    BASELINE["p99_ms"] = findings.p99_ms
+    assert_clean(findings)
+
+
+async def test_smtp_down_for_60_seconds(
+    chaos_stack: Stack, order_client: httpx.AsyncClient, report: list[Findings]
+) -> None:
+    load = SteadyLoad(order_client, RATE)
+    running = asyncio.create_task(load.run(80))
+    await asyncio.sleep(10)
+    chaos_stack.processes["smtp-sink"].stop()
+    await asyncio.sleep(60)
+    chaos_stack.start_smtp_sink()
+    await running
+    findings = await check(chaos_stack, load, "SMTP down 60 s")
+    report.append(findings)
+    assert_clean(findings)
+
+
+async def test_kafka_stopped_for_30_seconds(
+    chaos_stack: Stack,
+    kafka: infra.Kafka,
+    order_client: httpx.AsyncClient,
+    report: list[Findings],
+) -> None:
+    if not kafka.managed:
+        pytest.skip("the broker is external")
+    load = SteadyLoad(order_client, RATE)
+    running = asyncio.create_task(load.run(50))
+    await asyncio.sleep(10)
+    await asyncio.to_thread(kafka.stop)
+    await asyncio.sleep(30)
+    await asyncio.to_thread(kafka.start)
+    await running
+    findings = await check(chaos_stack, load, "Kafka stopped 30 s")
+    report.append(findings)
+    assert_clean(findings)
+
+
+POISON = [
+    b"not json",
+    b'{"type": "Teleported"}',
+    b'{"type": "OrderStatusChanged", "version": "x"}',
+    b'{"type": "CreateOrder", "pad": "' + b"x" * 900_000 + b'"}',
+]
+
+
+async def test_poison_on_every_consumed_topic(
+    chaos_stack: Stack,
+    kafka_bootstrap: str,
+    order_client: httpx.AsyncClient,
+    report: list[Findings],
+) -> None:
+    load = SteadyLoad(order_client, RATE)
+    running = asyncio.create_task(load.run(30))
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, max_request_size=2_000_000)
+    await producer.start()
+    try:
+        for topic in (
+            "orders.commands",
+            "orders.events",
+            "orders.command-results",
+            "notifications.events",
+        ):
+            for poison in POISON:
+                await producer.send_and_wait(topic, poison, key=b"poison")
+    finally:
+        await producer.stop()
+    await running
+    findings = await check(chaos_stack, load, "poison on every consumed topic")
+    report.append(findings)
+    assert_clean(findings)
+
+
+async def test_fifty_concurrent_conflicting_changes_per_order_over_twenty_orders(
+    chaos_stack: Stack, order_client: httpx.AsyncClient, report: list[Findings]
+) -> None:
+    load = SteadyLoad(order_client, RATE)
+    orders = [await load.new_order() for _ in range(20)]
+
+    async def conflicting(order_id: object) -> list[int]:
+        answers = await asyncio.gather(
+            *(
+                order_client.post(
+                    f"/orders/{order_id}/status",
+                    json={"status": "confirmed" if n % 2 else "cancelled"},
+                    headers={"If-Match": "1"},
+                )
+                for n in range(50)
+            )
+        )
+        return [a.status_code for a in answers]
+
+    codes = [
+        code for per_order in await asyncio.gather(*map(conflicting, orders)) for code in per_order
+    ]
+    assert set(codes) <= {200, 412}, set(codes)
+    findings = Findings("50 conflicting changes x 20 orders", len(codes), 0, 0, 0.0)
+    for order_id in orders:
+        history = (await order_client.get(f"/orders/{order_id}/history")).json()["items"]
+        findings.checked += len(history)
+        findings.duplicated += max(0, len(history) - 2)  # creation + exactly one winner
+        findings.accepted += sum(h["version"] == 2 for h in history)
+    report.append(findings)
+    assert findings.accepted == len(orders)
+    assert_clean(findings)
