@@ -5,12 +5,14 @@ as fast as without the fault."""
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from devstack import infra
+from devstack.processes import Process, free_port, service_process
 from devstack.stack import Stack
 from tests.chaos.harness import Findings, SteadyLoad, check
 
@@ -139,4 +141,116 @@ async def test_fifty_concurrent_conflicting_changes_per_order_over_twenty_orders
         findings.accepted += sum(h["version"] == 2 for h in history)
     report.append(findings)
     assert findings.accepted == len(orders)
+    assert_clean(findings)
+
+
+async def test_a_notifier_replica_killed_mid_load_then_restarted(
+    chaos_stack: Stack, order_client: httpx.AsyncClient, report: list[Findings]
+) -> None:
+    port = free_port()
+    env = {**chaos_stack.env("notifier"), "NOTIFIER_HTTP_PORT": str(port)}
+    second = service_process("notifier", env, port, chaos_stack.log_dir, name="notifier-2")
+    second.start()
+    try:
+        load = SteadyLoad(order_client, RATE)
+        running = asyncio.create_task(load.run(40))
+        await asyncio.sleep(15)
+        chaos_stack.processes["notifier"].kill()
+        await asyncio.sleep(5)
+        chaos_stack.launch_service("notifier").wait_ready(60)
+        await running
+        findings = await check(chaos_stack, load, "notifier replica SIGKILLed (2 replicas)")
+    finally:
+        second.stop()
+    report.append(findings)
+    assert_clean(findings)
+
+
+async def test_the_audit_service_killed_mid_load_then_restarted(
+    chaos_stack: Stack, order_client: httpx.AsyncClient, report: list[Findings]
+) -> None:
+    load = SteadyLoad(order_client, RATE)
+    running = asyncio.create_task(load.run(40))
+    await asyncio.sleep(15)
+    chaos_stack.processes["audit"].kill()
+    await asyncio.sleep(5)
+    chaos_stack.launch_service("audit").wait_ready(60)
+    await running
+    findings = await check(chaos_stack, load, "audit SIGKILLed")
+    report.append(findings)
+    assert_clean(findings)
+
+
+async def rewind_group(bootstrap: str, group: str, topics: list[str]) -> None:
+    """Commit offset 0 on every partition for `group` (its members must be stopped)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        await consumer.topics()  # loads the cluster metadata, partitions included
+        partitions = [
+            TopicPartition(topic, partition)
+            for topic in topics
+            for partition in consumer.partitions_for_topic(topic) or ()
+        ]
+        consumer.assign(partitions)
+        await consumer.commit(dict.fromkeys(partitions, 0))
+    finally:
+        await consumer.stop()
+
+
+async def test_every_message_redelivered_from_the_beginning(
+    chaos_stack: Stack,
+    kafka_bootstrap: str,
+    order_client: httpx.AsyncClient,
+    report: list[Findings],
+) -> None:
+    load = SteadyLoad(order_client, RATE)
+    await load.run(15)
+    before = await check(chaos_stack, load, "before redelivery")
+    assert_clean(before)
+
+    for service in ("notifier", "audit"):
+        chaos_stack.processes[service].stop()
+    await rewind_group(kafka_bootstrap, "notifier", ["orders.events"])
+    await rewind_group(
+        kafka_bootstrap,
+        "audit",
+        ["orders.events", "orders.command-results", "notifications.events"],
+    )
+    for service in ("notifier", "audit"):
+        chaos_stack.launch_service(service).wait_ready(60)
+    await load.run(15)
+    findings = await check(chaos_stack, load, "every message redelivered (offsets reset)")
+    report.append(findings)
+    assert_clean(findings)
+
+
+async def test_the_outbox_relay_killed_mid_publish_then_restarted(
+    chaos_stack: Stack, order_client: httpx.AsyncClient, report: list[Findings]
+) -> None:
+    """The relay as its own process (the HTTP API keeps answering while it is dead)."""
+    apart = {**chaos_stack.env("order"), "ORDER_RELAY_IN_PROCESS": "false"}
+    chaos_stack.processes["order"].stop()
+    api = service_process("order", apart, chaos_stack.ports["order"], chaos_stack.log_dir)
+    api.start()
+    relay = Process(
+        "order-relay", [sys.executable, "-m", "order", "relay"], apart, chaos_stack.log_dir
+    )
+    relay.start()
+    try:
+        load = SteadyLoad(order_client, RATE)
+        running = asyncio.create_task(load.run(40))
+        await asyncio.sleep(15)
+        relay.kill()
+        await asyncio.sleep(5)
+        relay.start()
+        await running
+        findings = await check(chaos_stack, load, "outbox relay SIGKILLed mid-publish")
+    finally:
+        relay.stop()
+        api.stop()
+        chaos_stack.launch_service("order").wait_ready(60)
+    report.append(findings)
     assert_clean(findings)

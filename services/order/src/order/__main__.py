@@ -1,4 +1,4 @@
-"""`python -m order serve|migrate|token create|token revoke`."""
+"""`python -m order serve|relay|migrate|token create|token revoke`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import uvicorn
 from order import service
 from order.adapters.schema import upgrade_to_head
 from order.adapters.unit_of_work import UnitOfWorkFactory
-from order.app import build_app, build_engine
+from order.app import build_app, build_engine, run_relay
 from order.config import Settings
 from order.domain.auth import Role
 
@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="serve the HTTP API and relay the outbox")
     commands.add_parser("migrate", help="upgrade the database schema to the latest migration")
+    commands.add_parser("relay", help="relay the outbox to Kafka, without the HTTP API")
     token = commands.add_parser("token", help="manage API tokens")
     token.add_argument("action", choices=["create", "revoke"])
     token.add_argument("--name", required=True, help="who the token is for (the event actor)")
@@ -47,6 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if args.command == "migrate":
         upgrade_to_head(settings.database_url)
+    elif args.command == "relay":
+        asyncio.run(run_relay(settings))
     elif args.command == "token":
         asyncio.run(_tokens(settings, args))
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -67,10 +68,9 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await assert_schema_current(engine, settings.database_url)
-        tasks = [
-            asyncio.create_task(connection.connect(), name="kafka-connect"),
-            asyncio.create_task(relay.run(), name="outbox-relay"),
-        ]
+        tasks = [asyncio.create_task(connection.connect(), name="kafka-connect")]
+        if settings.relay_in_process:
+            tasks.append(asyncio.create_task(relay.run(), name="outbox-relay"))
         try:
             yield
         finally:
@@ -92,3 +92,26 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     http.install_error_handlers(app)
     app.include_router(http.router)
     return app
+
+
+async def run_relay(settings: Settings) -> None:
+    """The outbox relay on its own (`python -m order relay`), for running it apart from the
+    HTTP API; it stops on SIGTERM or SIGINT."""
+    engine = build_engine(settings)
+    broker = build_broker(settings)
+    connection = BrokerConnection(broker, settings.relay_retry_seconds)
+    relay = build_relay(settings, engine, connection)
+    await assert_schema_current(engine, settings.database_url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = [asyncio.create_task(connection.connect()), asyncio.create_task(relay.run())]
+    try:
+        await stop.wait()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await broker.stop()
+        await engine.dispose()

@@ -22,4 +22,6 @@ class Settings(BaseSettings):
     relay_poll_interval_seconds: float = 1.0
     relay_batch_size: int = Field(default=500, ge=1)
     relay_retry_seconds: float = 1.0
+    # False when the relay runs as its own process (`python -m order relay`).
+    relay_in_process: bool = True
     outbox_retention_hours: float = Field(default=24.0, ge=0)
