@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import sys
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
@@ -33,15 +35,16 @@ from contracts import (
     dlq_topic,
 )
 from devstack import infra
-from devstack.processes import free_port, migrate, service_env, service_process
+from devstack.processes import free_port, migrate, run_checked, service_env, service_process
 from devstack.smtp_sink import MaildirHandler, read_messages
 from devstack.waiting import wait_until
 from notifier.adapters.schema import SchemaBehind, upgrade_to_head
 from notifier.adapters.unit_of_work import UnitOfWorkFactory
 from notifier.app import build_app, build_engine
 from notifier.config import Settings
-from notifier.domain.communication import Communication
+from notifier.domain.communication import Communication, CommunicationStatus
 from notifier.domain.dedupe import dedupe_key
+from notifier.domain.planning import template_context
 
 MESSAGE_ID_DOMAIN = "it.backbone.local"
 SHOP = Actor(id="shop", role="admin")
@@ -451,8 +454,8 @@ async def test_with_smtp_down_a_send_fails_and_is_retried_until_delivered_once(
     assert values[-1]["attempts"] == item["attempts"]
 
 
-async def test_a_template_that_cannot_render_ends_dead_with_the_reason(
-    notifier_api: httpx.AsyncClient, databases: infra.TestDatabases
+async def test_a_template_that_cannot_render_ends_dead_with_the_reason_and_a_dead_letter(
+    notifier_api: httpx.AsyncClient, databases: infra.TestDatabases, read_topic: Any
 ) -> None:
     order_id = uuid4()
     engine = build_engine(Settings(database_url=databases.urls["notifier"]))
@@ -476,6 +479,107 @@ async def test_a_template_that_cannot_render_ends_dead_with_the_reason(
     assert "order_teleported" in item["last_error"]
     assert item["attempts"] == 1
     assert (await notifier_api.get("/health/live")).status_code == 200
+
+    dead_letters = await read_topic(dlq_topic(NOTIFICATIONS_EVENTS))
+    (letter,) = await dead_letters.values_for(str(order_id), 1)
+    assert (letter["type"], letter["reason"]) == ("DeadLetter", item["last_error"])
+    payload = json.loads(letter["payload"])
+    assert (payload["id"], payload["dedupe_key"]) == (item["id"], item["dedupe_key"])
+    assert payload["status"] == "dead"
+
+
+def notifier_cli(databases: infra.TestDatabases, *args: str) -> str:
+    """`python -m notifier ARGS` as an operator runs it; its output."""
+    return run_checked(
+        [sys.executable, "-m", "notifier", *args],
+        {"NOTIFIER_DATABASE_URL": databases.urls["notifier"]},
+        f"notifier {' '.join(args)}",
+    )
+
+
+async def test_the_cli_lists_a_dead_communication_and_replays_it_once(
+    notifier_api: httpx.AsyncClient,
+    databases: infra.TestDatabases,
+    smtp_sink: SmtpSink,
+    read_topic: Any,
+) -> None:
+    order_id = uuid4()
+    confirmed = status_changed(order_id, OrderStatus.CONFIRMED, 2)
+    recipient = customer_for(order_id).email
+    assert recipient is not None
+    queued = Communication.queue(
+        event_id=confirmed.event_id,
+        order_id=order_id,
+        channel=Channel.EMAIL,
+        template="order_confirmed",
+        recipient=recipient,
+        context=template_context(confirmed),
+        now=datetime.now(UTC),
+    )
+    dead = replace(queued, status=CommunicationStatus.DEAD, attempts=8, last_error="gave up")
+    engine = build_engine(Settings(database_url=databases.urls["notifier"]))
+    try:
+        async with UnitOfWorkFactory(engine, on_outbox_commit=lambda: None)() as uow:
+            await uow.communications.add_if_new(dead)
+    finally:
+        await engine.dispose()
+
+    listed = await asyncio.to_thread(notifier_cli, databases, "dead", "list")
+    assert f"{dead.id}\t{order_id}\t{recipient}\t8\tgave up" in listed.splitlines()
+    replayed = await asyncio.to_thread(
+        notifier_cli, databases, "dead", "replay", "--id", str(dead.id)
+    )
+    assert replayed.splitlines() == [f"replayed {dead.id}", "1 replayed"]
+    mail = await wait_for_mail(smtp_sink, recipient, 1)
+    assert [m["Message-ID"] for m in mail] == [message_id(confirmed)]
+    (item,) = await wait_for_statuses(notifier_api, order_id, ["sent"])
+    assert (item["attempts"], item["replays"], item["dedupe_key"]) == (1, 1, dead.dedupe_key)
+
+    again = await asyncio.to_thread(notifier_cli, databases, "dead", "replay", "--id", str(dead.id))
+    assert again.splitlines() == ["0 replayed"]
+    announcements = await read_topic(NOTIFICATIONS_EVENTS)
+    values = await announcements.values_for(str(order_id), 2)
+    assert [v["type"] for v in values] == ["CommunicationQueued", "CommunicationSent"]
+    assert len(smtp_sink.messages_to(recipient)) == 1
+    assert str(dead.id) not in await asyncio.to_thread(notifier_cli, databases, "dead", "list")
+
+
+async def test_a_recipient_who_opted_out_gets_nothing_and_the_skip_is_recorded(
+    notifier_api: httpx.AsyncClient,
+    databases: infra.TestDatabases,
+    smtp_sink: SmtpSink,
+    producer: AIOKafkaProducer,
+    read_topic: Any,
+) -> None:
+    order_id = uuid4()
+    recipient = customer_for(order_id).email
+    assert recipient is not None
+    # Stored normalised: the opt-out covers the address however it is written.
+    shouted = f"  {recipient.upper()} "
+    added = await asyncio.to_thread(
+        notifier_cli, databases, "opt-out", "add", "--channel", "email", "--recipient", shouted
+    )
+    assert added.strip() == "add: done"
+    await publish(producer, order_id, status_changed(order_id, OrderStatus.CONFIRMED, 2))
+    (skipped,) = await wait_for_statuses(notifier_api, order_id, ["skipped"])
+    assert (skipped["last_error"], skipped["attempts"]) == ("recipient opted out", 0)
+    announcements = await read_topic(NOTIFICATIONS_EVENTS)
+    (announced,) = await announcements.values_for(str(order_id), 1)
+    assert (announced["type"], announced["reason"]) == (
+        "CommunicationSkipped",
+        "recipient opted out",
+    )
+
+    removed = await asyncio.to_thread(
+        notifier_cli, databases, "opt-out", "remove", "--channel", "email", "--recipient", recipient
+    )
+    assert removed.strip() == "remove: done"
+    preparing = status_changed(order_id, OrderStatus.PREPARING, 3, OrderStatus.CONFIRMED)
+    await publish(producer, order_id, preparing)
+    # Same partition, so once the second is mailed the first was long decided: never mailed.
+    mail = await wait_for_mail(smtp_sink, recipient, 1)
+    await wait_for_statuses(notifier_api, order_id, ["skipped", "sent"])
+    assert [m["Message-ID"] for m in mail] == [message_id(preparing)]
 
 
 async def test_with_kafka_unreachable_the_api_serves_and_readiness_says_why(

@@ -3,6 +3,7 @@ which events notify, and the email each status renders to."""
 
 from __future__ import annotations
 
+import json
 import random
 import string
 from dataclasses import replace
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 
 from contracts import Actor, Channel, Customer, OrderCreated, OrderStatus, OrderStatusChanged
 from notifier.adapters.smtp import SmtpEmailSender, SmtpSettings
-from notifier.adapters.templates import EmailTemplates
+from notifier.adapters.templates import EmailTemplates, TextTemplates
 from notifier.config import Settings
 from notifier.domain.communication import (
     TRANSITIONS,
@@ -190,8 +191,10 @@ def test_the_lifecycle_matches_the_design() -> None:
         (s.SENDING, s.FAILED),
         (s.SENDING, s.DEAD),
         (s.FAILED, s.SENDING),
+        (s.QUEUED, s.SKIPPED),
+        (s.DEAD, s.QUEUED),
     }
-    assert TRANSITIONS[s.SENT] == TRANSITIONS[s.DEAD] == frozenset()
+    assert TRANSITIONS[s.SENT] == TRANSITIONS[s.SKIPPED] == frozenset()
 
 
 def test_a_new_communication_is_queued_and_due_at_once() -> None:
@@ -251,6 +254,46 @@ def test_a_failure_retries_later_until_attempts_run_out_then_dies(
         assert subject.status is CommunicationStatus.DEAD
         assert subject.next_attempt_at is None
         assert subject.last_error == f"gave up after {attempts} attempts: connection refused"
+
+
+def test_a_replay_requeues_a_dead_communication_with_fresh_attempts_and_the_same_key() -> None:
+    subject = communication(CommunicationStatus.SENDING, attempts=3)
+    key = subject.dedupe_key
+    subject.mark_failed("connection refused", POLICY, NOW)
+    assert subject.status is CommunicationStatus.DEAD
+    later = NOW + timedelta(hours=1)
+    subject.replay(later)
+    assert (subject.status, subject.attempts, subject.next_attempt_at) == ("queued", 0, later)
+    assert (subject.replays, subject.dedupe_key) == (1, key)
+
+
+@pytest.mark.parametrize(
+    "status", [s for s in CommunicationStatus if s is not CommunicationStatus.DEAD]
+)
+def test_only_a_dead_communication_can_be_replayed(status: CommunicationStatus) -> None:
+    subject = communication(status)
+    with pytest.raises(LifecycleError):
+        subject.replay(NOW)
+    assert (subject.status, subject.replays) == (status, 0)
+
+
+def test_a_skipped_communication_is_never_due_and_says_why() -> None:
+    subject = communication(CommunicationStatus.QUEUED, attempts=0)
+    subject.skip("recipient opted out", NOW)
+    assert subject.status is CommunicationStatus.SKIPPED
+    assert (subject.next_attempt_at, subject.last_error) == (None, "recipient opted out")
+    with pytest.raises(LifecycleError):
+        communication(CommunicationStatus.SENDING).skip("recipient opted out", NOW)
+
+
+def test_a_dead_communication_serialises_to_json_for_its_dead_letter() -> None:
+    subject = communication(CommunicationStatus.SENDING, attempts=3)
+    subject.mark_dead("broken template", NOW)
+    payload = json.loads(json.dumps(subject.to_json()))
+    assert payload["id"] == str(subject.id)
+    assert payload["dedupe_key"] == subject.dedupe_key
+    assert (payload["status"], payload["last_error"]) == ("dead", "broken template")
+    assert payload["updated_at"] == NOW.isoformat()
 
 
 # --- which events notify ------------------------------------------------------------------
@@ -358,3 +401,60 @@ def test_a_template_that_cannot_render_makes_the_communication_undeliverable() -
     subject.context = {"order_id": "x"}  # customer_name and others missing
     with pytest.raises(Undeliverable, match="undefined"):
         email_sender().build(subject)
+
+
+# --- the SMS ----------------------------------------------------------------------------
+
+SMS_RULES = NotificationRules(
+    statuses=DEFAULT_RULES.statuses,
+    on_order_created=False,
+    channels=(Channel.EMAIL, Channel.SMS),
+    channel_statuses={Channel.SMS: frozenset(Settings.model_fields["sms_notify_statuses"].default)},
+)
+
+
+@pytest.mark.parametrize("status", list(OrderStatus))
+def test_by_default_only_out_for_delivery_texts_a_customer_with_a_phone(
+    status: OrderStatus,
+) -> None:
+    texted = [p for p in plan_communications(changed_to(status), SMS_RULES) if p.channel == "sms"]
+    if status is OrderStatus.OUT_FOR_DELIVERY:
+        assert [(p.template, p.recipient) for p in texted] == [
+            ("order_out_for_delivery", "+44 20 7946 0018")
+        ]
+    else:
+        assert texted == []
+    no_phone = Customer(name="Bo", email="bo@example.com")
+    planned = plan_communications(changed_to(status, no_phone), SMS_RULES)
+    assert all(p.channel is Channel.EMAIL for p in planned)
+
+
+def test_the_sms_channel_needs_a_provider_url() -> None:
+    with pytest.raises(ValueError, match="sms_url"):
+        Settings(notify_channels=[Channel.EMAIL, Channel.SMS])
+    Settings(notify_channels=[Channel.SMS], sms_url="http://127.0.0.1:9/messages")
+
+
+@pytest.mark.parametrize(
+    "status", [s for s in OrderStatus if s is not OrderStatus.PENDING], ids=str
+)
+def test_each_notifying_status_renders_a_short_plain_text_sms(status: OrderStatus) -> None:
+    event = changed_to(status, Customer(name="Ann <O'Neil>", phone="+44 20 7946 0018"))
+    body = TextTemplates().render(f"order_{status.value}", template_context(event))
+    assert body.startswith(f"Order {str(event.order_id)[:8]}: ")
+    assert "\n" not in body
+    assert len(body) <= 160
+    if status is OrderStatus.CANCELLED:
+        assert "out of stock" in body
+
+
+def test_an_sms_is_not_html_escaped() -> None:
+    created = OrderCreated(
+        order_id=uuid4(),
+        status=OrderStatus.PENDING,
+        version=1,
+        customer=Customer(name="Ann <O'Neil>", phone="+44 20 7946 0018"),
+        actor=ACTOR,
+    )
+    body = TextTemplates().render("order_created", template_context(created))
+    assert "Ann <O'Neil>" in body

@@ -12,6 +12,7 @@ from contracts.notifications import (
     CommunicationFailed,
     CommunicationQueued,
     CommunicationSent,
+    CommunicationSkipped,
     NotificationEvent,
     notification_event_adapter,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "CommunicationFailed",
     "CommunicationQueued",
     "CommunicationSent",
+    "CommunicationSkipped",
     "CreateOrder",
     "Customer",
     "DeadLetter",

@@ -44,10 +44,25 @@ class CommunicationDead(CommunicationEvent):
     error: str
 
 
+class CommunicationSkipped(CommunicationEvent):
+    """Recorded but never sent, e.g. because the recipient opted out of the channel."""
+
+    type: Literal["CommunicationSkipped"] = "CommunicationSkipped"
+    reason: str
+
+
 NotificationEvent = Annotated[
-    CommunicationQueued | CommunicationSent | CommunicationFailed | CommunicationDead,
+    CommunicationQueued
+    | CommunicationSent
+    | CommunicationFailed
+    | CommunicationDead
+    | CommunicationSkipped,
     Field(discriminator="type"),
 ]
 notification_event_adapter: TypeAdapter[
-    CommunicationQueued | CommunicationSent | CommunicationFailed | CommunicationDead
+    CommunicationQueued
+    | CommunicationSent
+    | CommunicationFailed
+    | CommunicationDead
+    | CommunicationSkipped
 ] = TypeAdapter(NotificationEvent)

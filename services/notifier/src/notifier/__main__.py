@@ -1,28 +1,86 @@
-"""`python -m notifier serve|migrate`."""
+"""`python -m notifier serve|migrate|dead list|dead replay|opt-out add|opt-out remove`."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from uuid import UUID
 
 import uvicorn
 
+from contracts import Channel
+from notifier import service
 from notifier.adapters.schema import upgrade_to_head
-from notifier.app import build_app
+from notifier.adapters.unit_of_work import UnitOfWorkFactory
+from notifier.app import build_app, build_engine
 from notifier.config import Settings
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="notifier", description="The notifier service")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="consume orders.events, send email, serve the read API")
     commands.add_parser("migrate", help="upgrade the database schema to the latest migration")
-    args = parser.parse_args(argv)
 
+    dead = commands.add_parser("dead", help="communications that gave up").add_subparsers(
+        dest="action", required=True
+    )
+    dead.add_parser("list", help="print the dead communications")
+    replay = dead.add_parser("replay", help="queue dead communications again, attempts reset")
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("--id", type=UUID, action="append", dest="ids", help="repeatable")
+    which.add_argument("--all", action="store_true")
+
+    opt_out = commands.add_parser("opt-out", help="who gets nothing on a channel")
+    actions = opt_out.add_subparsers(dest="action", required=True)
+    for action in ("add", "remove"):
+        sub = actions.add_parser(action)
+        sub.add_argument("--channel", type=Channel, choices=list(Channel), required=True)
+        sub.add_argument("--recipient", required=True)
+    return parser
+
+
+async def _with_uow(
+    settings: Settings, use: Callable[[UnitOfWorkFactory], Awaitable[None]]
+) -> None:
+    engine = build_engine(settings)
+    try:
+        # The running service's relay publishes what this writes to the outbox on its next poll.
+        await use(UnitOfWorkFactory(engine, on_outbox_commit=lambda: None))
+    finally:
+        await engine.dispose()
+
+
+async def _dead(args: argparse.Namespace, uow_factory: UnitOfWorkFactory) -> None:
+    if args.action == "list":
+        for c in await service.list_dead(uow_factory):
+            print(f"{c.id}\t{c.order_id}\t{c.recipient}\t{c.attempts}\t{c.last_error}")
+        return
+    replayed = await service.replay_dead(uow_factory, None if args.all else args.ids)
+    for c in replayed:
+        print(f"replayed {c.id}")
+    print(f"{len(replayed)} replayed")
+
+
+async def _opt_out(args: argparse.Namespace, uow_factory: UnitOfWorkFactory) -> None:
+    changed = await service.set_opt_out(
+        uow_factory, args.channel, args.recipient, opted_out=args.action == "add"
+    )
+    print(f"{args.action}: {'done' if changed else 'nothing to change'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
     settings = Settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if args.command == "migrate":
         upgrade_to_head(settings.database_url)
+    elif args.command == "dead":
+        asyncio.run(_with_uow(settings, lambda uow_factory: _dead(args, uow_factory)))
+    elif args.command == "opt-out":
+        asyncio.run(_with_uow(settings, lambda uow_factory: _opt_out(args, uow_factory)))
     else:
         uvicorn.run(
             build_app(settings),

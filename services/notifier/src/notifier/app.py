@@ -19,8 +19,9 @@ from contracts import Channel
 from notifier.adapters.broker import BrokerConnection
 from notifier.adapters.outbox_relay import OutboxRelay
 from notifier.adapters.schema import assert_schema_current
+from notifier.adapters.sms import HttpSmsSender, HttpSmsSettings
 from notifier.adapters.smtp import SmtpEmailSender, SmtpSettings
-from notifier.adapters.templates import EmailTemplates
+from notifier.adapters.templates import EmailTemplates, TextTemplates
 from notifier.adapters.unit_of_work import UnitOfWorkFactory
 from notifier.config import Settings
 from notifier.domain.communication import RetryPolicy
@@ -58,11 +59,12 @@ def build_rules(settings: Settings) -> NotificationRules:
         statuses=frozenset(settings.notify_statuses),
         on_order_created=settings.notify_on_order_created,
         channels=tuple(settings.notify_channels),
+        channel_statuses={Channel.SMS: frozenset(settings.sms_notify_statuses)},
     )
 
 
 def build_senders(settings: Settings) -> dict[Channel, Sender]:
-    """One sender per channel that can send today. SMS plugs in here once it exists."""
+    """One sender per channel: email always, SMS once a provider is configured."""
     smtp = SmtpSettings(
         host=settings.smtp_host,
         port=settings.smtp_port,
@@ -75,6 +77,15 @@ def build_senders(settings: Settings) -> dict[Channel, Sender]:
         message_id_domain=settings.message_id_domain,
     )
     senders: dict[Channel, Sender] = {Channel.EMAIL: SmtpEmailSender(smtp, EmailTemplates())}
+    if settings.sms_url:
+        senders[Channel.SMS] = HttpSmsSender(
+            HttpSmsSettings(
+                url=settings.sms_url,
+                token=settings.sms_token,
+                timeout=settings.sms_timeout_seconds,
+            ),
+            TextTemplates(),
+        )
     missing = set(settings.notify_channels) - senders.keys()
     if missing:
         raise ValueError(f"no sender for the configured channels {sorted(missing)}")
@@ -92,6 +103,7 @@ def build_dispatcher(settings: Settings, uow_factory: UnitOfWorkFactory) -> Disp
         batch_size=settings.dispatch_batch_size,
         lease=timedelta(seconds=settings.lease_seconds),
         retry_interval=settings.retry_seconds,
+        consumer_group=settings.consumer_group,
     )
 
 
@@ -151,8 +163,9 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="Notifier",
         version="0.1.0",
-        description="Customer email for order status changes from `orders.events`, exactly "
-        "once per event, channel, template and recipient; outcomes on `notifications.events`.",
+        description="Customer email and SMS for order status changes from `orders.events`, "
+        "exactly once per event, channel, template and recipient; outcomes on "
+        "`notifications.events`, dead communications also on `notifications.events.dlq`.",
         lifespan=lifespan,
     )
     app.state.engine = engine

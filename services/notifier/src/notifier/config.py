@@ -32,7 +32,10 @@ class Settings(BaseSettings):
         OrderStatus.CANCELLED,
     ]
     notify_on_order_created: bool = False
+    # Add "sms" (with sms_url set) to text customers who have a phone.
     notify_channels: list[Channel] = [Channel.EMAIL]
+    # On SMS only these statuses notify (notify_statuses is for email).
+    sms_notify_statuses: list[OrderStatus] = [OrderStatus.OUT_FOR_DELIVERY]
 
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 1025
@@ -44,6 +47,12 @@ class Settings(BaseSettings):
     smtp_timeout_seconds: float = Field(default=10.0, gt=0)
     mail_from: str = "Order Backbone <orders@backbone.local>"
     message_id_domain: str = "backbone.local"
+
+    # The SMS provider: POST JSON {to, body, idempotency_key} with a bearer token.
+    sms_url: str | None = None
+    sms_token: SecretStr | None = None
+    # Bounds one whole SMS request; a slower one counts as failed.
+    sms_timeout_seconds: float = Field(default=10.0, gt=0)
 
     # The dispatcher claims up to a batch of due communications and sends them concurrently.
     dispatch_batch_size: int = Field(default=20, ge=1)
@@ -68,9 +77,14 @@ class Settings(BaseSettings):
     def _consistent(self) -> Self:
         if self.smtp_starttls and self.smtp_use_tls:
             raise ValueError("smtp_starttls and smtp_use_tls exclude each other")
-        if self.lease_seconds < 2 * self.smtp_timeout_seconds:
-            # A lease running out mid-send would let a second worker send the same email.
-            raise ValueError("lease_seconds must be at least twice smtp_timeout_seconds")
+        sends = [self.smtp_timeout_seconds]
+        if Channel.SMS in self.notify_channels:
+            sends.append(self.sms_timeout_seconds)
+        if self.lease_seconds < 2 * max(sends):
+            # A lease running out mid-send would let a second worker send the same message.
+            raise ValueError("lease_seconds must be at least twice the send timeout of a channel")
+        if Channel.SMS in self.notify_channels and not self.sms_url:
+            raise ValueError("the sms channel needs sms_url")
         if self.backoff_max_seconds < self.backoff_base_seconds:
             raise ValueError("backoff_max_seconds must not be below backoff_base_seconds")
         return self

@@ -1,16 +1,18 @@
-"""The notifier's use cases: record the communications an event asks for, dispatch the due
-ones, read them back. Every change of a communication commits in one unit of work together
-with its announcement on the outbox (for notifications.events)."""
+"""The notifier's use cases: record the communications an event asks for (skipping opted-out
+recipients), dispatch the due ones, replay dead ones, read them back. Every change of a
+communication commits in one unit of work together with its announcement on the outbox (for
+notifications.events) and, when it goes dead, its dead letter (notifications.events.dlq)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from contracts import (
     NOTIFICATIONS_EVENTS,
@@ -20,9 +22,13 @@ from contracts import (
     CommunicationFailed,
     CommunicationQueued,
     CommunicationSent,
+    CommunicationSkipped,
+    DeadLetter,
+    dlq_topic,
 )
 from notifier.adapters.unit_of_work import UnitOfWork
 from notifier.domain.communication import Communication, CommunicationStatus, RetryPolicy
+from notifier.domain.dedupe import normalise_recipient
 from notifier.domain.delivery import DeliveryFailed, Sender, Undeliverable
 from notifier.domain.planning import (
     NotificationRules,
@@ -32,6 +38,8 @@ from notifier.domain.planning import (
 )
 
 log = logging.getLogger(__name__)
+
+OPTED_OUT = "recipient opted out"
 
 # Anything that hands out a fresh unit of work (the composition root decides which).
 UnitOfWorkFactory = Callable[[], UnitOfWork]
@@ -67,6 +75,8 @@ def announcement(communication: Communication) -> CommunicationEvent:
             return CommunicationFailed.model_validate({**common, "error": error})
         case CommunicationStatus.DEAD:
             return CommunicationDead.model_validate({**common, "error": error})
+        case CommunicationStatus.SKIPPED:
+            return CommunicationSkipped.model_validate({**common, "reason": error})
     raise ValueError(f"a {communication.status} communication is not announced")
 
 
@@ -76,11 +86,27 @@ async def _announce(uow: UnitOfWork, communication: Communication) -> None:
     )
 
 
+def dead_letter(communication: Communication, consumer_group: str) -> DeadLetter:
+    """The DLQ entry of a dead communication. It comes from the notifier's own table, not from
+    a Kafka record, hence no partition or offset (-1)."""
+    return DeadLetter(
+        source_topic=NOTIFICATIONS_EVENTS,
+        partition=-1,
+        offset=-1,
+        key=str(communication.order_id),
+        payload=json.dumps(communication.to_json(), separators=(",", ":")),
+        headers={"content-type": "application/json"},
+        reason=communication.last_error or "",
+        consumer_group=consumer_group,
+    )
+
+
 async def record_communications(
     uow_factory: UnitOfWorkFactory, event: OrderEvent, rules: NotificationRules
 ) -> list[Communication]:
-    """Queue what `event` asks for, in one transaction; returns the newly queued ones. Recording
-    the same event again queues nothing: its dedupe keys are already taken."""
+    """Record what `event` asks for, in one transaction; returns the newly queued ones. A
+    recipient who opted out of the channel gets a `skipped` communication instead. Recording
+    the same event again records nothing: its dedupe keys are already taken."""
     planned = plan_communications(event, rules)
     if not planned:
         return []
@@ -88,6 +114,15 @@ async def record_communications(
     now = _now()
     queued = []
     async with uow_factory() as uow:
+        addressed: dict[Channel, list[str]] = {}
+        for plan in planned:
+            addressed.setdefault(plan.channel, []).append(
+                normalise_recipient(plan.channel, plan.recipient)
+            )
+        opted_out = {
+            channel: await uow.opt_outs.opted_out(channel, recipients)
+            for channel, recipients in addressed.items()
+        }
         for plan in planned:
             communication = Communication.queue(
                 event_id=event.event_id,
@@ -98,9 +133,12 @@ async def record_communications(
                 context=context,
                 now=now,
             )
+            if normalise_recipient(plan.channel, plan.recipient) in opted_out[plan.channel]:
+                communication.skip(OPTED_OUT, now)
             if await uow.communications.add_if_new(communication):
                 await _announce(uow, communication)
-                queued.append(communication)
+                if communication.status is CommunicationStatus.QUEUED:
+                    queued.append(communication)
     return queued
 
 
@@ -117,6 +155,7 @@ class Dispatcher:
     batch_size: int
     lease: timedelta
     retry_interval: float
+    consumer_group: str  # named on the dead letters of communications
 
     async def dispatch_due(self) -> int:
         """One round: claim up to a batch and attempt them all concurrently; returns how many
@@ -159,6 +198,14 @@ class Dispatcher:
                 async with self.uow_factory() as uow:
                     if await uow.communications.save_outcome(communication, self.owner):
                         await _announce(uow, communication)
+                        if communication.status is CommunicationStatus.DEAD:
+                            letter = dead_letter(communication, self.consumer_group)
+                            await uow.outbox.add_message(
+                                dlq_topic(NOTIFICATIONS_EVENTS),
+                                str(communication.order_id),
+                                letter,
+                                uuid4(),
+                            )
                     else:
                         log.warning(
                             "communication %s: lease lost before its outcome (%s) was stored",
@@ -181,6 +228,38 @@ class Dispatcher:
         """Hand back whatever this dispatcher claimed and did not finish (at shutdown)."""
         async with self.uow_factory() as uow:
             return await uow.communications.release_leases(self.owner, _now())
+
+
+async def list_dead(uow_factory: UnitOfWorkFactory) -> list[Communication]:
+    async with uow_factory() as uow:
+        return await uow.communications.dead(None, lock=False)
+
+
+async def replay_dead(
+    uow_factory: UnitOfWorkFactory, ids: Sequence[UUID] | None
+) -> list[Communication]:
+    """Queue the dead communications among `ids` (or all) again, each announced as queued;
+    returns those replayed. One that is no longer dead (already replayed) is left alone, so
+    replaying twice is replaying once."""
+    now = _now()
+    async with uow_factory() as uow:
+        replayed = await uow.communications.dead(ids, lock=True)
+        for communication in replayed:
+            communication.replay(now)
+            await uow.communications.save_replay(communication)
+            await _announce(uow, communication)
+    return replayed
+
+
+async def set_opt_out(
+    uow_factory: UnitOfWorkFactory, channel: Channel, recipient: str, *, opted_out: bool
+) -> bool:
+    """Record (or withdraw) an opt-out; False when there was nothing to change."""
+    normalised = normalise_recipient(channel, recipient)
+    async with uow_factory() as uow:
+        if opted_out:
+            return await uow.opt_outs.add(channel, normalised)
+        return await uow.opt_outs.remove(channel, normalised)
 
 
 async def list_communications(

@@ -14,7 +14,7 @@ from pathlib import Path
 from devstack import infra
 from devstack.stack import SERVICES, Stack
 
-DEFAULT_PORTS = {"order": 8000, "notifier": 8001, "audit": 8002, "smtp": 1025}
+DEFAULT_PORTS = {"order": 8000, "notifier": 8001, "audit": 8002, "smtp": 1025, "sms": 1026}
 
 
 def _ports() -> dict[str, int]:
@@ -23,6 +23,7 @@ def _ports() -> dict[str, int]:
         for name, port in DEFAULT_PORTS.items()
     }
     ports["smtp"] = int(os.environ.get("DEV_SMTP_PORT", DEFAULT_PORTS["smtp"]))
+    ports["sms"] = int(os.environ.get("DEV_SMS_PORT", DEFAULT_PORTS["sms"]))
     return ports
 
 
@@ -51,6 +52,7 @@ def _announce(stack: Stack) -> None:
     lines = [f"{name:<9} {stack.url(name)}" for name in SERVICES]
     lines += [
         f"smtp sink 127.0.0.1:{stack.ports['smtp']} (mail in {relative / 'mail'})",
+        f"sms sink  127.0.0.1:{stack.ports['sms']} (messages in {relative / 'sms.jsonl'})",
         f"kafka     {stack.kafka_bootstrap_servers}",
         f"logs      {relative / 'logs'}",
         f"admin token: {stack.admin_token}",

@@ -173,3 +173,21 @@ def smtp_sink_process(port: int, maildir: Path, log_dir: Path) -> Process:
         log_dir=log_dir,
         ready_port=port,
     )
+
+
+def sms_sink_process(port: int, path: Path, log_dir: Path) -> Process:
+    return Process(
+        name="sms-sink",
+        argv=[
+            sys.executable,
+            "-m",
+            "devstack.sms_sink",
+            "--port",
+            str(port),
+            "--file",
+            str(path),
+        ],
+        env={},
+        log_dir=log_dir,
+        ready_port=port,
+    )

@@ -1,5 +1,6 @@
-"""The whole system on one machine: the SMTP sink and the three services as processes, wired
-to a Kafka broker and three databases. `make run`, `make demo` and the e2e tests use this."""
+"""The whole system on one machine: the SMTP sink (and, given an "sms" port, the SMS sink) and
+the three services as processes, wired to a Kafka broker and three databases. `make run`,
+`make demo` and the e2e tests use this."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from devstack.processes import (
     run_checked,
     service_env,
     service_process,
+    sms_sink_process,
     smtp_sink_process,
 )
 
@@ -36,6 +38,10 @@ class Stack:
         return self.workdir / "mail"
 
     @property
+    def sms_file(self) -> Path:
+        return self.workdir / "sms.jsonl"
+
+    @property
     def log_dir(self) -> Path:
         return self.workdir / "logs"
 
@@ -49,6 +55,9 @@ class Stack:
                 "NOTIFIER_SMTP_HOST": "127.0.0.1",
                 "NOTIFIER_SMTP_PORT": str(self.ports["smtp"]),
             }
+            if "sms" in self.ports:
+                extra["NOTIFIER_SMS_URL"] = f"http://127.0.0.1:{self.ports['sms']}/messages"
+                extra["NOTIFIER_NOTIFY_CHANNELS"] = '["email", "sms"]'
         return service_env(
             service,
             database_url=self.database_urls[service],
@@ -61,6 +70,12 @@ class Stack:
         sink = smtp_sink_process(self.ports["smtp"], self.maildir, self.log_dir)
         sink.start()
         self.processes["smtp-sink"] = sink
+        return sink
+
+    def start_sms_sink(self) -> Process:
+        sink = sms_sink_process(self.ports["sms"], self.sms_file, self.log_dir)
+        sink.start()
+        self.processes["sms-sink"] = sink
         return sink
 
     def launch_service(self, service: str) -> Process:
@@ -86,6 +101,8 @@ class Stack:
             list(pool.map(lambda service: migrate(service, self.env(service)), SERVICES))
         self.issue_admin_token()
         self.start_smtp_sink()
+        if "sms" in self.ports:
+            self.start_sms_sink()
         # Started side by side; each is then waited for until it answers its readiness check.
         launched = [self.launch_service(service) for service in SERVICES]
         for process in launched:

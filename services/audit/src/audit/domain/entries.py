@@ -34,6 +34,7 @@ from contracts import (
     CommunicationFailed,
     CommunicationQueued,
     CommunicationSent,
+    CommunicationSkipped,
     OrderCreated,
     OrderStatusChanged,
 )
@@ -49,6 +50,7 @@ AuditedMessage = (
     | CommunicationSent
     | CommunicationFailed
     | CommunicationDead
+    | CommunicationSkipped
 )
 
 COMMUNICATION_ACTIONS: dict[type[CommunicationEvent], str] = {
@@ -56,6 +58,7 @@ COMMUNICATION_ACTIONS: dict[type[CommunicationEvent], str] = {
     CommunicationSent: "communication.sent",
     CommunicationFailed: "communication.failed",
     CommunicationDead: "communication.dead",
+    CommunicationSkipped: "communication.skipped",
 }
 
 COMMAND_RESULT_NAMESPACE = uuid5(NAMESPACE_URL, "urn:order-backbone:audit:command-result")
@@ -191,7 +194,11 @@ def entry_for(message: AuditedMessage, recorded_at: datetime) -> AuditEntry:
     }
     if isinstance(message, CommunicationSent):
         details["provider_message_id"] = message.provider_message_id
-    reason = message.error if isinstance(message, CommunicationFailed | CommunicationDead) else None
+    reason = None
+    if isinstance(message, CommunicationFailed | CommunicationDead):
+        reason = message.error
+    elif isinstance(message, CommunicationSkipped):
+        reason = message.reason
     return AuditEntry(
         action=COMMUNICATION_ACTIONS[type(message)],
         actor="notifier",

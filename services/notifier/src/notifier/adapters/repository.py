@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import and_, insert, or_, select, tuple_, update
+from sqlalchemy import and_, delete, insert, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from contracts import Channel, Envelope
-from notifier.adapters.tables import communication_events, outbox
+from contracts import Channel, Envelope, Message
+from notifier.adapters.tables import communication_events, opt_outs, outbox
 from notifier.domain.communication import Communication, CommunicationStatus
 
 _c = communication_events.c
@@ -35,6 +36,7 @@ def _to_communication(row: Any) -> Communication:
         provider_message_id=row.provider_message_id,
         next_attempt_at=row.next_attempt_at,
         sent_at=row.sent_at,
+        replays=row.replays,
     )
 
 
@@ -59,6 +61,7 @@ class CommunicationRepository:
                 context=communication.context,
                 status=communication.status.value,
                 attempts=communication.attempts,
+                last_error=communication.last_error,
                 next_attempt_at=communication.next_attempt_at,
                 created_at=communication.created_at,
                 updated_at=communication.updated_at,
@@ -144,6 +147,33 @@ class CommunicationRepository:
         )
         return int(result.rowcount)
 
+    async def dead(self, ids: Sequence[UUID] | None, *, lock: bool) -> list[Communication]:
+        """Dead communications, oldest first: those among `ids`, or all of them. With `lock`,
+        they stay locked until the transaction ends, so two replays cannot both take one."""
+        query = (
+            select(communication_events)
+            .where(_c.status == CommunicationStatus.DEAD)
+            .order_by(_c.created_at, _c.id)
+        )
+        if ids is not None:
+            query = query.where(_c.id.in_(ids))
+        if lock:
+            query = query.with_for_update()
+        return [_to_communication(row) for row in (await self._connection.execute(query)).all()]
+
+    async def save_replay(self, communication: Communication) -> None:
+        await self._connection.execute(
+            update(communication_events)
+            .where(_c.id == communication.id)
+            .values(
+                status=communication.status.value,
+                attempts=communication.attempts,
+                next_attempt_at=communication.next_attempt_at,
+                replays=communication.replays,
+                updated_at=communication.updated_at,
+            )
+        )
+
     async def page(
         self, *, order_id: UUID | None, limit: int, after: tuple[datetime, UUID] | None
     ) -> list[Communication]:
@@ -156,6 +186,38 @@ class CommunicationRepository:
         return [_to_communication(row) for row in (await self._connection.execute(query)).all()]
 
 
+class OptOutRepository:
+    """Recipients are stored normalised; callers normalise before asking."""
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._connection = connection
+
+    async def add(self, channel: Channel, recipient: str) -> bool:
+        result = await self._connection.execute(
+            pg_insert(opt_outs)
+            .values(channel=channel.value, recipient=recipient)
+            .on_conflict_do_nothing()
+        )
+        return bool(result.rowcount)
+
+    async def remove(self, channel: Channel, recipient: str) -> bool:
+        result = await self._connection.execute(
+            delete(opt_outs).where(
+                opt_outs.c.channel == channel.value, opt_outs.c.recipient == recipient
+            )
+        )
+        return bool(result.rowcount)
+
+    async def opted_out(self, channel: Channel, recipients: Iterable[str]) -> set[str]:
+        """Which of `recipients` opted out of `channel`."""
+        result = await self._connection.execute(
+            select(opt_outs.c.recipient).where(
+                opt_outs.c.channel == channel.value, opt_outs.c.recipient.in_(list(recipients))
+            )
+        )
+        return set(result.scalars())
+
+
 class Outbox:
     """Writes notifications.events messages in the caller's transaction."""
 
@@ -164,12 +226,16 @@ class Outbox:
         self.written = False
 
     async def add(self, topic: str, key: str, event: Envelope) -> None:
+        await self.add_message(topic, key, event, event.event_id)
+
+    async def add_message(self, topic: str, key: str, message: Message, message_id: UUID) -> None:
+        """A message that carries no event id of its own (a dead letter) under `message_id`."""
         self.written = True
         await self._connection.execute(
             insert(outbox).values(
-                event_id=event.event_id,
+                event_id=message_id,
                 topic=topic,
                 key=key,
-                payload=event.model_dump(mode="json", by_alias=True),
+                payload=message.model_dump(mode="json", by_alias=True),
             )
         )

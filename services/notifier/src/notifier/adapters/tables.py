@@ -41,8 +41,10 @@ communication_events = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     Column("sent_at", DateTime(timezone=True)),
+    # How often an operator replayed it after it went dead.
+    Column("replays", Integer, nullable=False, server_default=text("0")),
     CheckConstraint(
-        "status IN ('queued', 'sending', 'sent', 'failed', 'dead')",
+        "status IN ('queued', 'sending', 'sent', 'failed', 'dead', 'skipped')",
         name="ck_communication_events_status",
     ),
     Index("ix_communication_events_order", "order_id", "created_at", "id"),
@@ -51,11 +53,21 @@ communication_events = Table(
         "next_attempt_at",
         postgresql_where=text("status IN ('queued', 'failed')"),
     ),
+    Index("ix_communication_events_dead", "created_at", postgresql_where=text("status = 'dead'")),
     Index(
         "ix_communication_events_leased",
         "lease_until",
         postgresql_where=text("status = 'sending'"),
     ),
+)
+
+# Who asked to get nothing on a channel; the recipient is normalised as in the dedupe key.
+opt_outs = Table(
+    "opt_outs",
+    metadata,
+    Column("channel", String(16), primary_key=True),
+    Column("recipient", String(320), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
 )
 
 # Transactional outbox for notifications.events: each change of a communication is announced

@@ -1,4 +1,5 @@
-"""Email rendering from Jinja2 templates, one per status, plain text and HTML."""
+"""Rendering from Jinja2 templates, one per status: email as plain text and HTML, SMS as
+plain text."""
 
 from __future__ import annotations
 
@@ -39,3 +40,22 @@ class EmailTemplates:
         except TemplateError as error:
             raise RenderError(f"template {template!r}: {type(error).__name__}: {error}") from error
         return RenderedEmail(subject.strip(), text, html)
+
+
+class TextTemplates:
+    """Plain-text messages (SMS): `<channel>/<template>.txt`, not HTML-escaped (`.txt`)."""
+
+    def __init__(self, directory: Path = TEMPLATES, channel: str = "sms") -> None:
+        self._channel = channel
+        self._env = Environment(
+            loader=FileSystemLoader(directory),
+            undefined=StrictUndefined,
+            autoescape=select_autoescape(["html"]),
+        )
+
+    def render(self, template: str, context: dict[str, Any]) -> str:
+        try:
+            text = self._env.get_template(f"{self._channel}/{template}.txt").render(context)
+        except TemplateError as error:
+            raise RenderError(f"template {template!r}: {type(error).__name__}: {error}") from error
+        return text.strip()

@@ -9,7 +9,7 @@ from types import TracebackType
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from notifier.adapters.repository import CommunicationRepository, Outbox
+from notifier.adapters.repository import CommunicationRepository, OptOutRepository, Outbox
 
 
 class Unstorable(Exception):
@@ -26,6 +26,7 @@ def _refused_content(error: BaseException | None) -> bool:
 
 class UnitOfWork:
     communications: CommunicationRepository
+    opt_outs: OptOutRepository
     outbox: Outbox
 
     def __init__(self, engine: AsyncEngine, on_outbox_commit: Callable[[], None]) -> None:
@@ -37,6 +38,7 @@ class UnitOfWork:
         self._connection = await self._engine.connect()
         await self._connection.begin()
         self.communications = CommunicationRepository(self._connection)
+        self.opt_outs = OptOutRepository(self._connection)
         self.outbox = Outbox(self._connection)
         return self
 

@@ -4,14 +4,17 @@
     sending ─► sent | failed | dead  the attempt's outcome
     failed  ─► sending               claimed again once next_attempt_at is due
     sending ─► sending               its lease ran out (the worker died): claimed again
+    queued  ─► skipped               recorded but not to be sent (the recipient opted out)
+    dead    ─► queued                an operator replays it (attempts reset, replays counted)
 
-`sent` and `dead` (attempts exhausted, or it can never be sent) are terminal.
+`sent` and `skipped` are terminal; `dead` (attempts exhausted, or it can never be sent) is
+terminal for the dispatcher, and only an operator's replay moves it on.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final
@@ -27,10 +30,13 @@ class CommunicationStatus(StrEnum):
     SENT = "sent"
     FAILED = "failed"  # retried at next_attempt_at
     DEAD = "dead"  # given up: attempts exhausted, or it can never be sent
+    SKIPPED = "skipped"  # never to be sent, e.g. the recipient opted out
 
 
 TRANSITIONS: Final[dict[CommunicationStatus, frozenset[CommunicationStatus]]] = {
-    CommunicationStatus.QUEUED: frozenset({CommunicationStatus.SENDING}),
+    CommunicationStatus.QUEUED: frozenset(
+        {CommunicationStatus.SENDING, CommunicationStatus.SKIPPED}
+    ),
     CommunicationStatus.SENDING: frozenset(
         {
             CommunicationStatus.SENDING,
@@ -41,7 +47,8 @@ TRANSITIONS: Final[dict[CommunicationStatus, frozenset[CommunicationStatus]]] = 
     ),
     CommunicationStatus.FAILED: frozenset({CommunicationStatus.SENDING}),
     CommunicationStatus.SENT: frozenset(),
-    CommunicationStatus.DEAD: frozenset(),
+    CommunicationStatus.DEAD: frozenset({CommunicationStatus.QUEUED}),
+    CommunicationStatus.SKIPPED: frozenset(),
 }
 
 
@@ -94,6 +101,7 @@ class Communication:
     provider_message_id: str | None = None
     next_attempt_at: datetime | None = None
     sent_at: datetime | None = None
+    replays: int = 0
 
     @classmethod
     def queue(
@@ -146,6 +154,33 @@ class Communication:
         self._move(CommunicationStatus.DEAD, now)
         self.last_error = reason
         self.next_attempt_at = None
+
+    def skip(self, reason: str, now: datetime) -> None:
+        self._move(CommunicationStatus.SKIPPED, now)
+        self.last_error = reason
+        self.next_attempt_at = None
+
+    def replay(self, now: datetime) -> None:
+        """A dead communication gets a fresh set of attempts, due at once. Its identity (dedupe
+        key, hence Message-ID) stays, so the customer can never get two different messages."""
+        self._move(CommunicationStatus.QUEUED, now)
+        self.attempts = 0
+        self.next_attempt_at = now
+        self.replays += 1
+
+    def to_json(self) -> dict[str, Any]:
+        """The communication as a JSON object (for its dead letter)."""
+        fields = asdict(self)
+        return {
+            name: value.isoformat() if isinstance(value, datetime) else value
+            for name, value in fields.items()
+        } | {
+            "id": str(self.id),
+            "order_id": str(self.order_id),
+            "event_id": str(self.event_id),
+            "channel": self.channel.value,
+            "status": self.status.value,
+        }
 
     def _move(self, target: CommunicationStatus, now: datetime) -> None:
         if target not in TRANSITIONS[self.status]:

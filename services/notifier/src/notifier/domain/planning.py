@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from contracts import Channel, Customer, OrderCreated, OrderStatus, OrderStatusChanged
@@ -14,12 +15,17 @@ CREATED_TEMPLATE = "order_created"
 
 @dataclass(frozen=True)
 class NotificationRules:
-    """What notifies: status changes to `statuses`, order creation if `on_order_created`, each
-    on every channel in `channels` the customer can be reached on."""
+    """What notifies: status changes to `statuses` (or, for a channel in `channel_statuses`,
+    to the statuses given there), order creation if `on_order_created`, each on every channel
+    in `channels` the customer can be reached on."""
 
     statuses: frozenset[OrderStatus]
     on_order_created: bool
     channels: tuple[Channel, ...]
+    channel_statuses: Mapping[Channel, frozenset[OrderStatus]] = field(default_factory=dict)
+
+    def statuses_on(self, channel: Channel) -> frozenset[OrderStatus]:
+        return self.channel_statuses.get(channel, self.statuses)
 
 
 @dataclass(frozen=True)
@@ -35,10 +41,10 @@ def template_for(event: OrderEvent) -> str:
     return f"order_{event.to_status.value}"
 
 
-def _notifies(event: OrderEvent, rules: NotificationRules) -> bool:
+def _notifies(event: OrderEvent, rules: NotificationRules, channel: Channel) -> bool:
     if isinstance(event, OrderCreated):
         return rules.on_order_created
-    return event.to_status in rules.statuses
+    return event.to_status in rules.statuses_on(channel)
 
 
 def _address(customer: Customer, channel: Channel) -> str | None:
@@ -46,13 +52,11 @@ def _address(customer: Customer, channel: Channel) -> str | None:
 
 
 def plan_communications(event: OrderEvent, rules: NotificationRules) -> list[PlannedCommunication]:
-    if not _notifies(event, rules):
-        return []
     template = template_for(event)
     planned = []
     for channel in rules.channels:
         recipient = _address(event.customer, channel)
-        if recipient:
+        if recipient and _notifies(event, rules, channel):
             planned.append(PlannedCommunication(channel, template, recipient))
     return planned
 

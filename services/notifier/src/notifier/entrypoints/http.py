@@ -42,6 +42,7 @@ class CommunicationResponse(BaseModel):
     created_at: datetime
     updated_at: datetime
     sent_at: datetime | None
+    replays: int
 
 
 class CommunicationPage(BaseModel):

@@ -1,0 +1,199 @@
+"""SMS: the HTTP provider adapter against the devstack SMS sink (a real HTTP server), and the
+notifier texting a customer with a phone on `out_for_delivery` only, once per event."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from uuid import uuid4
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+from pydantic import SecretStr
+
+from contracts import Channel, Customer, OrderStatus, OrderStatusChanged
+from devstack import infra
+from devstack.processes import free_port
+from devstack.sms_sink import SmsSink, read_sms
+from devstack.waiting import wait_until
+from notifier.adapters.schema import upgrade_to_head
+from notifier.adapters.sms import HttpSmsSender, HttpSmsSettings
+from notifier.adapters.templates import TextTemplates
+from notifier.app import build_app
+from notifier.domain.communication import Communication
+from notifier.domain.dedupe import dedupe_key
+from notifier.domain.delivery import DeliveryFailed, Undeliverable
+from tests.integration.test_notifier import (
+    SHOP,
+    SmtpSink,
+    notifier_settings,
+    publish,
+    wait_for_mail,
+    wait_for_statuses,
+)
+
+TOKEN = "sms-test-token"
+
+
+@pytest.fixture(scope="module")
+def sms_sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmsSink]:
+    sink = SmsSink(tmp_path_factory.mktemp("sms") / "sms.jsonl", free_port(), token=TOKEN)
+    sink.start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture(scope="module")
+def mail_sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmtpSink]:
+    sink = SmtpSink(tmp_path_factory.mktemp("sms-mail"), free_port())
+    sink.start()
+    yield sink
+    sink.stop()
+
+
+def sender(url: str, token: str = TOKEN) -> HttpSmsSender:
+    return HttpSmsSender(HttpSmsSettings(url, SecretStr(token), timeout=2.0), TextTemplates())
+
+
+def sms_communication(phone: str = "+44 20 7946 0018") -> Communication:
+    order_id = uuid4()
+    return Communication.queue(
+        event_id=uuid4(),
+        order_id=order_id,
+        channel=Channel.SMS,
+        template="order_out_for_delivery",
+        recipient=phone,
+        context={"order_id": str(order_id)},
+        now=datetime.now(UTC),
+    )
+
+
+# --- the provider adapter ------------------------------------------------------------------
+
+
+async def test_an_accepted_sms_returns_the_provider_id_and_carries_the_dedupe_key(
+    sms_sink: SmsSink,
+) -> None:
+    subject = sms_communication()
+    provider_id = await sender(sms_sink.url).send(subject)
+    (kept,) = [s for s in read_sms(sms_sink.path) if s["idempotency_key"] == subject.dedupe_key]
+    assert kept["id"] == provider_id
+    assert kept["to"] == "+44 20 7946 0018"
+    assert kept["body"] == f"Order {str(subject.order_id)[:8]}: your order is on its way to you."
+
+
+async def test_a_refusal_is_permanent_and_an_unreachable_provider_is_retried(
+    sms_sink: SmsSink,
+) -> None:
+    with pytest.raises(Undeliverable, match="401"):
+        await sender(sms_sink.url, token="wrong").send(sms_communication())
+    with pytest.raises(DeliveryFailed):
+        await sender(f"http://127.0.0.1:{free_port()}/messages").send(sms_communication())
+
+
+class _Failing(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        self.send_response(503)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet."""
+
+
+async def test_a_provider_error_is_retried() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), _Failing)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/messages"
+        with pytest.raises(DeliveryFailed, match="503"):
+            await sender(url).send(sms_communication())
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+# --- the notifier texting ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+async def sms_notifier(
+    kafka_bootstrap: str, databases: infra.TestDatabases, mail_sink: SmtpSink, sms_sink: SmsSink
+) -> AsyncIterator[httpx.AsyncClient]:
+    settings = notifier_settings(
+        databases,
+        kafka_bootstrap,
+        mail_sink.port,
+        notify_channels=[Channel.EMAIL, Channel.SMS],
+        sms_url=sms_sink.url,
+        sms_token=TOKEN,
+        sms_timeout_seconds=2.0,
+    )
+    await asyncio.to_thread(upgrade_to_head, settings.database_url)
+    app = build_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://notifier") as client:
+            await wait_until(
+                lambda: client.get("/health/ready"),
+                lambda response: response.status_code == 200,
+                within=60,
+                what="the notifier to be ready",
+            )
+            yield client
+
+
+@pytest.fixture
+async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
+    client = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    await client.start()
+    yield client
+    await client.stop()
+
+
+async def test_out_for_delivery_texts_a_customer_with_a_phone_once(
+    sms_notifier: httpx.AsyncClient,
+    sms_sink: SmsSink,
+    mail_sink: SmtpSink,
+    producer: AIOKafkaProducer,
+) -> None:
+    order_id = uuid4()
+    customer = Customer(
+        name="Ann", email=f"ann+{order_id.hex[:12]}@example.com", phone="+44 7700 900123"
+    )
+    assert customer.email is not None
+    ready = OrderStatusChanged(
+        order_id=order_id,
+        from_status=OrderStatus.PENDING,
+        to_status=OrderStatus.READY,
+        version=4,
+        actor=SHOP,
+        customer=customer,
+    )
+    out = OrderStatusChanged(
+        order_id=order_id,
+        from_status=OrderStatus.READY,
+        to_status=OrderStatus.OUT_FOR_DELIVERY,
+        version=5,
+        actor=SHOP,
+        customer=customer,
+    )
+    await publish(producer, order_id, ready)
+    for _ in range(3):
+        await publish(producer, order_id, out)
+
+    await wait_for_mail(mail_sink, customer.email, 2)
+    items = await wait_for_statuses(sms_notifier, order_id, ["sent", "sent", "sent"])
+    key = dedupe_key(out.event_id, Channel.SMS, "order_out_for_delivery", "+44 7700 900123")
+    (texted,) = [s for s in read_sms(sms_sink.path) if s["to"] == "+44 7700 900123"]
+    assert texted["idempotency_key"] == key
+    (sms_item,) = [item for item in items if item["channel"] == "sms"]
+    assert (sms_item["dedupe_key"], sms_item["template"]) == (key, "order_out_for_delivery")
+    assert sms_item["provider_message_id"] == texted["id"]
