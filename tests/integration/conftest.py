@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
 from devstack import infra
 from devstack.waiting import wait_until
@@ -129,3 +129,12 @@ async def read_topic(
 @pytest.fixture
 async def order_events(read_topic: Callable[[str], Awaitable[TopicReader]]) -> TopicReader:
     return await read_topic("orders.events")
+
+
+@pytest.fixture
+async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
+    """A plain producer, for publishing what upstream systems or other services would."""
+    client = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", linger_ms=5)
+    await client.start()
+    yield client
+    await client.stop()

@@ -97,14 +97,6 @@ async def audit_replicas(
 
 
 @pytest.fixture
-async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
-    client = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
-    await client.start()
-    yield client
-    await client.stop()
-
-
-@pytest.fixture
 async def dead_letters(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaConsumer]:
     """Reads `orders.events.dlq` from the beginning, outside any consumer group."""
     consumer = AIOKafkaConsumer(

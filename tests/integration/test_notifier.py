@@ -19,7 +19,7 @@ from uuid import UUID, uuid4
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaProducer
 from aiosmtpd.controller import Controller
 
 from contracts import (
@@ -125,51 +125,6 @@ async def notifier_api(
                 what="the notifier to be ready",
             )
             yield client
-
-
-@pytest.fixture
-async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
-    client = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
-    await client.start()
-    yield client
-    await client.stop()
-
-
-class TopicReader:
-    """Reads a topic from its beginning, outside any consumer group."""
-
-    def __init__(self, consumer: AIOKafkaConsumer) -> None:
-        self._consumer = consumer
-        self.records: list[ConsumerRecord[bytes, bytes]] = []
-
-    async def values_for(self, key: str, count: int, within: float = 30) -> list[dict[str, Any]]:
-        """The JSON values of the records keyed `key`, once there are at least `count`."""
-
-        async def poll() -> list[dict[str, Any]]:
-            for batch in (await self._consumer.getmany(timeout_ms=200)).values():
-                self.records.extend(batch)
-            return [json.loads(r.value) for r in self.records if r.key == key.encode()]
-
-        return await wait_until(
-            poll, lambda values: len(values) >= count, within=within, what=f"{count} x {key}"
-        )
-
-
-@pytest.fixture
-async def read_topic(kafka_bootstrap: str) -> AsyncIterator[Any]:
-    consumers: list[AIOKafkaConsumer] = []
-
-    async def open_reader(topic: str) -> TopicReader:
-        consumer = AIOKafkaConsumer(
-            topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest", group_id=None
-        )
-        await consumer.start()
-        consumers.append(consumer)
-        return TopicReader(consumer)
-
-    yield open_reader
-    for consumer in consumers:
-        await consumer.stop()
 
 
 # --- helpers ------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ the 1,000, none lost. Short leases let a killed replica's claims expire fast."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from email.parser import BytesHeaderParser
 from pathlib import Path
 from uuid import uuid4
@@ -65,14 +65,6 @@ def mail(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Maildir, in
     sink.start()
     yield Maildir(maildir), port
     sink.stop()
-
-
-@pytest.fixture
-async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
-    client = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", linger_ms=5)
-    await client.start()
-    yield client
-    await client.stop()
 
 
 def notifier_env(

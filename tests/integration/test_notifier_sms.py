@@ -150,14 +150,6 @@ async def sms_notifier(
             yield client
 
 
-@pytest.fixture
-async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
-    client = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
-    await client.start()
-    yield client
-    await client.stop()
-
-
 async def test_out_for_delivery_texts_a_customer_with_a_phone_once(
     sms_notifier: httpx.AsyncClient,
     sms_sink: SmsSink,

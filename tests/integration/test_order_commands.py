@@ -16,14 +16,6 @@ from tests.integration.conftest import OrderService, TopicReader
 UPSTREAM = Actor(id="upstream-shop", role="system")
 
 
-@pytest.fixture
-async def producer(kafka_bootstrap: str) -> Any:
-    client = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
-    await client.start()
-    yield client
-    await client.stop()
-
-
 async def send(
     producer: AIOKafkaProducer,
     key: UUID,
