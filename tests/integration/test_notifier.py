@@ -624,3 +624,48 @@ async def test_as_a_process_it_migrates_serves_and_stops_cleanly_on_sigterm(
     finally:
         process.kill()
         infra.drop_test_databases(created)
+
+
+async def test_a_permanently_failing_address_ends_dead_after_the_attempts_and_replays_once(
+    kafka_bootstrap: str,
+    producer: AIOKafkaProducer,
+    read_topic: Any,
+    tmp_path: Path,
+) -> None:
+    handler = MaildirHandler(tmp_path / "mail")
+    sink = Controller(handler, hostname="127.0.0.1", port=free_port())
+    sink.start()
+    own = infra.create_test_databases("refused")
+    settings = notifier_settings(own, kafka_bootstrap, sink.port, max_attempts=3)
+    await asyncio.to_thread(upgrade_to_head, settings.database_url)
+    dead_letters = await read_topic(dlq_topic(NOTIFICATIONS_EVENTS))
+    order_id = uuid4()
+    event = status_changed(order_id, OrderStatus.CONFIRMED, 2)
+    recipient = customer_for(order_id).email
+    assert recipient is not None
+    handler.refused.add(recipient)
+    app = build_app(settings)
+    try:
+        async with app.router.lifespan_context(app):
+            api = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://n")
+            await publish(producer, order_id, event)
+
+            (item,) = await wait_for_statuses(api, order_id, ["dead"])
+            assert item["attempts"] == 3
+            assert "450" in item["last_error"]
+            (letter,) = await dead_letters.values_for(str(order_id), 1)
+            assert json.loads(letter["payload"])["id"] == item["id"]
+            assert read_messages(handler.maildir) == []
+
+            handler.refused.clear()  # the mailbox works again: the operator replays
+            replayed = await asyncio.to_thread(notifier_cli, own, "dead", "replay", "--all")
+            assert replayed.splitlines()[-1] == "1 replayed"
+            (item,) = await wait_for_statuses(api, order_id, ["sent"])
+            again = await asyncio.to_thread(notifier_cli, own, "dead", "replay", "--all")
+            assert again.splitlines() == ["0 replayed"]
+            sent = [m for m in read_messages(handler.maildir) if m["To"] == recipient]
+            assert [m["Message-ID"] for m in sent] == [message_id(event)]
+            await api.aclose()
+    finally:
+        sink.stop()
+        infra.drop_test_databases(own)

@@ -24,6 +24,16 @@ class MaildirHandler:
         maildir.mkdir(parents=True, exist_ok=True)
         start = len(list(maildir.glob("*.eml")))
         self._numbers = itertools.count(start + 1)
+        # Recipients refused for now with a 450 (mailbox unavailable): a failing address.
+        self.refused: set[str] = set()
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if address.lower() in self.refused:
+            return "450 4.2.1 Mailbox unavailable"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         content = envelope.original_content or b""
