@@ -11,8 +11,9 @@ from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
+from contracts import ORDERS_EVENTS
 from devstack import infra
 from devstack.waiting import wait_until
 from order import service as order_service
@@ -138,3 +139,24 @@ async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
     await client.start()
     yield client
     await client.stop()
+
+
+async def consumer_group_at_end(
+    kafka_bootstrap: str, group: str, topic: str = ORDERS_EVENTS
+) -> str:
+    """Commits `group`'s offsets at the current end of `topic` and returns the group: a
+    consumer started in it then sees only what the test publishes, not every earlier test's
+    events (consumers of a new group start at the earliest offset)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=kafka_bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        await consumer.topics()  # fills the metadata partitions_for_topic reads
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        ends = await consumer.end_offsets(partitions)
+        consumer.assign(partitions)
+        await consumer.commit(ends)
+    finally:
+        await consumer.stop()
+    return group

@@ -26,6 +26,7 @@ from devstack.processes import (
 )
 from devstack.waiting import wait_until
 from notifier.domain.dedupe import dedupe_key
+from tests.integration.conftest import consumer_group_at_end
 from tests.integration.test_notifier import SHOP
 
 EVENTS = 1_000
@@ -148,7 +149,7 @@ async def test_two_replicas_send_each_of_a_thousand_emails_exactly_once_even_thr
     await asyncio.to_thread(
         migrate, "notifier", notifier_env(scale_databases, kafka_bootstrap, smtp_port, "-", 0)
     )
-    group = f"notifier-scale-{uuid4().hex[:8]}"
+    group = await consumer_group_at_end(kafka_bootstrap, f"notifier-scale-{uuid4().hex[:8]}")
     envs = {
         name: notifier_env(scale_databases, kafka_bootstrap, smtp_port, group, free_port())
         for name in ("notifier-a", "notifier-b")

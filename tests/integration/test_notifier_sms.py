@@ -28,6 +28,7 @@ from notifier.app import build_app
 from notifier.domain.communication import Communication
 from notifier.domain.dedupe import dedupe_key
 from notifier.domain.delivery import DeliveryFailed, Undeliverable
+from tests.integration.conftest import consumer_group_at_end
 from tests.integration.test_notifier import (
     SHOP,
     SmtpSink,
@@ -131,6 +132,9 @@ async def sms_notifier(
         databases,
         kafka_bootstrap,
         mail_sink.port,
+        consumer_group=await consumer_group_at_end(
+            kafka_bootstrap, f"notifier-sms-{uuid4().hex[:8]}"
+        ),
         notify_channels=[Channel.EMAIL, Channel.SMS],
         sms_url=sms_sink.url,
         sms_token=TOKEN,
