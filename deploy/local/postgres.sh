@@ -13,7 +13,9 @@
 set -euo pipefail
 
 port="${PG_PORT:-5432}"
+# A cluster on another port (a test's own, which it may restart) gets a name of its own.
 cluster_name="backbone"
+[[ "$port" == 5432 ]] || cluster_name="backbone$port"
 databases=(orders notifier audit)
 
 log() { echo "postgres: $*" >&2; }

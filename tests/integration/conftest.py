@@ -4,6 +4,7 @@ PostgreSQL (the broker and databases come from tests/conftest.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -37,16 +38,10 @@ class OrderService:
         return {"Authorization": f"Bearer {self.viewer_token}"}
 
 
-@pytest.fixture(scope="session")
-async def order_service_app(
-    kafka_bootstrap: str, databases: infra.TestDatabases
-) -> AsyncIterator[OrderService]:
-    """The order service in this process (HTTP API and outbox relay), its lifespan running."""
-    settings = OrderSettings(
-        database_url=databases.urls["order"],
-        kafka_bootstrap_servers=kafka_bootstrap,
-        relay_poll_interval_seconds=0.5,
-    )
+@contextlib.asynccontextmanager
+async def running_order_service(settings: OrderSettings) -> AsyncIterator[OrderService]:
+    """The order service in this process (HTTP API and outbox relay), migrated, with an admin
+    and a viewer token, its lifespan running."""
     await asyncio.to_thread(upgrade_orders, settings.database_url)  # alembic runs its own loop
     engine = build_engine(settings)
     uow = UnitOfWorkFactory(engine)
@@ -59,6 +54,19 @@ async def order_service_app(
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://order") as client:
             yield OrderService(client, admin, viewer)
+
+
+@pytest.fixture(scope="session")
+async def order_service_app(
+    kafka_bootstrap: str, databases: infra.TestDatabases
+) -> AsyncIterator[OrderService]:
+    settings = OrderSettings(
+        database_url=databases.urls["order"],
+        kafka_bootstrap_servers=kafka_bootstrap,
+        relay_poll_interval_seconds=0.5,
+    )
+    async with running_order_service(settings) as service:
+        yield service
 
 
 class TopicReader:

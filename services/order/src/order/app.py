@@ -59,7 +59,7 @@ def build_relay(
 def build_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     engine = build_engine(settings)
-    uow_factory = UnitOfWorkFactory(engine)
+    uow_factory = UnitOfWorkFactory(engine, settings.database_wait_seconds)
     broker = build_broker(settings)
     register_command_handlers(broker, uow_factory, settings)
     connection = BrokerConnection(broker, settings.relay_retry_seconds)

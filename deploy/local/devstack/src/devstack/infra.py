@@ -125,6 +125,38 @@ def dev_database_urls() -> dict[str, str]:
     }
 
 
+@dataclass(frozen=True)
+class Postgres:
+    """A cluster of the project's own on `port`, for tests that stop or restart PostgreSQL
+    without disturbing the shared one."""
+
+    port: int
+
+    @property
+    def admin_url(self) -> str:
+        return DEV_PG.rsplit(":", 1)[0] + f":{self.port}"
+
+    def _env(self) -> dict[str, str]:
+        return {
+            "PG_PORT": str(self.port),
+            **{f"{s.upper()}_DATABASE_URL": "" for s in SERVICE_DATABASES},
+        }
+
+    def start(self) -> None:
+        _run_script("postgres.sh", "start", env=self._env())
+
+    def stop(self) -> None:
+        _run_script("postgres.sh", "stop", env=self._env())
+
+
+def restartable_test_postgres() -> Postgres:
+    """A cluster on `TEST_PG_PORT` (default 15432), started; restarting it is safe because
+    only tests that ask for it use it."""
+    cluster = Postgres(int(os.environ.get("TEST_PG_PORT", "15432")))
+    cluster.start()
+    return cluster
+
+
 @dataclass
 class TestDatabases:
     """Three throwaway databases for one test session, on the project's PostgreSQL."""
@@ -148,10 +180,10 @@ def _psql(admin_url: str, sql: str) -> None:
     )
 
 
-def create_test_databases(prefix: str = "t") -> TestDatabases:
-    """Fresh databases named `<prefix>_<random>_<service db>`. Tests needing another server
-    set `TEST_PG_ADMIN_URL` (a role allowed to CREATE DATABASE)."""
-    admin_url = os.environ.get("TEST_PG_ADMIN_URL")
+def create_test_databases(prefix: str = "t", admin_url: str | None = None) -> TestDatabases:
+    """Fresh databases named `<prefix>_<random>_<service db>`, on the cluster of `admin_url`
+    (a role allowed to CREATE DATABASE), else `TEST_PG_ADMIN_URL`, else the project's."""
+    admin_url = admin_url or os.environ.get("TEST_PG_ADMIN_URL")
     if not admin_url:
         _run_script(
             "postgres.sh", "start", env={f"{s.upper()}_DATABASE_URL": "" for s in SERVICE_DATABASES}

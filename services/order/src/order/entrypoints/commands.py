@@ -15,14 +15,14 @@ from contracts import ORDERS_COMMANDS, describe_invalid, order_command_adapter
 from order import service
 from order.adapters.broker import parse_with_text_headers, undecoded
 from order.adapters.dead_letters import dead_letter
-from order.adapters.unit_of_work import Unstorable
+from order.adapters.unit_of_work import UnitOfWorkFactory, Unstorable
 from order.config import Settings
 
 log = logging.getLogger(__name__)
 
 
 def register_command_handlers(
-    broker: KafkaBroker, uow_factory: service.UnitOfWorkFactory, settings: Settings
+    broker: KafkaBroker, uow_factory: UnitOfWorkFactory, settings: Settings
 ) -> None:
     group = settings.commands_consumer_group
 

@@ -19,7 +19,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contracts import Actor, CommandRejected, OrderStatus
 from order import service
-from order.adapters.unit_of_work import UnitOfWork, UnitOfWorkFactory, Unstorable
+from order.adapters.unit_of_work import (
+    DatabaseUnavailable,
+    UnitOfWork,
+    UnitOfWorkFactory,
+    Unstorable,
+)
 from order.domain.auth import Identity, Permission
 from order.domain.errors import (
     IdempotencyKeyReused,
@@ -102,6 +107,17 @@ def install_error_handlers(app: FastAPI) -> None:
             f"The request holds a value the database cannot store: {error}",
         )
 
+    @app.exception_handler(DatabaseUnavailable)
+    async def on_database_unavailable(_: Request, error: DatabaseUnavailable) -> JSONResponse:
+        response = error_response(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            "database_unavailable",
+            "The order database cannot be reached; nothing was changed. Retry shortly "
+            "(with the same Idempotency-Key).",
+        )
+        response.headers["Retry-After"] = "1"
+        return response
+
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
         code = HTTPStatus(error.status_code).phrase.lower().replace(" ", "_")
@@ -165,11 +181,17 @@ ERROR_MEANINGS = {
     412: "If-Match names a version the order is no longer at",
     422: "Invalid request: unknown status (allowed values in details), malformed body, "
     "cursor or If-Match, or an Idempotency-Key reused for another request",
+    503: "The database stayed unreachable longer than the service waits; nothing was changed, "
+    "retry after Retry-After seconds",
 }
 
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": ErrorResponse, "description": ERROR_MEANINGS[code]} for code in codes}
+    """The documented error answers of a route; every route can meet an unreachable database."""
+    return {
+        code: {"model": ErrorResponse, "description": ERROR_MEANINGS[code]}
+        for code in (*codes, 503)
+    }
 
 
 IdempotencyKey = Annotated[
