@@ -16,6 +16,7 @@ from audit.adapters.unit_of_work import UnitOfWorkFactory
 from audit.config import Settings
 from audit.entrypoints import http
 from audit.entrypoints.consumer import register_audit_handlers
+from audit.entrypoints.publications import declare_publications
 
 
 def build_engine(settings: Settings) -> AsyncEngine:
@@ -42,6 +43,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         client_id="audit",
     )
     register_audit_handlers(broker, uow_factory, settings)
+    declare_publications(broker)
     connection = BrokerConnection(broker, settings.retry_seconds)
 
     @contextlib.asynccontextmanager

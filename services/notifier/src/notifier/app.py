@@ -29,6 +29,7 @@ from notifier.domain.delivery import Sender
 from notifier.domain.planning import NotificationRules
 from notifier.entrypoints import http
 from notifier.entrypoints.consumer import register_event_handlers
+from notifier.entrypoints.publications import declare_publications
 from notifier.entrypoints.worker import DispatchWorker
 from notifier.service import Dispatcher
 
@@ -135,6 +136,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         retry_seconds=settings.retry_seconds,
         on_queued=worker.wake,
     )
+    declare_publications(broker)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

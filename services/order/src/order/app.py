@@ -20,6 +20,7 @@ from order.adapters.unit_of_work import UnitOfWorkFactory
 from order.config import Settings
 from order.entrypoints import http
 from order.entrypoints.commands import register_command_handlers
+from order.entrypoints.publications import declare_publications
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     uow_factory = UnitOfWorkFactory(engine, settings.database_wait_seconds)
     broker = build_broker(settings)
     register_command_handlers(broker, uow_factory, settings)
+    declare_publications(broker)
     connection = BrokerConnection(broker, settings.relay_retry_seconds)
     relay = build_relay(settings, engine, connection)
 
@@ -89,6 +91,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.engine = engine
     app.state.uow_factory = uow_factory
+    app.state.kafka = connection
     http.install_error_handlers(app)
     app.include_router(http.router)
     return app

@@ -34,6 +34,8 @@ def register_command_handlers(
         # Raw records in: every message reaches the handler, which parses or dead-letters it.
         parser=parse_with_text_headers,
         decoder=undecoded,
+        description="Upstream commands, each `command_id` applied once and answered on "
+        "`orders.command-results`; what cannot be taken goes to `orders.commands.dlq`.",
     )
     async def on_command(msg: KafkaMessage) -> None:
         try:
