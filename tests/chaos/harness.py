@@ -190,8 +190,13 @@ async def check(
     orders = set(load.orders)
     expected_per_order = Counter(a.order_id for a in accepted)
 
+    # The read APIs want a token; the stack's admin token reads everywhere.
+    headers = {"Authorization": f"Bearer {stack.admin_token}"}
+
     async def sent_emails() -> dict[str, int]:
-        async with httpx.AsyncClient(base_url=stack.url("notifier"), timeout=10) as notifier:
+        async with httpx.AsyncClient(
+            base_url=stack.url("notifier"), headers=headers, timeout=10
+        ) as notifier:
             sent: dict[str, int] = {}
             for order_id in orders:
                 items = (
@@ -224,7 +229,7 @@ async def check(
     message_ids = Counter(str(m["Message-ID"]) for m in read_messages(stack.maildir))
     findings.duplicated += sum(n - 1 for n in message_ids.values())
 
-    async with httpx.AsyncClient(base_url=stack.url("audit"), timeout=30) as audit:
+    async with httpx.AsyncClient(base_url=stack.url("audit"), headers=headers, timeout=30) as audit:
         for order_id in orders:
             entries = (
                 await audit.get(f"/audit/orders/{order_id}/timeline", params={"limit": 1000})

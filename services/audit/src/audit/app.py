@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from audit.adapters.broker import BrokerConnection
 from audit.adapters.schema import assert_schema_current
+from audit.adapters.token_verifier import TokenVerifier
 from audit.adapters.unit_of_work import UnitOfWorkFactory
 from audit.config import Settings
 from audit.entrypoints import http
@@ -45,6 +46,11 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     register_audit_handlers(broker, uow_factory, settings)
     declare_publications(broker)
     connection = BrokerConnection(broker, settings.retry_seconds)
+    token_verifier = TokenVerifier(
+        settings.order_service_url,
+        timeout=settings.order_service_timeout_seconds,
+        cache_seconds=settings.token_cache_seconds,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -56,6 +62,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
             connect.cancel()
             await asyncio.gather(connect, return_exceptions=True)
             await broker.stop()
+            await token_verifier.aclose()
             await engine.dispose()
 
     app = FastAPI(
@@ -67,6 +74,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.engine = engine
     app.state.uow_factory = uow_factory
+    app.state.token_verifier = token_verifier
     app.state.kafka = connection
     http.install_error_handlers(app)
     app.include_router(http.router)

@@ -22,6 +22,7 @@ from notifier.adapters.schema import assert_schema_current
 from notifier.adapters.sms import HttpSmsSender, HttpSmsSettings
 from notifier.adapters.smtp import SmtpEmailSender, SmtpSettings
 from notifier.adapters.templates import EmailTemplates, TextTemplates
+from notifier.adapters.token_verifier import TokenVerifier
 from notifier.adapters.unit_of_work import UnitOfWorkFactory
 from notifier.config import Settings
 from notifier.domain.communication import RetryPolicy
@@ -128,6 +129,11 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         poll_interval=settings.dispatch_poll_interval_seconds,
         retry_interval=settings.retry_seconds,
     )
+    token_verifier = TokenVerifier(
+        settings.order_service_url,
+        timeout=settings.order_service_timeout_seconds,
+        cache_seconds=settings.token_cache_seconds,
+    )
     register_event_handlers(
         broker,
         uow_factory,
@@ -143,6 +149,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         try:
             await assert_schema_current(engine, settings.database_url)
         except Exception:
+            await token_verifier.aclose()
             await engine.dispose()
             raise
         connect = asyncio.create_task(connection.connect(), name="kafka-connect")
@@ -159,6 +166,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
             await worker.stop(dispatching, settings.shutdown_grace_seconds)
             relaying.cancel()
             await asyncio.gather(relaying, return_exceptions=True)
+            await token_verifier.aclose()
             await engine.dispose()
             log.info("notifier stopped")
 
@@ -172,6 +180,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.engine = engine
     app.state.uow_factory = uow_factory
+    app.state.token_verifier = token_verifier
     app.state.kafka = connection
     http.install_error_handlers(app)
     app.include_router(http.router)

@@ -25,7 +25,7 @@ from contracts import (
 )
 from contracts import Customer as CustomerContract
 from order.adapters.unit_of_work import UnitOfWork, UnitOfWorkFactory
-from order.domain.auth import Identity, Role
+from order.domain.auth import AccessRefused, Identity, Permission, Role, check_access
 from order.domain.errors import (
     IdempotencyKeyReused,
     OrderAlreadyExists,
@@ -309,5 +309,55 @@ async def revoke_tokens(uow_factory: UnitOfWorkFactory, name: str) -> int:
     return await uow_factory.run(lambda uow: uow.tokens.revoke(name, _now()))
 
 
-async def authenticate(uow_factory: UnitOfWorkFactory, token: str) -> Identity | None:
-    return await uow_factory.run(lambda uow: uow.tokens.identity(token))
+ANONYMOUS = Actor(id="anonymous", role="anonymous")
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A request, as much of it as the audit of its refusal needs."""
+
+    method: str
+    path: str
+    order_id: UUID | None  # the order it names, if any
+    correlation_id: str | None
+
+
+def access_rejection(refusal: AccessRefused, attempt: Attempt) -> CommandRejected:
+    """The result announcing a request refused for its credentials: a fresh attempt each
+    time, by the token's holder when known."""
+    holder = refusal.holder
+    return CommandRejected(
+        command_id=uuid4(),
+        order_id=attempt.order_id,
+        actor=ANONYMOUS if holder is None else Actor(id=holder.name, role=holder.role.value),
+        code=refusal.code,
+        reason=f"{attempt.method} {attempt.path} refused: {refusal.why}",
+        correlation_id=attempt.correlation_id,
+    )
+
+
+async def authorize(
+    uow_factory: UnitOfWorkFactory,
+    token: str | None,
+    permission: Permission | None,
+    attempt: Attempt,
+) -> Identity:
+    """The identity behind `token` if it may do `permission` (None: any valid token).
+
+    A refusal is announced on orders.command-results, in the small transaction of the token
+    lookup, so that every refused request reaches the audit trail; then it is raised."""
+
+    async def decide(uow: UnitOfWork) -> Identity | AccessRefused:
+        stored = await uow.tokens.lookup(token) if token else None
+        try:
+            return check_access(token is not None, stored, permission)
+        except AccessRefused as refusal:
+            rejection = access_rejection(refusal, attempt)
+            key = rejection.order_id or rejection.command_id
+            await uow.outbox.add(ORDERS_COMMAND_RESULTS, str(key), rejection)
+            return refusal
+
+    decision = await uow_factory.run(decide)
+    if isinstance(decision, AccessRefused):
+        raise decision
+    return decision

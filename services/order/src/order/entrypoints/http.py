@@ -7,6 +7,7 @@ import hashlib
 from datetime import datetime
 from http import HTTPStatus
 from typing import Annotated, Any
+from urllib.parse import quote
 from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, status
@@ -25,7 +26,7 @@ from order.adapters.unit_of_work import (
     UnitOfWorkFactory,
     Unstorable,
 )
-from order.domain.auth import Identity, Permission
+from order.domain.auth import AccessRefused, Forbidden, Identity, Permission
 from order.domain.errors import (
     IdempotencyKeyReused,
     OrderAlreadyExists,
@@ -43,10 +44,15 @@ from order.entrypoints.schemas import (
     HistoryResponse,
     OrderPage,
     OrderResponse,
+    WhoAmI,
 )
 
 router = APIRouter()
-bearer = HTTPBearer(auto_error=False)
+bearer = HTTPBearer(
+    auto_error=False,
+    description="An API token (`python -m order token create`); role `viewer` reads, "
+    "`admin` reads and changes. Refused requests are recorded in the audit trail.",
+)
 
 ERROR_STATUS: dict[type[OrderError], int] = {
     OrderNotFound: status.HTTP_404_NOT_FOUND,
@@ -94,6 +100,14 @@ def install_error_handlers(app: FastAPI) -> None:
             str(error),
             **_domain_error_details(error),
         )
+
+    @app.exception_handler(AccessRefused)
+    async def on_access_refused(_: Request, refusal: AccessRefused) -> JSONResponse:
+        if isinstance(refusal, Forbidden):
+            return error_response(status.HTTP_403_FORBIDDEN, refusal.code, str(refusal))
+        response = error_response(status.HTTP_401_UNAUTHORIZED, refusal.code, str(refusal))
+        response.headers["WWW-Authenticate"] = "Bearer"
+        return response
 
     @app.exception_handler(ApiError)
     async def on_api_error(_: Request, error: ApiError) -> JSONResponse:
@@ -145,25 +159,42 @@ def uow_factory(request: Request) -> UnitOfWorkFactory:
 Uow = Annotated[UnitOfWorkFactory, Depends(uow_factory)]
 
 
-def requires(permission: Permission) -> Any:
+# Enough of a path to recognise the request; the audit entry need not hold a huge one.
+AUDITED_PATH_LENGTH = 300
+MAX_CORRELATION_ID = 200  # as the contracts allow
+
+
+def _attempt(request: Request) -> service.Attempt:
+    # Percent-encoded, so whatever the path holds (NUL, any byte) the entry can be stored.
+    path = quote(request.url.path, safe="/")[:AUDITED_PATH_LENGTH]
+    try:
+        order_id: UUID | None = UUID(request.path_params["order_id"])
+    except (KeyError, ValueError):
+        order_id = None
+    correlation_id = request.headers.get("x-correlation-id")
+    if correlation_id is not None and not (
+        len(correlation_id) <= MAX_CORRELATION_ID and correlation_id.isprintable()
+    ):
+        correlation_id = None
+    return service.Attempt(request.method, path, order_id, correlation_id)
+
+
+def requires(permission: Permission | None) -> Any:
+    """The caller's identity, if its token may do `permission` (None: any valid token);
+    a refused request is recorded for the audit trail and answered 401 or 403."""
+
     async def identity(
+        request: Request,
         uow: Uow,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> Identity:
-        if credentials is None:
-            raise ApiError(401, "unauthenticated", "A bearer token is required.")
-        who = await service.authenticate(uow, credentials.credentials)
-        if who is None:
-            raise ApiError(401, "unauthenticated", "The bearer token is unknown or revoked.")
-        if not who.may(permission):
-            raise ApiError(
-                403, "forbidden", f"Role '{who.role}' may not {permission.value} orders."
-            )
-        return who
+        token = credentials.credentials if credentials is not None else None
+        return await service.authorize(uow, token, permission, _attempt(request))
 
     return Depends(identity)
 
 
+Authenticated = Annotated[Identity, requires(None)]
 Reader = Annotated[Identity, requires(Permission.READ)]
 Changer = Annotated[Identity, requires(Permission.CHANGE)]
 
@@ -367,6 +398,13 @@ async def history(order_id: UUID, uow: Uow, _: Reader) -> HistoryResponse:
         for row in rows
     ]
     return HistoryResponse(order_id=order_id, items=items)
+
+
+@router.get("/auth/whoami", response_model=WhoAmI, responses=errors(401), tags=["auth"])
+async def whoami(who: Authenticated) -> WhoAmI:
+    """Whose the bearer token is, and its role: how the notifier and the audit service check
+    the tokens presented to them."""
+    return WhoAmI(id=who.name, role=who.role)
 
 
 @router.get("/health/live", tags=["health"])
