@@ -17,7 +17,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from audit import service
 from audit.adapters.broker import Records, parse_with_text_headers, undecoded
-from audit.adapters.dead_letters import dead_letter, describe_invalid
+from audit.adapters.dead_letters import dead_letter
 from audit.config import Settings
 from audit.domain.entries import AuditedMessage
 from contracts import (
@@ -25,6 +25,7 @@ from contracts import (
     ORDERS_COMMAND_RESULTS,
     ORDERS_EVENTS,
     command_result_adapter,
+    describe_invalid,
     notification_event_adapter,
     order_event_adapter,
 )

@@ -9,12 +9,10 @@ from faststream.kafka.message import KafkaMessage
 from contracts import DeadLetter, dlq_topic
 
 
-async def dead_letter(
-    broker: KafkaBroker, message: KafkaMessage, reason: str, consumer_group: str
-) -> None:
+def letter_for(message: KafkaMessage, reason: str, consumer_group: str) -> DeadLetter:
     record = message.raw_message
     assert not isinstance(record, tuple), "dead-lettering is per message"
-    letter = DeadLetter.of_record(
+    return DeadLetter.of_record(
         topic=record.topic,
         partition=record.partition,
         offset=record.offset,
@@ -24,9 +22,15 @@ async def dead_letter(
         reason=reason,
         consumer_group=consumer_group,
     )
+
+
+async def dead_letter(
+    broker: KafkaBroker, message: KafkaMessage, reason: str, consumer_group: str
+) -> None:
+    letter = letter_for(message, reason, consumer_group)
     await broker.publish(
         letter.model_dump_json().encode(),
-        dlq_topic(record.topic),
-        key=record.key,
+        dlq_topic(letter.source_topic),
+        key=letter.record_key,
         headers={"content-type": "application/json"},
     )
