@@ -4,7 +4,7 @@ export UV_PYTHON_DOWNLOADS := never
 
 SOURCES := contracts/src services/order/src services/notifier/src services/audit/src deploy/local/devstack/src
 
-.PHONY: help setup infra run test demo chaos lint format unit integration e2e
+.PHONY: help setup infra run test demo chaos lint format unit integration e2e kustomize deploy-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -19,7 +19,7 @@ infra: setup ## start the local Kafka broker and PostgreSQL (or use the configur
 run: setup ## run the whole system locally, printing where it listens and an admin token
 	@uv run python -m devstack
 
-test: setup lint ## lint, type-check and run every test against real Kafka, PostgreSQL and SMTP
+test: setup lint kustomize ## lint, type-check and run every test against real Kafka, PostgreSQL and SMTP
 	uv run pytest
 
 demo: setup ## run the live production test protocol end to end, with all services as processes
@@ -45,3 +45,9 @@ integration: setup ## one service at a time against real infrastructure
 
 e2e: setup ## all three services as processes
 	uv run pytest tests/e2e
+
+kustomize: ## install the pinned kustomize into .cache/bin (go install), for deploy/k8s
+	@bash deploy/k8s/install-kustomize.sh >/dev/null
+
+deploy-check: setup kustomize ## check the Dockerfiles, compose file and Kubernetes manifests (no Docker needed)
+	uv run pytest tests/deploy
