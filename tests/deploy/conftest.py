@@ -77,12 +77,13 @@ def settings_from_env(monkeypatch: pytest.MonkeyPatch) -> SettingsFromEnv:
     ENV): every variable must be one the settings read, and every value must be accepted."""
 
     def build(service: str, env: Mapping[str, str]) -> BaseSettings:
-        unknown = sorted(name for name in env if name.upper() not in env_names(service))
+        container_env = {**image_env(service), **env}
+        unknown = sorted(name for name in container_env if name.upper() not in env_names(service))
         assert not unknown, f"the {service} settings read no variable named {unknown}"
-        for name in os.environ:
+        for name in list(os.environ):
             if name.upper() in env_names(service):
                 monkeypatch.delenv(name)
-        for name, value in {**image_env(service), **env}.items():
+        for name, value in container_env.items():
             monkeypatch.setenv(name, value)
         return SETTINGS[service]()
 

@@ -129,3 +129,14 @@ def test_the_notifier_sends_to_the_mail_catcher(
     assert compose["services"]["notifier"]["depends_on"]["mailpit"]["condition"] == (
         "service_healthy"
     )
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_the_service_containers_run_read_only_without_capabilities(
+    compose: dict[str, Any], service: str
+) -> None:
+    for name in (service, f"{service}-migrate"):
+        container = compose["services"][name]
+        assert container["read_only"] is True, name
+        assert container["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges:true" in container["security_opt"], name
