@@ -6,7 +6,7 @@ SOURCES := contracts/src services/order/src services/notifier/src services/audit
 # The AsyncAPI project's parser (npm), which validates the generated AsyncAPI documents.
 ASYNCAPI_VALIDATOR := deploy/docgen/asyncapi-validate
 
-.PHONY: help setup infra run test demo chaos lint format unit integration e2e docs
+.PHONY: help setup infra run test demo chaos lint format unit integration e2e docs kustomize deploy-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -26,7 +26,7 @@ infra: setup ## start the local Kafka broker and PostgreSQL (or use the configur
 run: setup ## run the whole system locally, printing where it listens and an admin token
 	@uv run python -m devstack
 
-test: setup lint ## lint, type-check and run every test against real Kafka, PostgreSQL and SMTP
+test: setup lint kustomize ## lint, type-check and run every test against real Kafka, PostgreSQL and SMTP
 	uv run pytest
 
 demo: setup ## run the live production test protocol end to end, with all services as processes
@@ -56,3 +56,8 @@ e2e: setup ## all three services as processes
 docs: setup ## write docs/ from the code (OpenAPI, AsyncAPI, JSON Schema) and validate the AsyncAPI
 	uv run python -m docgen --out docs
 	node $(ASYNCAPI_VALIDATOR)/validate.mjs docs/asyncapi/*.yaml
+kustomize: ## install the pinned kustomize into .cache/bin (go install), for deploy/k8s
+	@bash deploy/k8s/install-kustomize.sh >/dev/null
+
+deploy-check: setup kustomize ## check the Dockerfiles, compose file and Kubernetes manifests (no Docker needed)
+	uv run pytest tests/deploy
