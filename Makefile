@@ -2,7 +2,8 @@
 .DEFAULT_GOAL := help
 export UV_PYTHON_DOWNLOADS := never
 
-SOURCES := contracts/src services/order/src services/notifier/src services/audit/src deploy/local/devstack/src
+SOURCES := contracts/src services/order/src services/notifier/src services/audit/src deploy/local/devstack/src \
+           deploy/orderctl/src
 
 .PHONY: help setup infra run test demo chaos lint format unit integration e2e
 
