@@ -3,8 +3,8 @@
 Order commands go through the order service's HTTP API with a bearer token. Dead letters and
 lag are read from Kafka. Tokens, dead communications and the audit chain go through the
 services' own use cases on their databases, configured as the services are (`ORDER_*`,
-`NOTIFIER_*`, `AUDIT_*` environment variables). A service package is imported only by the
-commands that use it: each takes seconds to import.
+`NOTIFIER_*`, `AUDIT_*` environment variables). A service's use cases are imported only by
+the commands that use them: each service takes seconds to import.
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ import httpx
 import typer
 from aiokafka.errors import KafkaError
 
+from audit.config import Settings as AuditSettings
+from notifier.config import Settings as NotifierSettings
+from order.config import Settings as OrderSettings
 from order.domain.auth import Role
 from orderctl import dead_letters, kafka, lag, output
 from orderctl.order_api import ApiError, OrderApi
@@ -331,10 +334,6 @@ def token_revoke(
 
 def _service_groups() -> list[str]:
     """The consumer groups the services use, as their settings say (defaults or env)."""
-    from audit.config import Settings as AuditSettings
-    from notifier.config import Settings as NotifierSettings
-    from order.config import Settings as OrderSettings
-
     return [
         OrderSettings().commands_consumer_group,
         NotifierSettings().consumer_group,
@@ -355,8 +354,8 @@ def consumer_lag(
     wanted = groups or _service_groups()
     lags = _kafka(bootstrap_servers, lag.consumer_lag(bootstrap_servers, wanted))
     if as_json:
-        known = [g.lag for g in lags if g.lag is not None]
-        output.emit_json({"groups": [g.as_dict() for g in lags], "lag": sum(known)})
+        total = sum(g.lag or 0 for g in lags)
+        output.emit_json({"groups": [g.as_dict() for g in lags], "lag": total})
         return
     rows: list[tuple[Any, ...]] = []
     for group in lags:
@@ -367,6 +366,7 @@ def consumer_lag(
             committed = "-" if p.committed is None else p.committed
             rows.append((group.group, p.topic, p.partition, committed, p.end, p.lag))
         rows.append((group.group, "total", "", "", "", group.lag))
+    rows.append(("all groups", "total", "", "", "", sum(g.lag or 0 for g in lags)))
     output.table(["group", "topic", "partition", "committed", "end", "lag"], rows)
 
 

@@ -122,11 +122,17 @@ class Entry:
         )
 
     def as_dict(self) -> dict[str, Any]:
-        kept = self.letter.model_dump(mode="json") if self.letter is not None else {}
+        """Its position on the DLQ (`partition`, `offset`), the dead letter's fields (the
+        position of the record it was made of as `source_partition`, `source_offset`), and
+        what orderctl makes of it."""
+        letter = self.letter.model_dump(mode="json") if self.letter is not None else {}
+        source = {"source_partition": letter.pop("partition", None)}
+        source["source_offset"] = letter.pop("offset", None)
         return {
             "partition": self.position.partition,
             "offset": self.position.offset,
-            **kept,
+            **letter,
+            **source,
             "problem": self.problem,
             "origin": self.origin,
             "bounced": self.bounced,

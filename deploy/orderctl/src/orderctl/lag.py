@@ -54,9 +54,12 @@ async def consumer_lag(bootstrap_servers: str, groups: list[str]) -> list[GroupL
         topics = sorted({tp.topic for offsets in committed.values() for tp in offsets})
         partitions = {topic: await kafka.partitions_of(admin, topic) for topic in topics}
     all_partitions = [tp for tps in partitions.values() for tp in tps]
-    async with kafka.consumer(bootstrap_servers) as consumer:
-        starts = await consumer.beginning_offsets(all_partitions) if all_partitions else {}
-        ends = await consumer.end_offsets(all_partitions) if all_partitions else {}
+    starts: dict[TopicPartition, int] = {}
+    ends: dict[TopicPartition, int] = {}
+    if all_partitions:
+        async with kafka.consumer(bootstrap_servers) as consumer:
+            starts = await consumer.beginning_offsets(all_partitions)
+            ends = await consumer.end_offsets(all_partitions)
     return [
         GroupLag(group, _partition_lags(offsets, partitions, starts, ends))
         for group, offsets in committed.items()
