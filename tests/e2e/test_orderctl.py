@@ -27,7 +27,6 @@ from devstack.stack import SERVICES, Stack
 from devstack.waiting import wait_until
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "orderctl"
-ORDERCTL = [sys.executable, "-m", "orderctl"]
 REPLAYED_FROM = "orderctl-replayed-from"
 
 
@@ -76,9 +75,10 @@ class Ran:
 
 @dataclass(frozen=True)
 class Orderctl:
-    """Runs `python -m orderctl` with the environment an operator of the stack would set."""
+    """Runs orderctl with the environment an operator of the stack would set."""
 
     stack: Stack
+    argv: tuple[str, ...] = (sys.executable, "-m", "orderctl")
 
     def env(self, token: str | None) -> dict[str, str]:
         env = {**os.environ, "ORDERCTL_ORDER_URL": self.stack.url("order")}
@@ -91,7 +91,7 @@ class Orderctl:
 
     async def __call__(self, *args: str, token: str | None = None) -> Ran:
         process = await asyncio.create_subprocess_exec(
-            *ORDERCTL,
+            *self.argv,
             *args,
             env=self.env(token or self.stack.admin_token),
             stdout=asyncio.subprocess.PIPE,
@@ -201,66 +201,78 @@ async def dlq_entries(orderctl: Orderctl, topic: str, key: str) -> list[dict[str
     return [entry for entry in entries if entry["key"] == key]
 
 
-async def test_a_poison_command_is_listed_and_replayed_once(
+async def test_poison_commands_are_listed_and_each_replayed_once(
     orderctl: Orderctl, producer: AIOKafkaProducer, kafka_bootstrap: str
 ) -> None:
+    # Two poison commands under one key, so their dead letters share a DLQ partition.
     key = f"poison-{uuid4()}"
-    poison = b'{"type": "CreateOrder", "this is": "not a command"'
-    await producer.send_and_wait(ORDERS_COMMANDS, poison, key=key.encode(), headers=[("h", b"v")])
+    poison_a = b'{"type": "CreateOrder", "this is": "not a command"'
+    poison_b = b"not even JSON"
+    for poison in (poison_a, poison_b):
+        await producer.send_and_wait(
+            ORDERS_COMMANDS, poison, key=key.encode(), headers=[("h", b"v")]
+        )
 
-    (entry,) = await wait_until(
-        lambda: dlq_entries(orderctl, ORDERS_COMMANDS, key),
-        lambda entries: len(entries) == 1,
-        within=60,
-        what="the poison command's dead letter",
-        interval=0.5,
-    )
-    assert entry["consumer_group"] == "order-commands"
-    assert entry["reason"].startswith("invalid message")
-    assert (entry["payload"], entry["headers"]["h"]) == (poison.decode(), "v")
-    assert (entry["done"], entry["bounced"]) == (False, False)
-    position = at(entry)
+    async def copies() -> list[bytes]:
+        return [r.value for r in await records_with_key(kafka_bootstrap, ORDERS_COMMANDS, key)]
+
+    async def dead_letters(count: int, what: str) -> list[dict[str, Any]]:
+        return await wait_until(
+            lambda: dlq_entries(orderctl, ORDERS_COMMANDS, key),
+            lambda entries: len(entries) == count,
+            within=60,
+            what=what,
+            interval=0.5,
+        )
+
+    letter_a, letter_b = await dead_letters(2, "the poison commands' dead letters")
+    for letter, poison in ((letter_a, poison_a), (letter_b, poison_b)):
+        assert letter["consumer_group"] == "order-commands"
+        assert letter["reason"].startswith("invalid message")
+        assert (letter["payload"], letter["headers"]["h"]) == (poison.decode(), "v")
+        assert (letter["done"], letter["bounced"]) == (False, False)
     listed = await orderctl("dlq", "list", ORDERS_COMMANDS)
     assert key in listed.out
     assert "order-commands" in listed.out
 
-    replayed = (await orderctl("dlq", "replay", ORDERS_COMMANDS, "--all", "--json")).json()
-    assert position in {at(r) for r in replayed["replayed"]}
-    copies = await records_with_key(kafka_bootstrap, ORDERS_COMMANDS, key)
-    assert [c.value for c in copies] == [poison, poison]
-    replay_headers = dict(copies[1].headers)
-    assert replay_headers["h"] == b"v"
-    assert (
-        replay_headers[REPLAYED_FROM]
-        == f"{ORDERS_COMMANDS}:{copies[0].partition}:{copies[0].offset}".encode()
+    # The second one alone: replayed out of order, so recorded in the commit's metadata.
+    only_b = await orderctl("dlq", "replay", ORDERS_COMMANDS, "--offset", at(letter_b), "--json")
+    assert [at(r) for r in only_b.json()["replayed"]] == [at(letter_b)]
+    assert await copies() == [poison_a, poison_b, poison_b]
+    replayed_b = (await records_with_key(kafka_bootstrap, ORDERS_COMMANDS, key))[2]
+    assert dict(replayed_b.headers)["h"] == b"v"
+    assert dict(replayed_b.headers)[REPLAYED_FROM] == letter_b["origin"].encode()
+    assert letter_b["origin"] == f"{ORDERS_COMMANDS}:{letter_b['source_partition']}:" + str(
+        letter_b["source_offset"]
     )
 
-    # Still poison: the order service dead-letters the copy, which is recognised as a bounce.
-    first, bounce = await wait_until(
-        lambda: dlq_entries(orderctl, ORDERS_COMMANDS, key),
-        lambda entries: len(entries) == 2,
-        within=60,
-        what="the replayed copy's dead letter",
-        interval=0.5,
-    )
-    assert (first["done"], bounce["done"], bounce["bounced"]) == (True, False, True)
-    assert bounce["origin"] == first["origin"]
+    # Still poison: the order service dead-letters the copy, recognised as a bounce.
+    *_, bounce_b = await dead_letters(3, "the replayed copy's dead letter")
+    assert (bounce_b["bounced"], bounce_b["origin"]) == (True, letter_b["origin"])
 
+    # --all replays the first one only: the second is done, its bounce was replayed already.
+    everything = (await orderctl("dlq", "replay", ORDERS_COMMANDS, "--all", "--json")).json()
+    assert at(letter_a) in {at(r) for r in everything["replayed"]}
+    assert at(letter_b) not in {at(r) for r in everything["replayed"]}
+    assert at(bounce_b) in {at(s) for s in everything["skipped"]}
+    assert await copies() == [poison_a, poison_b, poison_b, poison_a]
+
+    entries = await dead_letters(4, "the dead letter of the first one's copy")
     again = (await orderctl("dlq", "replay", ORDERS_COMMANDS, "--all", "--json")).json()
     assert again["replayed"] == []
-    bounce_position = at(bounce)
-    assert bounce_position in {at(s) for s in again["skipped"]}
-    named = await orderctl("dlq", "replay", ORDERS_COMMANDS, "--offset", position)
+    assert at(entries[-1]) in {at(s) for s in again["skipped"]}
+    named = await orderctl("dlq", "replay", ORDERS_COMMANDS, "--offset", at(letter_a))
     assert named.code == 0, named.err
     assert "0 replayed, 1 skipped" in named.out
-    assert len(await records_with_key(kafka_bootstrap, ORDERS_COMMANDS, key)) == 2
+    assert len(await copies()) == 4
+    assert all(e["done"] for e in await dlq_entries(orderctl, ORDERS_COMMANDS, key))
 
     # On purpose, once more: --again.
     forced = await orderctl(
-        "dlq", "replay", ORDERS_COMMANDS, "--offset", bounce_position, "--again", "--json"
+        "dlq", "replay", ORDERS_COMMANDS, "--offset", at(bounce_b), "--again", "--json"
     )
-    assert [at(r) for r in forced.json()["replayed"]] == [bounce_position]
-    assert len(await records_with_key(kafka_bootstrap, ORDERS_COMMANDS, key)) == 3
+    assert [at(r) for r in forced.json()["replayed"]] == [at(bounce_b)]
+    assert len(await copies()) == 5
 
     nowhere = await orderctl("dlq", "replay", ORDERS_COMMANDS, "--offset", "0:999999")
     assert (nowhere.code, "no dead letter at 0:999999" in nowhere.err) == (1, True)
@@ -411,7 +423,8 @@ async def test_lag_shows_each_service_group_catching_up(
         assert sum(p["end"] for p in group["partitions"]) > 0, group
     assert lags.json()["lag"] == 0
 
-    shown = await orderctl("lag", "--group", "order-commands")
+    console_script = Orderctl(orderctl.stack, (str(Path(sys.executable).with_name("orderctl")),))
+    shown = await console_script("lag", "--group", "order-commands")
     assert shown.code == 0, shown.err
     assert "orders.commands" in shown.out
     assert "total" in shown.out
