@@ -54,6 +54,9 @@ class DeadLetter(Message):
     reason: str
     consumer_group: str
     dead_lettered_at: AwareDatetime = Field(default_factory=utc_now)
+    # What was cut to fit Kafka's record size ("payload", "headers", "key"): such a letter no
+    # longer holds the whole original message, so it cannot be replayed as it was.
+    cut: list[str] = Field(default_factory=list)
 
     @property
     def record_key(self) -> bytes | None:
@@ -75,10 +78,12 @@ class DeadLetter(Message):
         consumer_group: str,
     ) -> DeadLetter:
         cuts: list[str] = []
+        cut: list[str] = []
         original = _text(value)
         payload = _cut(original, MAX_KEPT_PAYLOAD_BYTES)
         if payload != original:
             cuts.append(f"payload of {len(original)} characters cut to {len(payload)}")
+            cut.append("payload")
         kept_headers: dict[str, str] = {}
         budget = MAX_KEPT_HEADERS_BYTES
         for name, raw in headers:
@@ -89,12 +94,14 @@ class DeadLetter(Message):
                 budget -= size
             else:
                 kept_headers.pop(name, None)  # a header kept is the record's last of its name
-                if "headers cut" not in cuts:
+                if "headers" not in cut:
                     cuts.append("headers cut")
+                    cut.append("headers")
         original_key = _text(key) if key else None
         kept_key = original_key and _cut(original_key, MAX_KEPT_KEY_BYTES)
         if kept_key != original_key:
             cuts.append("key cut")
+            cut.append("key")
         reason = _cut(reason, MAX_REASON_BYTES)
         return cls(
             source_topic=topic,
@@ -105,6 +112,7 @@ class DeadLetter(Message):
             headers=kept_headers,
             reason=f"{reason} ({'; '.join(cuts)})" if cuts else reason,
             consumer_group=consumer_group,
+            cut=cut,
         )
 
 

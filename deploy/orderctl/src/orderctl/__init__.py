@@ -1,0 +1,1 @@
+"""orderctl: one command line for operating the order backbone."""

@@ -1,0 +1,5 @@
+"""`python -m orderctl`, the same as the `orderctl` command."""
+
+from orderctl.cli import main
+
+main()
