@@ -33,8 +33,9 @@ test: setup lint kustomize ## lint, type-check and run every test against real K
 demo: setup ## run the live production test protocol end to end, with all services as processes
 	uv run pytest tests/e2e/test_live_protocol.py -v -rA
 
-chaos: setup ## break things on purpose under load; prints the findings table
+chaos: setup ## break things on purpose under load, then fuzz ten times harder; prints the findings table
 	uv run pytest tests/chaos -m chaos -v -s
+	FUZZ_PROFILE=chaos uv run pytest tests/fuzz -v
 
 lint: setup ## ruff and mypy
 	uv run ruff check .

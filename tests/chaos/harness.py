@@ -113,8 +113,9 @@ class Findings:
     scenario: str
     offered: int
     accepted: int
-    failed_calls: int
+    failed_calls: int  # answered anything but 200, or not at all
     p99_ms: float
+    server_errors: int = 0  # of the failed calls, those answered 5xx
     checked: int = 0
     lost: int = 0
     duplicated: int = 0
@@ -131,14 +132,15 @@ class Findings:
     def row(self) -> str:
         return (
             f"| {self.scenario} | {self.offered} | {self.accepted} | {self.failed_calls} | "
-            f"{self.p99_ms:.0f} | {self.checked} | {self.lost} | {self.duplicated} | "
-            f"{self.out_of_order} | {self.stuck} |"
+            f"{self.server_errors} | {self.p99_ms:.0f} | {self.checked} | {self.lost} | "
+            f"{self.duplicated} | {self.out_of_order} | {self.stuck} |"
         )
 
 
 TABLE_HEADER = (
-    "| scenario | changes offered | accepted | failed calls | HTTP p99 ms | messages checked "
-    "| lost | duplicated | out of order | stuck |\n|---|---|---|---|---|---|---|---|---|---|"
+    "| scenario | changes offered | accepted | failed calls | 5xx | HTTP p99 ms "
+    "| messages checked | lost | duplicated | out of order | stuck |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -180,6 +182,7 @@ async def check(
         offered=len(load.answers),
         accepted=len(accepted),
         failed_calls=sum(a.status_code != 200 for a in load.answers),
+        server_errors=sum(a.status_code >= 500 for a in load.answers),
         p99_ms=load.p99(outside=outage) * 1000,
     )
     if outage is not None:
