@@ -42,8 +42,9 @@ class Scrape:
         return [labels for sample, labels, _ in self.samples if sample == name]
 
     def __repr__(self) -> str:
-        names = sorted({name for name, _, _ in self.samples})
-        return f"Scrape({len(self.samples)} samples of {names})"
+        # What a failed wait saw, without the `_created` timestamps.
+        seen = [f"{n}{labels}={v}" for n, labels, v in self.samples if "_created" not in n]
+        return f"Scrape({len(self.samples)} samples: {seen[:60]})"
 
 
 def record_spans() -> InMemorySpanExporter:
@@ -59,7 +60,13 @@ def record_spans() -> InMemorySpanExporter:
 
 
 def json_lines(path: Path) -> Iterator[dict[str, Any]]:
-    """The lines of a log file that are JSON objects (a log line or an exported span)."""
+    """Each line of a log file as the JSON object it must be (a log line or an exported span);
+    a line that is not one fails with the line in the message."""
     for line in path.read_text(errors="replace").splitlines():
-        if line.startswith("{"):
-            yield json.loads(line)
+        if line.strip():
+            try:
+                parsed = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise AssertionError(f"not a JSON line in {path.name}: {line!r}") from error
+            assert isinstance(parsed, dict), line
+            yield parsed

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from faststream.kafka import KafkaBroker
+from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from audit.adapters.broker import BrokerConnection
+from audit.adapters.consumer_lag import ConsumerLagReader
+from audit.adapters.metrics import PREFIX, AuditMetrics, MetricsSampler
 from audit.adapters.schema import assert_schema_current
 from audit.adapters.unit_of_work import UnitOfWorkFactory
 from audit.config import Settings
-from audit.entrypoints import http
-from audit.entrypoints.consumer import register_audit_handlers
+from audit.entrypoints import http, observability
+from audit.entrypoints.consumer import AUDITED_TOPICS, register_audit_handlers
 
 
 def build_engine(settings: Settings) -> AsyncEngine:
@@ -30,29 +34,52 @@ def build_engine(settings: Settings) -> AsyncEngine:
     )
 
 
+def build_sampler(settings: Settings, metrics: AuditMetrics) -> MetricsSampler:
+    lag = ConsumerLagReader(
+        settings.kafka_bootstrap_servers, settings.consumer_group, list(AUDITED_TOPICS)
+    )
+
+    async def consumer_lag() -> None:
+        await metrics.sample_consumer_lag(lag)
+
+    return MetricsSampler(
+        {"consumer_lag": consumer_lag},
+        metrics.sample_failures,
+        settings.metrics_interval_seconds,
+        on_stop=lag.close,
+    )
+
+
 def build_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     engine = build_engine(settings)
     uow_factory = UnitOfWorkFactory(engine)
+    metrics = AuditMetrics()
     # The producer only writes dead letters; idempotent with acks=all so none is lost or doubled.
+    # The telemetry middleware carries the trace in the records' headers, both ways.
     broker = KafkaBroker(
         settings.kafka_bootstrap_servers,
         enable_idempotence=True,
         acks="all",
         client_id="audit",
+        middlewares=(KafkaTelemetryMiddleware(), *metrics.broker_middlewares()),
+        logger=logging.getLogger("faststream.access.kafka"),
     )
-    register_audit_handlers(broker, uow_factory, settings)
+    register_audit_handlers(broker, uow_factory, settings, metrics.entries_recorded.inc)
     connection = BrokerConnection(broker, settings.retry_seconds)
+    sampler = build_sampler(settings, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await assert_schema_current(engine, settings.database_url)
         connect = asyncio.create_task(connection.connect(), name="kafka-connect")
+        sampling = asyncio.create_task(sampler.run(), name="metrics-sampler")
         try:
             yield
         finally:
-            connect.cancel()
-            await asyncio.gather(connect, return_exceptions=True)
+            for task in (sampling, connect):
+                task.cancel()
+            await asyncio.gather(sampling, connect, return_exceptions=True)
             await broker.stop()
             await engine.dispose()
 
@@ -66,6 +93,8 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.uow_factory = uow_factory
     app.state.kafka = connection
+    app.state.metrics = metrics
     http.install_error_handlers(app)
     app.include_router(http.router)
+    observability.install(app, metrics.registry, PREFIX)
     return app

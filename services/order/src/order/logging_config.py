@@ -80,3 +80,4 @@ def logging_config(service: str, log_format: LogFormat, level: str) -> dict[str,
 
 def configure_logging(service: str, log_format: LogFormat = "json", level: str = "INFO") -> None:
     logging.config.dictConfig(logging_config(service, log_format, level))
+    logging.captureWarnings(True)  # Python's warnings as log lines too, not bare text

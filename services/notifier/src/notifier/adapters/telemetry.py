@@ -14,15 +14,65 @@ transaction of the change, `attached()` continues them when the row is published
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import sys
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 from opentelemetry import context, propagate, trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.trace import SpanContext
 
 EXPORTERS_VARIABLE = "OTEL_TRACES_EXPORTER"
+
+
+def _span_context(span_context: SpanContext) -> dict[str, str]:
+    return {
+        "trace_id": f"0x{trace.format_trace_id(span_context.trace_id)}",
+        "span_id": f"0x{trace.format_span_id(span_context.span_id)}",
+    }
+
+
+def _iso(nanoseconds: int | None) -> str | None:
+    if nanoseconds is None:
+        return None
+    return datetime.fromtimestamp(nanoseconds / 1e9, UTC).isoformat()
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def span_line(span: ReadableSpan) -> str:
+    """A span as one JSON line, shaped like the SDK's `to_json`, which cannot encode the bytes
+    attributes faststream sets (Kafka keys); bytes are written as text."""
+    shape: dict[str, Any] = {
+        "name": span.name,
+        "context": _span_context(span.context) if span.context else None,
+        "kind": str(span.kind),
+        "parent_id": f"0x{trace.format_span_id(span.parent.span_id)}" if span.parent else None,
+        "start_time": _iso(span.start_time),
+        "end_time": _iso(span.end_time),
+        "status": {
+            "status_code": span.status.status_code.name,
+            "description": span.status.description,
+        },
+        "attributes": dict(span.attributes or {}),
+        "events": [
+            {"name": e.name, "timestamp": _iso(e.timestamp), "attributes": dict(e.attributes or {})}
+            for e in span.events
+        ],
+        "links": [
+            {"context": _span_context(link.context), "attributes": dict(link.attributes or {})}
+            for link in span.links
+        ],
+        "resource": {"attributes": dict(span.resource.attributes)},
+    }
+    return json.dumps(shape, default=_text) + "\n"
 
 
 def span_exporters(names: str) -> list[SpanExporter]:
@@ -34,7 +84,10 @@ def span_exporters(names: str) -> list[SpanExporter]:
 
             exporters.append(OTLPSpanExporter())
         elif name == "console":
-            exporters.append(ConsoleSpanExporter(formatter=lambda span: span.to_json(None) + "\n"))
+            # A line-buffered stream of its own on stdout: each span reaches the file in one
+            # write, whole, however the log lines on stderr interleave with it.
+            stdout = open(sys.stdout.fileno(), "w", buffering=1, closefd=False)  # noqa: SIM115
+            exporters.append(ConsoleSpanExporter(out=stdout, formatter=span_line))
         elif name != "none":
             raise ValueError(f"{EXPORTERS_VARIABLE}: unknown exporter {name!r}")
     return exporters
