@@ -64,6 +64,9 @@ def install(app: FastAPI, registry: CollectorRegistry, metric_namespace: str) ->
     Instrumentator(registry=registry, excluded_handlers=list(UNOBSERVED_PATHS)).instrument(
         app, metric_namespace=metric_namespace
     ).expose(app, include_in_schema=False)
+    # One server span per request; the ASGI receive/send spans inside it add only volume.
     FastAPIInstrumentor.instrument_app(
-        app, excluded_urls=",".join(f"{path}$" for path in UNOBSERVED_PATHS)
+        app,
+        excluded_urls=",".join(f"{path}$" for path in UNOBSERVED_PATHS),
+        exclude_spans=["receive", "send"],
     )
