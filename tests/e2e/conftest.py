@@ -16,6 +16,13 @@ from devstack.stack import SERVICES, Stack
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "e2e"
 
+# Spans as JSON lines in each service's log (exported within 0.2 s), metrics sampled each second.
+TELEMETRY = {
+    "OTEL_TRACES_EXPORTER": "console",
+    "OTEL_BSP_SCHEDULE_DELAY": "200",
+    **{f"{service.upper()}_METRICS_INTERVAL_SECONDS": "1" for service in SERVICES},
+}
+
 
 @pytest.fixture(scope="module")
 def e2e_databases() -> Iterator[infra.TestDatabases]:
@@ -30,7 +37,7 @@ def stack(kafka_bootstrap: str, e2e_databases: infra.TestDatabases) -> Iterator[
     """Module-scoped, so its consumers have left their groups before other layers' tests run."""
     ports = {name: free_port() for name in (*SERVICES, "smtp")}
     shutil.rmtree(ARTIFACTS, ignore_errors=True)  # a fresh maildir and fresh logs per module
-    system = Stack(kafka_bootstrap, e2e_databases.urls, ports, ARTIFACTS)
+    system = Stack(kafka_bootstrap, e2e_databases.urls, ports, ARTIFACTS, common_env=TELEMETRY)
     try:
         system.start()
         yield system

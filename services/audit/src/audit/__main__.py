@@ -12,10 +12,12 @@ import uvicorn
 
 from audit import service
 from audit.adapters.schema import upgrade_to_head
+from audit.adapters.telemetry import configure_tracing, shutdown_tracing
 from audit.adapters.unit_of_work import UnitOfWorkFactory
 from audit.app import build_app, build_engine
 from audit.config import Settings
 from audit.domain.entries import ChainReport
+from audit.logging_config import configure_logging
 
 
 async def _verify(settings: Settings) -> ChainReport:
@@ -35,7 +37,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     settings = Settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if args.command == "serve":
+        configure_logging("audit", settings.log_format, settings.log_level)
+    else:
+        # A command's output is for the person who ran it.
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
     if args.command == "migrate":
         upgrade_to_head(settings.database_url)
     elif args.command == "verify":
@@ -43,13 +49,17 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(report.as_dict()))
         sys.exit(0 if report.ok else 1)
     else:
-        uvicorn.run(
-            build_app(settings),
-            host=settings.http_host,
-            port=settings.http_port,
-            log_level="info",
-            access_log=False,
-        )
+        tracing = configure_tracing("audit")
+        try:
+            uvicorn.run(
+                build_app(settings),
+                host=settings.http_host,
+                port=settings.http_port,
+                log_config=None,  # the logging configured above, uvicorn's loggers included
+                access_log=False,  # each request is logged with its trace by the app
+            )
+        finally:
+            shutdown_tracing(tracing)
 
 
 if __name__ == "__main__":

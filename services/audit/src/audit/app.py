@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from faststream.kafka import KafkaBroker
+from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from audit.adapters.broker import BrokerConnection
+from audit.adapters.consumer_lag import ConsumerLagReader
+from audit.adapters.metrics import PREFIX, AuditMetrics, MetricsSampler
 from audit.adapters.schema import assert_schema_current
 from audit.adapters.token_verifier import TokenVerifier
 from audit.adapters.unit_of_work import UnitOfWorkFactory
 from audit.config import Settings
-from audit.entrypoints import http
-from audit.entrypoints.consumer import register_audit_handlers
+from audit.entrypoints import http, observability
+from audit.entrypoints.consumer import AUDITED_TOPICS, register_audit_handlers
 from audit.entrypoints.publications import declare_publications
 
 
@@ -32,20 +36,41 @@ def build_engine(settings: Settings) -> AsyncEngine:
     )
 
 
+def build_sampler(settings: Settings, metrics: AuditMetrics) -> MetricsSampler:
+    lag = ConsumerLagReader(
+        settings.kafka_bootstrap_servers, settings.consumer_group, list(AUDITED_TOPICS)
+    )
+
+    async def consumer_lag() -> None:
+        await metrics.sample_consumer_lag(lag)
+
+    return MetricsSampler(
+        {"consumer_lag": consumer_lag},
+        metrics.sample_failures,
+        settings.metrics_interval_seconds,
+        on_stop=lag.close,
+    )
+
+
 def build_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     engine = build_engine(settings)
     uow_factory = UnitOfWorkFactory(engine)
+    metrics = AuditMetrics()
     # The producer only writes dead letters; idempotent with acks=all so none is lost or doubled.
+    # The telemetry middleware carries the trace in the records' headers, both ways.
     broker = KafkaBroker(
         settings.kafka_bootstrap_servers,
         enable_idempotence=True,
         acks="all",
         client_id="audit",
+        middlewares=(KafkaTelemetryMiddleware(), *metrics.broker_middlewares()),
+        logger=logging.getLogger("faststream.access.kafka"),
     )
-    register_audit_handlers(broker, uow_factory, settings)
+    register_audit_handlers(broker, uow_factory, settings, metrics.entries_recorded.inc)
     declare_publications(broker)
     connection = BrokerConnection(broker, settings.retry_seconds)
+    sampler = build_sampler(settings, metrics)
     token_verifier = TokenVerifier(
         settings.order_service_url,
         timeout=settings.order_service_timeout_seconds,
@@ -56,11 +81,13 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await assert_schema_current(engine, settings.database_url)
         connect = asyncio.create_task(connection.connect(), name="kafka-connect")
+        sampling = asyncio.create_task(sampler.run(), name="metrics-sampler")
         try:
             yield
         finally:
-            connect.cancel()
-            await asyncio.gather(connect, return_exceptions=True)
+            for task in (sampling, connect):
+                task.cancel()
+            await asyncio.gather(sampling, connect, return_exceptions=True)
             await broker.stop()
             await token_verifier.aclose()
             await engine.dispose()
@@ -76,6 +103,8 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     app.state.uow_factory = uow_factory
     app.state.token_verifier = token_verifier
     app.state.kafka = connection
+    app.state.metrics = metrics
     http.install_error_handlers(app)
     app.include_router(http.router)
+    observability.install(app, metrics.registry, PREFIX)
     return app

@@ -1,5 +1,7 @@
 """Settings of the audit service, from `AUDIT_*` environment variables."""
 
+from typing import Literal
+
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -27,3 +29,8 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=500, ge=1)
     # Pause before a transiently failing batch is redelivered, and between reconnects.
     retry_seconds: float = 1.0
+    # How often the consumer lag is read for the metrics.
+    metrics_interval_seconds: float = Field(default=15.0, gt=0)
+    # "json": one JSON object per line (for log collectors); "text" for reading locally.
+    log_format: Literal["json", "text"] = "json"
+    log_level: str = "INFO"

@@ -13,9 +13,11 @@ import uvicorn
 from contracts import Channel
 from notifier import service
 from notifier.adapters.schema import upgrade_to_head
+from notifier.adapters.telemetry import configure_tracing, shutdown_tracing
 from notifier.adapters.unit_of_work import UnitOfWorkFactory
 from notifier.app import build_app, build_engine
 from notifier.config import Settings
+from notifier.logging_config import configure_logging
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,7 +76,11 @@ async def _opt_out(args: argparse.Namespace, uow_factory: UnitOfWorkFactory) -> 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     settings = Settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if args.command == "serve":
+        configure_logging("notifier", settings.log_format, settings.log_level)
+    else:
+        # A command's output is for the person who ran it.
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
     if args.command == "migrate":
         upgrade_to_head(settings.database_url)
     elif args.command == "dead":
@@ -82,13 +88,17 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "opt-out":
         asyncio.run(_with_uow(settings, lambda uow_factory: _opt_out(args, uow_factory)))
     else:
-        uvicorn.run(
-            build_app(settings),
-            host=settings.http_host,
-            port=settings.http_port,
-            log_level="info",
-            access_log=False,
-        )
+        tracing = configure_tracing("notifier")
+        try:
+            uvicorn.run(
+                build_app(settings),
+                host=settings.http_host,
+                port=settings.http_port,
+                log_config=None,  # the logging configured above, uvicorn's loggers included
+                access_log=False,  # each request is logged with its trace by the app
+            )
+        finally:
+            shutdown_tracing(tracing)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,14 @@ from datetime import timedelta
 
 from fastapi import FastAPI
 from faststream.kafka import KafkaBroker
+from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from contracts import Channel
+from contracts import ORDERS_EVENTS, Channel
+from notifier import service
 from notifier.adapters.broker import BrokerConnection
+from notifier.adapters.consumer_lag import ConsumerLagReader
+from notifier.adapters.metrics import PREFIX, MetricsSampler, NotifierMetrics
 from notifier.adapters.outbox_relay import OutboxRelay
 from notifier.adapters.schema import assert_schema_current
 from notifier.adapters.sms import HttpSmsSender, HttpSmsSettings
@@ -28,7 +32,7 @@ from notifier.config import Settings
 from notifier.domain.communication import RetryPolicy
 from notifier.domain.delivery import Sender
 from notifier.domain.planning import NotificationRules
-from notifier.entrypoints import http
+from notifier.entrypoints import http, observability
 from notifier.entrypoints.consumer import register_event_handlers
 from notifier.entrypoints.publications import declare_publications
 from notifier.entrypoints.worker import DispatchWorker
@@ -43,9 +47,10 @@ def build_engine(settings: Settings) -> AsyncEngine:
     )
 
 
-def build_broker(settings: Settings) -> KafkaBroker:
+def build_broker(settings: Settings, metrics: NotifierMetrics) -> KafkaBroker:
     # Idempotent producer with acks=all for the outbox and the DLQ; `graceful_timeout` lets
-    # the message in hand finish (and commit its offset) when consuming stops.
+    # the message in hand finish (and commit its offset) when consuming stops. The telemetry
+    # middleware carries the trace in the records' headers, both ways.
     return KafkaBroker(
         settings.kafka_bootstrap_servers,
         enable_idempotence=True,
@@ -53,6 +58,8 @@ def build_broker(settings: Settings) -> KafkaBroker:
         linger_ms=5,
         client_id="notifier",
         graceful_timeout=settings.shutdown_grace_seconds,
+        middlewares=(KafkaTelemetryMiddleware(), *metrics.broker_middlewares()),
+        logger=logging.getLogger("faststream.access.kafka"),
     )
 
 
@@ -94,7 +101,9 @@ def build_senders(settings: Settings) -> dict[Channel, Sender]:
     return senders
 
 
-def build_dispatcher(settings: Settings, uow_factory: UnitOfWorkFactory) -> Dispatcher:
+def build_dispatcher(
+    settings: Settings, uow_factory: UnitOfWorkFactory, metrics: NotifierMetrics
+) -> Dispatcher:
     return Dispatcher(
         uow_factory=uow_factory,
         senders=build_senders(settings),
@@ -106,13 +115,44 @@ def build_dispatcher(settings: Settings, uow_factory: UnitOfWorkFactory) -> Disp
         lease=timedelta(seconds=settings.lease_seconds),
         retry_interval=settings.retry_seconds,
         consumer_group=settings.consumer_group,
+        record_send=metrics.record_send,
+    )
+
+
+def build_sampler(
+    settings: Settings,
+    metrics: NotifierMetrics,
+    uow_factory: UnitOfWorkFactory,
+    relay: OutboxRelay,
+) -> MetricsSampler:
+    lag = ConsumerLagReader(
+        settings.kafka_bootstrap_servers, settings.consumer_group, [ORDERS_EVENTS]
+    )
+
+    async def outbox() -> None:
+        backlog = await relay.backlog()
+        metrics.outbox_backlog.set(backlog.rows)
+        metrics.outbox_oldest_age.set(backlog.oldest_age_seconds)
+
+    async def communications() -> None:
+        metrics.set_communications(await service.count_unfinished(uow_factory))
+
+    async def consumer_lag() -> None:
+        await metrics.sample_consumer_lag(lag)
+
+    return MetricsSampler(
+        {"outbox": outbox, "communications": communications, "consumer_lag": consumer_lag},
+        metrics.sample_failures,
+        settings.metrics_interval_seconds,
+        on_stop=lag.close,
     )
 
 
 def build_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     engine = build_engine(settings)
-    broker = build_broker(settings)
+    metrics = NotifierMetrics()
+    broker = build_broker(settings, metrics)
     connection = BrokerConnection(broker, settings.retry_seconds)
     relay = OutboxRelay(
         engine,
@@ -122,10 +162,12 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         poll_interval=settings.outbox_poll_interval_seconds,
         retry_interval=settings.retry_seconds,
         retention=timedelta(hours=settings.outbox_retention_hours),
+        on_acknowledged=lambda topic, count: metrics.outbox_relayed.labels(topic).inc(count),
     )
     uow_factory = UnitOfWorkFactory(engine, on_outbox_commit=relay.wake.set)
+    sampler = build_sampler(settings, metrics, uow_factory, relay)
     worker = DispatchWorker(
-        build_dispatcher(settings, uow_factory),
+        build_dispatcher(settings, uow_factory, metrics),
         poll_interval=settings.dispatch_poll_interval_seconds,
         retry_interval=settings.retry_seconds,
     )
@@ -155,9 +197,12 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         connect = asyncio.create_task(connection.connect(), name="kafka-connect")
         relaying = asyncio.create_task(relay.run(), name="outbox-relay")
         dispatching = asyncio.create_task(worker.run(), name="dispatcher")
+        sampling = asyncio.create_task(sampler.run(), name="metrics-sampler")
         try:
             yield
         finally:
+            sampling.cancel()
+            await asyncio.gather(sampling, return_exceptions=True)
             # Stop consuming (the message in hand finishes), then let the sends in flight
             # finish and release what is still claimed; the outbox keeps what is unpublished.
             connect.cancel()
@@ -182,6 +227,8 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     app.state.uow_factory = uow_factory
     app.state.token_verifier = token_verifier
     app.state.kafka = connection
+    app.state.metrics = metrics
     http.install_error_handlers(app)
     app.include_router(http.router)
+    observability.install(app, metrics.registry, PREFIX)
     return app

@@ -1,6 +1,6 @@
 """Settings of the notifier, from `NOTIFIER_*` environment variables (lists as JSON)."""
 
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -79,6 +79,13 @@ class Settings(BaseSettings):
     outbox_retention_hours: float = Field(default=24.0, ge=0)
     # On SIGTERM: how long in-flight messages and sends may take to finish.
     shutdown_grace_seconds: float = Field(default=15.0, ge=0)
+
+    # How often the sampled metrics (outbox backlog, communications by status, consumer lag)
+    # are refreshed.
+    metrics_interval_seconds: float = Field(default=15.0, gt=0)
+    # "json": one JSON object per line (for log collectors); "text" for reading locally.
+    log_format: Literal["json", "text"] = "json"
+    log_level: str = "INFO"
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4
 
+from opentelemetry.trace import StatusCode
+
 from contracts import (
     NOTIFICATIONS_EVENTS,
     Channel,
@@ -26,6 +28,7 @@ from contracts import (
     DeadLetter,
     dlq_topic,
 )
+from notifier.adapters.telemetry import attached, current_trace_context, tracer
 from notifier.adapters.unit_of_work import UnitOfWork
 from notifier.domain.communication import Communication, CommunicationStatus, RetryPolicy
 from notifier.domain.dedupe import normalise_recipient
@@ -36,6 +39,7 @@ from notifier.domain.planning import (
     plan_communications,
     template_context,
 )
+from notifier.logging_config import correlated
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +115,7 @@ async def record_communications(
     if not planned:
         return []
     context = {**template_context(event), "correlation_id": event.correlation_id}
+    trace_context = current_trace_context()
     now = _now()
     queued = []
     async with uow_factory() as uow:
@@ -132,6 +137,7 @@ async def record_communications(
                 recipient=plan.recipient,
                 context=context,
                 now=now,
+                trace_context=trace_context,
             )
             if normalise_recipient(plan.channel, plan.recipient) in opted_out[plan.channel]:
                 communication.skip(OPTED_OUT, now)
@@ -156,6 +162,8 @@ class Dispatcher:
     lease: timedelta
     retry_interval: float
     consumer_group: str  # named on the dead letters of communications
+    # Told each attempt's channel, outcome (sent, failed, dead) and duration (for metrics).
+    record_send: Callable[[str, str, float], None] = lambda channel, outcome, seconds: None
 
     async def dispatch_due(self) -> int:
         """One round: claim up to a batch and attempt them all concurrently; returns how many
@@ -170,8 +178,30 @@ class Dispatcher:
         return len(claimed)
 
     async def deliver(self, communication: Communication, lease_deadline: float) -> None:
-        """Attempt one claimed communication and record the outcome."""
+        """Attempt one claimed communication and record the outcome, in the trace of the event
+        that asked for it and under that event's correlation id."""
+        with (
+            attached(communication.trace_context),
+            correlated(communication.context.get("correlation_id")),
+            tracer().start_as_current_span(
+                f"deliver {communication.channel}",
+                attributes={
+                    "notifier.communication_id": str(communication.id),
+                    "notifier.order_id": str(communication.order_id),
+                    "notifier.template": communication.template,
+                    "notifier.attempt": communication.attempts,
+                },
+            ) as span,
+        ):
+            await self._attempt(communication)
+            span.set_attribute("notifier.outcome", communication.status.value)
+            if communication.status is not CommunicationStatus.SENT:
+                span.set_status(StatusCode.ERROR, communication.last_error)
+            await self._record_outcome(communication, lease_deadline)
+
+    async def _attempt(self, communication: Communication) -> None:
         sender = self.senders.get(communication.channel)
+        started = time.monotonic()
         try:
             if sender is None:
                 raise Undeliverable(f"no sender for the {communication.channel} channel")
@@ -185,9 +215,18 @@ class Dispatcher:
             communication.mark_failed(f"{type(error).__name__}: {error}", self.policy, _now())
         else:
             communication.mark_sent(provider_message_id, _now())
-        if communication.status is CommunicationStatus.DEAD:
+        self.record_send(
+            communication.channel.value, communication.status.value, time.monotonic() - started
+        )
+        if communication.status is CommunicationStatus.SENT:
+            log.info(
+                "communication %s sent by %s (attempt %d)",
+                communication.id,
+                communication.channel,
+                communication.attempts,
+            )
+        elif communication.status is CommunicationStatus.DEAD:
             log.warning("communication %s is dead: %s", communication.id, communication.last_error)
-        await self._record_outcome(communication, lease_deadline)
 
     async def _record_outcome(self, communication: Communication, lease_deadline: float) -> None:
         """Store the outcome, retrying while the lease lasts: an outcome that is not stored
@@ -228,6 +267,22 @@ class Dispatcher:
         """Hand back whatever this dispatcher claimed and did not finish (at shutdown)."""
         async with self.uow_factory() as uow:
             return await uow.communications.release_leases(self.owner, _now())
+
+
+UNFINISHED = (
+    CommunicationStatus.QUEUED,
+    CommunicationStatus.SENDING,
+    CommunicationStatus.FAILED,
+    CommunicationStatus.DEAD,
+)
+
+
+async def count_unfinished(uow_factory: UnitOfWorkFactory) -> dict[str, int]:
+    """How many communications are in each unfinished status. The finished ones (sent,
+    skipped) only ever grow; counting them would mean counting the whole table."""
+    async with uow_factory() as uow:
+        counts = await uow.communications.count_by_status([s.value for s in UNFINISHED])
+    return {status.value: counts.get(status.value, 0) for status in UNFINISHED}
 
 
 async def list_dead(uow_factory: UnitOfWorkFactory) -> list[Communication]:

@@ -10,10 +10,12 @@ import uvicorn
 
 from order import service
 from order.adapters.schema import upgrade_to_head
+from order.adapters.telemetry import configure_tracing, shutdown_tracing
 from order.adapters.unit_of_work import UnitOfWorkFactory
 from order.app import build_app, build_engine, run_relay
 from order.config import Settings
 from order.domain.auth import Role
+from order.logging_config import configure_logging
 
 
 async def _tokens(settings: Settings, args: argparse.Namespace) -> None:
@@ -45,21 +47,30 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     settings = Settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if args.command in ("serve", "relay"):
+        configure_logging("order", settings.log_format, settings.log_level)
+    else:
+        # A command's output is for the person who ran it.
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
     if args.command == "migrate":
         upgrade_to_head(settings.database_url)
-    elif args.command == "relay":
-        asyncio.run(run_relay(settings))
     elif args.command == "token":
         asyncio.run(_tokens(settings, args))
     else:
-        uvicorn.run(
-            build_app(settings),
-            host=settings.http_host,
-            port=settings.http_port,
-            log_level="info",
-            access_log=False,
-        )
+        tracing = configure_tracing("order")
+        try:
+            if args.command == "relay":
+                asyncio.run(run_relay(settings))
+            else:
+                uvicorn.run(
+                    build_app(settings),
+                    host=settings.http_host,
+                    port=settings.http_port,
+                    log_config=None,  # the logging configured above, uvicorn's loggers included
+                    access_log=False,  # each request is logged with its trace by the app
+                )
+        finally:
+            shutdown_tracing(tracing)
 
 
 if __name__ == "__main__":

@@ -11,14 +11,18 @@ from datetime import timedelta
 
 from fastapi import FastAPI
 from faststream.kafka import KafkaBroker
+from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from contracts import ORDERS_COMMANDS
 from order.adapters.broker import BrokerConnection
+from order.adapters.consumer_lag import ConsumerLagReader
+from order.adapters.metrics import PREFIX, MetricsSampler, OrderMetrics
 from order.adapters.outbox_relay import OutboxRelay
 from order.adapters.schema import assert_schema_current
 from order.adapters.unit_of_work import UnitOfWorkFactory
 from order.config import Settings
-from order.entrypoints import http
+from order.entrypoints import http, observability
 from order.entrypoints.commands import register_command_handlers
 from order.entrypoints.publications import declare_publications
 
@@ -31,19 +35,22 @@ def build_engine(settings: Settings) -> AsyncEngine:
     )
 
 
-def build_broker(settings: Settings) -> KafkaBroker:
+def build_broker(settings: Settings, metrics: OrderMetrics) -> KafkaBroker:
     # Idempotent producer with acks=all: a retried send can neither duplicate nor reorder.
+    # The telemetry middleware carries the trace in the records' headers, both ways.
     return KafkaBroker(
         settings.kafka_bootstrap_servers,
         enable_idempotence=True,
         acks="all",
         linger_ms=5,
         client_id="order-service",
+        middlewares=(KafkaTelemetryMiddleware(), *metrics.broker_middlewares()),
+        logger=logging.getLogger("faststream.access.kafka"),
     )
 
 
 def build_relay(
-    settings: Settings, engine: AsyncEngine, connection: BrokerConnection
+    settings: Settings, engine: AsyncEngine, connection: BrokerConnection, metrics: OrderMetrics
 ) -> OutboxRelay:
     return OutboxRelay(
         engine,
@@ -54,6 +61,33 @@ def build_relay(
         poll_interval=settings.relay_poll_interval_seconds,
         retry_interval=settings.relay_retry_seconds,
         retention=timedelta(hours=settings.outbox_retention_hours),
+        on_acknowledged=lambda topic, count: metrics.outbox_relayed.labels(topic).inc(count),
+    )
+
+
+def build_sampler(
+    settings: Settings, metrics: OrderMetrics, connection: BrokerConnection, relay: OutboxRelay
+) -> MetricsSampler:
+    lag = ConsumerLagReader(
+        settings.kafka_bootstrap_servers, settings.commands_consumer_group, [ORDERS_COMMANDS]
+    )
+
+    async def outbox() -> None:
+        backlog = await relay.backlog()
+        metrics.outbox_backlog.set(backlog.rows)
+        metrics.outbox_oldest_age.set(backlog.oldest_age_seconds)
+
+    async def kafka() -> None:
+        metrics.kafka_up.set(await connection.check(within=settings.kafka_check_seconds))
+
+    async def consumer_lag() -> None:
+        await metrics.sample_consumer_lag(lag)
+
+    return MetricsSampler(
+        {"outbox": outbox, "kafka": kafka, "consumer_lag": consumer_lag},
+        metrics.sample_failures,
+        settings.metrics_interval_seconds,
+        on_stop=lag.close,
     )
 
 
@@ -61,16 +95,21 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     engine = build_engine(settings)
     uow_factory = UnitOfWorkFactory(engine, settings.database_wait_seconds)
-    broker = build_broker(settings)
+    metrics = OrderMetrics()
+    broker = build_broker(settings, metrics)
     register_command_handlers(broker, uow_factory, settings)
     declare_publications(broker)
     connection = BrokerConnection(broker, settings.relay_retry_seconds)
-    relay = build_relay(settings, engine, connection)
+    relay = build_relay(settings, engine, connection, metrics)
+    sampler = build_sampler(settings, metrics, connection, relay)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await assert_schema_current(engine, settings.database_url)
-        tasks = [asyncio.create_task(connection.connect(), name="kafka-connect")]
+        tasks = [
+            asyncio.create_task(connection.connect(), name="kafka-connect"),
+            asyncio.create_task(sampler.run(), name="metrics-sampler"),
+        ]
         if settings.relay_in_process:
             tasks.append(asyncio.create_task(relay.run(), name="outbox-relay"))
         try:
@@ -92,8 +131,10 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.uow_factory = uow_factory
     app.state.kafka = connection
+    app.state.metrics = metrics
     http.install_error_handlers(app)
     app.include_router(http.router)
+    observability.install(app, metrics.registry, PREFIX)
     return app
 
 
@@ -101,9 +142,12 @@ async def run_relay(settings: Settings) -> None:
     """The outbox relay on its own (`python -m order relay`), for running it apart from the
     HTTP API; it stops on SIGTERM or SIGINT."""
     engine = build_engine(settings)
-    broker = build_broker(settings)
+    # Its counters go nowhere: this process serves no /metrics (the API's process reports the
+    # outbox backlog from the database either way).
+    metrics = OrderMetrics()
+    broker = build_broker(settings, metrics)
     connection = BrokerConnection(broker, settings.relay_retry_seconds)
-    relay = build_relay(settings, engine, connection)
+    relay = build_relay(settings, engine, connection, metrics)
     await assert_schema_current(engine, settings.database_url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

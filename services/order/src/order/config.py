@@ -1,5 +1,7 @@
 """Settings of the order service, from `ORDER_*` environment variables."""
 
+from typing import Literal
+
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -28,3 +30,10 @@ class Settings(BaseSettings):
     # False when the relay runs as its own process (`python -m order relay`).
     relay_in_process: bool = True
     outbox_retention_hours: float = Field(default=24.0, ge=0)
+    # How often the sampled metrics (outbox backlog, Kafka reachability, consumer lag) are
+    # refreshed, and how long one Kafka check may take.
+    metrics_interval_seconds: float = Field(default=15.0, gt=0)
+    kafka_check_seconds: float = Field(default=1.0, gt=0)
+    # "json": one JSON object per line (for log collectors); "text" for reading locally.
+    log_format: Literal["json", "text"] = "json"
+    log_level: str = "INFO"

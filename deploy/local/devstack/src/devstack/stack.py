@@ -32,6 +32,8 @@ class Stack:
     workdir: Path
     admin_token: str = ""
     processes: dict[str, Process] = field(default_factory=dict)
+    # Given to every service, e.g. OTEL_TRACES_EXPORTER=console to write spans to the logs.
+    common_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def maildir(self) -> Path:
@@ -49,7 +51,7 @@ class Stack:
         return f"http://127.0.0.1:{self.ports[service]}"
 
     def env(self, service: str) -> dict[str, str]:
-        extra = {}
+        extra = dict(self.common_env)
         if service in ("notifier", "audit"):
             # Their read APIs check bearer tokens with the order service that issues them.
             extra[f"{service.upper()}_ORDER_SERVICE_URL"] = self.url("order")

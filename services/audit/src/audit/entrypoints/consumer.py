@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka import ConsumerRecord
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
+from opentelemetry.trace import StatusCode
 from pydantic import TypeAdapter, ValidationError
 
 from audit import service
 from audit.adapters.broker import Records, parse_with_text_headers, undecoded
 from audit.adapters.dead_letters import dead_letter
+from audit.adapters.telemetry import record_key, span_per_record
 from audit.config import Settings
 from audit.domain.entries import AuditedMessage
 from contracts import (
@@ -56,8 +59,13 @@ def _parse(records: Records) -> tuple[Parsed, Rejected]:
 
 
 def register_audit_handlers(
-    broker: KafkaBroker, uow_factory: service.UnitOfWorkFactory, settings: Settings
+    broker: KafkaBroker,
+    uow_factory: service.UnitOfWorkFactory,
+    settings: Settings,
+    on_recorded: Callable[[int], None] = lambda added: None,
 ) -> None:
+    """Subscribe to the audited topics. `on_recorded` is told how many entries each batch
+    appended to the chain (after the commit)."""
     group = settings.consumer_group
 
     @broker.subscriber(
@@ -74,19 +82,24 @@ def register_audit_handlers(
     )
     async def on_batch(msg: KafkaMessage) -> None:
         raw = msg.raw_message
-        parsed, rejects = _parse(raw if isinstance(raw, tuple) else (raw,))
-        if parsed:
-            try:
-                recorded = await service.record(uow_factory, [m for _, m in parsed])
-            except Exception:
-                # Not the messages' fault (database down?): redeliver them after a pause.
-                log.exception("%d messages not audited; will be redelivered", len(parsed))
-                await asyncio.sleep(settings.retry_seconds)
-                raise
-            rejects += [
-                (parsed[position][0], f"cannot be stored: {why}")
-                for position, why in recorded.refused.items()
-            ]
-        # After the commit: a failure here redelivers the batch, whose entries are skipped.
-        for record, reason in rejects:
-            await dead_letter(broker, record, reason, group)
+        records = raw if isinstance(raw, tuple) else (raw,)
+        with span_per_record(records) as spans:
+            parsed, rejects = _parse(records)
+            if parsed:
+                try:
+                    recorded = await service.record(uow_factory, [m for _, m in parsed])
+                except Exception:
+                    # Not the messages' fault (database down?): redeliver them after a pause.
+                    log.exception("%d messages not audited; will be redelivered", len(parsed))
+                    await asyncio.sleep(settings.retry_seconds)
+                    raise
+                on_recorded(recorded.added)
+                rejects += [
+                    (parsed[position][0], f"cannot be stored: {why}")
+                    for position, why in recorded.refused.items()
+                ]
+            # After the commit: a failure here redelivers the batch, whose entries are skipped.
+            for record, reason in rejects:
+                if (span := spans.get(record_key(record))) is not None:
+                    span.set_status(StatusCode.ERROR, f"dead-lettered: {reason}")
+                await dead_letter(broker, record, reason, group)

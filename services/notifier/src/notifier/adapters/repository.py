@@ -7,12 +7,13 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import and_, delete, insert, or_, select, tuple_, update
+from sqlalchemy import and_, delete, func, insert, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts import Channel, Envelope, Message
 from notifier.adapters.tables import communication_events, opt_outs, outbox
+from notifier.adapters.telemetry import current_trace_context
 from notifier.domain.communication import Communication, CommunicationStatus
 
 _c = communication_events.c
@@ -37,6 +38,7 @@ def _to_communication(row: Any) -> Communication:
         next_attempt_at=row.next_attempt_at,
         sent_at=row.sent_at,
         replays=row.replays,
+        trace_context=row.trace_context,
     )
 
 
@@ -65,6 +67,7 @@ class CommunicationRepository:
                 next_attempt_at=communication.next_attempt_at,
                 created_at=communication.created_at,
                 updated_at=communication.updated_at,
+                trace_context=communication.trace_context,
             )
             .on_conflict_do_nothing(index_elements=[_c.dedupe_key])
         )
@@ -185,6 +188,13 @@ class CommunicationRepository:
             query = query.where(tuple_(_c.created_at, _c.id) > tuple_(*after))
         return [_to_communication(row) for row in (await self._connection.execute(query)).all()]
 
+    async def count_by_status(self, statuses: Sequence[str]) -> dict[str, int]:
+        """How many communications are in each of `statuses` (absent when none)."""
+        result = await self._connection.execute(
+            select(_c.status, func.count()).where(_c.status.in_(statuses)).group_by(_c.status)
+        )
+        return {status: int(count) for status, count in result.all()}
+
 
 class OptOutRepository:
     """Recipients are stored normalised; callers normalise before asking."""
@@ -219,7 +229,8 @@ class OptOutRepository:
 
 
 class Outbox:
-    """Writes notifications.events messages in the caller's transaction."""
+    """Writes notifications.events messages in the caller's transaction, each with the trace
+    context it was written in (the relay publishes it in that trace)."""
 
     def __init__(self, connection: AsyncConnection) -> None:
         self._connection = connection
@@ -237,5 +248,6 @@ class Outbox:
                 topic=topic,
                 key=key,
                 payload=message.model_dump(mode="json", by_alias=True),
+                headers=current_trace_context(),
             )
         )

@@ -8,8 +8,10 @@ import asyncio
 from dataclasses import dataclass
 
 import httpx
+from opentelemetry.trace import SpanKind
 from pydantic import SecretStr
 
+from notifier.adapters.telemetry import tracer
 from notifier.adapters.templates import RenderError, TextTemplates
 from notifier.domain.communication import Communication
 from notifier.domain.delivery import DeliveryFailed, Undeliverable
@@ -45,11 +47,20 @@ class HttpSmsSender:
             "idempotency_key": communication.dedupe_key,
         }
         headers = {"Authorization": f"Bearer {s.token.get_secret_value()}"} if s.token else {}
-        try:
-            async with asyncio.timeout(s.timeout), httpx.AsyncClient(timeout=s.timeout) as client:
-                response = await client.post(s.url, json=payload, headers=headers)
-        except (httpx.HTTPError, TimeoutError) as error:
-            raise DeliveryFailed(f"{type(error).__name__}: {str(error) or 'no details'}") from error
+        with tracer().start_as_current_span(
+            "sms send", kind=SpanKind.CLIENT, attributes={"url.full": s.url}
+        ) as span:
+            try:
+                async with (
+                    asyncio.timeout(s.timeout),
+                    httpx.AsyncClient(timeout=s.timeout) as client,
+                ):
+                    response = await client.post(s.url, json=payload, headers=headers)
+            except (httpx.HTTPError, TimeoutError) as error:
+                raise DeliveryFailed(
+                    f"{type(error).__name__}: {str(error) or 'no details'}"
+                ) from error
+            span.set_attribute("http.response.status_code", response.status_code)
         status = response.status_code
         if status >= 500 or status in _RETRYABLE_4XX:
             raise DeliveryFailed(f"SMS provider answered {status}: {response.text[:200]}")

@@ -10,8 +10,10 @@ from email.message import EmailMessage
 from email.utils import formatdate
 
 import aiosmtplib
+from opentelemetry.trace import SpanKind
 from pydantic import SecretStr
 
+from notifier.adapters.telemetry import tracer
 from notifier.adapters.templates import EmailTemplates, RenderError
 from notifier.domain.communication import Communication
 from notifier.domain.delivery import DeliveryFailed, Undeliverable
@@ -60,6 +62,20 @@ class SmtpEmailSender:
         """Send by email; returns the Message-ID."""
         s = self._settings
         message = self.build(communication)
+        with tracer().start_as_current_span(
+            "smtp send",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "server.address": s.host,
+                "server.port": s.port,
+                "smtp.message_id": str(message["Message-ID"]),
+            },
+        ):
+            await self._send(message)
+        return str(message["Message-ID"])
+
+    async def _send(self, message: EmailMessage) -> None:
+        s = self._settings
         try:
             async with asyncio.timeout(s.timeout):
                 await aiosmtplib.send(
@@ -78,4 +94,3 @@ class SmtpEmailSender:
             raise DeliveryFailed(f"recipient deferred: {error}") from error
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
             raise DeliveryFailed(f"{type(error).__name__}: {str(error) or 'no details'}") from error
-        return str(message["Message-ID"])

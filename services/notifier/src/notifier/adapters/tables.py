@@ -43,6 +43,8 @@ communication_events = Table(
     Column("sent_at", DateTime(timezone=True)),
     # How often an operator replayed it after it went dead.
     Column("replays", Integer, nullable=False, server_default=text("0")),
+    # The W3C trace context of the event that asked for it: its sending joins that trace.
+    Column("trace_context", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     CheckConstraint(
         "status IN ('queued', 'sending', 'sent', 'failed', 'dead', 'skipped')",
         name="ck_communication_events_status",
@@ -80,6 +82,8 @@ outbox = Table(
     Column("topic", String(200), nullable=False),
     Column("key", String(200), nullable=False),
     Column("payload", JSONB, nullable=False),
+    # Kafka headers to publish it with: the trace context of the change it announces.
+    Column("headers", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     Column("published_at", DateTime(timezone=True)),
     Index("ix_outbox_unpublished", "id", postgresql_where=text("published_at IS NULL")),

@@ -14,7 +14,7 @@ terminal for the dispatcher, and only an operator's replay moves it on.
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final
@@ -102,6 +102,9 @@ class Communication:
     next_attempt_at: datetime | None = None
     sent_at: datetime | None = None
     replays: int = 0
+    # W3C trace context (traceparent, tracestate) of the event that asked for it, so that
+    # sending it, however much later, is seen in the trace of the change that caused it.
+    trace_context: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def queue(
@@ -114,6 +117,7 @@ class Communication:
         recipient: str,
         context: dict[str, Any],
         now: datetime,
+        trace_context: dict[str, str] | None = None,
     ) -> Communication:
         """A new communication, due at once, identified by its dedupe key."""
         return cls(
@@ -130,6 +134,7 @@ class Communication:
             created_at=now,
             updated_at=now,
             next_attempt_at=now,
+            trace_context=dict(trace_context or {}),
         )
 
     def mark_sent(self, provider_message_id: str, now: datetime) -> None:

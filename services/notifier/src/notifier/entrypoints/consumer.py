@@ -18,6 +18,7 @@ from notifier.adapters.broker import parse_with_text_headers, undecoded
 from notifier.adapters.dead_letters import dead_letter
 from notifier.adapters.unit_of_work import Unstorable
 from notifier.domain.planning import NotificationRules
+from notifier.logging_config import correlated
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +40,12 @@ def register_event_handlers(
         except ValidationError as error:
             await dead_letter(broker, msg, describe_invalid(error), consumer_group)
             return
-        try:
-            queued = await service.record_communications(uow_factory, event, rules)
-        except Unstorable as refused:
-            await dead_letter(broker, msg, f"unstorable: {refused}", consumer_group)
-            return
+        with correlated(event.correlation_id):
+            try:
+                queued = await service.record_communications(uow_factory, event, rules)
+            except Unstorable as refused:
+                await dead_letter(broker, msg, f"unstorable: {refused}", consumer_group)
+                return
         if queued:
             on_queued()
 

@@ -22,6 +22,13 @@ class BrokerConnection:
         self.broker = broker
         self.connected = asyncio.Event()
         self._retry_interval = retry_interval
+        # What the last `check` found; None before the first.
+        self.reachable: bool | None = None
+
+    async def check(self, within: float) -> bool:
+        """Whether the client is started and the cluster answers now (within `within` s)."""
+        self.reachable = self.connected.is_set() and await self.broker.ping(timeout=within)
+        return self.reachable
 
     async def connect(self) -> None:
         """Start the broker's producer and subscribers, retrying until Kafka answers. Once

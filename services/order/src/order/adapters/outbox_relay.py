@@ -8,6 +8,7 @@
 - Published rows are deleted once older than the retention setting.
 - A row is marked published only after its send is acknowledged. A crash between the ack and
   the mark re-sends the row: consumers deduplicate by event id (at-least-once delivery).
+- Each row is published in the trace of the change that wrote it (its stored `traceparent`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import contextlib
 import json
 import logging
 import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -26,6 +30,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from order.adapters.tables import OUTBOX_CHANNEL, outbox
+from order.adapters.telemetry import attached
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +40,12 @@ RELAY_LOCK_KEY = 0x6F72646572_01
 
 def asyncpg_dsn(sqlalchemy_url: str) -> str:
     return sqlalchemy_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+@dataclass(frozen=True)
+class Backlog:
+    rows: int  # not yet acknowledged by Kafka
+    oldest_age_seconds: float  # 0 when there are none
 
 
 class OutboxRelay:
@@ -50,6 +61,7 @@ class OutboxRelay:
         retry_interval: float,
         retention: timedelta = timedelta(days=1),
         purge_interval: float = 60.0,
+        on_acknowledged: Callable[[str, int], None] = lambda topic, count: None,
     ) -> None:
         self._engine = engine
         self._broker = broker
@@ -62,6 +74,7 @@ class OutboxRelay:
         self._purge_interval = purge_interval
         self._next_purge = 0.0
         self._wake = asyncio.Event()
+        self._on_acknowledged = on_acknowledged
 
     async def run(self) -> None:
         """Publish forever; cancel the task to stop. Never raises for Kafka or database faults:
@@ -132,6 +145,16 @@ class OutboxRelay:
             )
         return int(result.rowcount)
 
+    async def backlog(self) -> Backlog:
+        """How many rows wait for Kafka, and for how long the oldest has (the partial index on
+        unpublished rows keeps this cheap while the backlog is small)."""
+        waiting = outbox.c.published_at.is_(None)
+        age = func.extract("epoch", func.now() - func.min(outbox.c.created_at))
+        query = select(func.count(), age).where(waiting)
+        async with self._engine.connect() as connection:
+            rows, oldest = (await connection.execute(query)).one()
+        return Backlog(int(rows), float(oldest or 0.0))
+
     async def publish_batch(self) -> int:
         """Publish up to one batch of unpublished rows; return how many Kafka acknowledged."""
         async with self._engine.begin() as connection:
@@ -155,27 +178,33 @@ class OutboxRelay:
             if not rows:
                 return 0
             # Send the whole batch before awaiting any ack, so the producer can batch them.
-            pending = [
-                await self._broker.publish(
-                    json.dumps(row.payload, separators=(",", ":")).encode(),
-                    row.topic,
-                    key=row.key.encode(),
-                    headers={"content-type": "application/json", **row.headers},
-                    no_confirm=True,
-                )
-                for row in rows
-            ]
+            pending = []
+            for row in rows:
+                with attached(row.headers):
+                    pending.append(
+                        await self._broker.publish(
+                            json.dumps(row.payload, separators=(",", ":")).encode(),
+                            row.topic,
+                            key=row.key.encode(),
+                            headers={"content-type": "application/json", **row.headers},
+                            no_confirm=True,
+                        )
+                    )
             results = await asyncio.gather(*pending, return_exceptions=True)
             acknowledged: list[int] = []
+            topics: Counter[str] = Counter()
             for row, result in zip(rows, results, strict=True):
                 if isinstance(result, BaseException):
                     log.warning("outbox row %s not acknowledged (%r); will retry", row.id, result)
                     break
                 acknowledged.append(row.id)
+                topics[row.topic] += 1
             if acknowledged:
                 await connection.execute(
                     update(outbox)
                     .where(outbox.c.id.in_(acknowledged))
                     .values(published_at=func.now())
                 )
-            return len(acknowledged)
+        for topic, count in topics.items():
+            self._on_acknowledged(topic, count)
+        return len(acknowledged)

@@ -22,6 +22,7 @@ from order.adapters.tables import (
     orders,
     outbox,
 )
+from order.adapters.telemetry import current_trace_context
 from order.domain.auth import Identity, Role, StoredToken
 from order.domain.model import Customer, Order, StatusChanged
 
@@ -127,7 +128,9 @@ class OrderRepository:
 
 
 class Outbox:
-    """Writes integration events in the caller's transaction and wakes the relay on commit."""
+    """Writes integration events in the caller's transaction and wakes the relay on commit.
+    Each row keeps the trace context it was written in (W3C `traceparent`, `tracestate` among
+    its headers), so the relay publishes it in the trace of the change that caused it."""
 
     def __init__(self, connection: AsyncConnection) -> None:
         self._connection = connection
@@ -140,7 +143,7 @@ class Outbox:
                 key=key,
                 event_type=getattr(event, "type", type(event).__name__),
                 payload=event.model_dump(mode="json", by_alias=True),
-                headers={"correlation_id": event.correlation_id or ""},
+                headers={"correlation_id": event.correlation_id or "", **current_trace_context()},
             )
         )
         # Delivered at commit, and only if the transaction commits.

@@ -17,6 +17,7 @@ from order.adapters.broker import parse_with_text_headers, undecoded
 from order.adapters.dead_letters import dead_letter
 from order.adapters.unit_of_work import UnitOfWorkFactory, Unstorable
 from order.config import Settings
+from order.logging_config import correlated
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +44,13 @@ def register_command_handlers(
         except ValidationError as error:
             await dead_letter(broker, msg, describe_invalid(error), group)
             return
-        try:
-            await service.handle_command(uow_factory, command)
-        except Unstorable as refused:
-            await dead_letter(broker, msg, f"unstorable: {refused}", group)
-        except Exception:
-            # Not the message's fault (database down?): redeliver it after a pause.
-            log.exception("command %s failed; will be redelivered", command.command_id)
-            await asyncio.sleep(settings.command_retry_seconds)
-            raise
+        with correlated(command.correlation_id):
+            try:
+                await service.handle_command(uow_factory, command)
+            except Unstorable as refused:
+                await dead_letter(broker, msg, f"unstorable: {refused}", group)
+            except Exception:
+                # Not the message's fault (database down?): redeliver it after a pause.
+                log.exception("command %s failed; will be redelivered", command.command_id)
+                await asyncio.sleep(settings.command_retry_seconds)
+                raise

@@ -415,10 +415,14 @@ async def live() -> dict[str, str]:
 @router.get("/health/ready", tags=["health"])
 async def ready(request: Request) -> JSONResponse:
     # Ready means the database answers. Kafka is deliberately not required: status changes
-    # must keep succeeding while the broker is down (the outbox holds the events).
+    # must keep succeeding while the broker is down (the outbox holds the events), so taking
+    # the service out of rotation then would refuse exactly what it can still do. Whether
+    # Kafka answered the last periodic check is reported here (and as order_kafka_up).
     try:
         async with request.app.state.engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
     except Exception as error:
         return error_response(503, "not_ready", f"database unreachable: {type(error).__name__}")
-    return JSONResponse({"status": "ok"})
+    reachable = request.app.state.kafka.reachable
+    kafka = "unknown" if reachable is None else "ok" if reachable else "unreachable"
+    return JSONResponse({"status": "ok", "database": "ok", "kafka": kafka})
