@@ -2,9 +2,9 @@
 .DEFAULT_GOAL := help
 export UV_PYTHON_DOWNLOADS := never
 
-SOURCES := contracts/src services/order/src services/notifier/src services/audit/src deploy/local/devstack/src
+SOURCES := contracts/src services/order/src services/notifier/src services/audit/src deploy/local/devstack/src bench
 
-.PHONY: help setup infra run test demo chaos lint format unit integration e2e
+.PHONY: help setup infra run test demo chaos bench lint format unit integration e2e
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ demo: setup ## run the live production test protocol end to end, with all servic
 
 chaos: setup ## break things on purpose under load; prints the findings table
 	uv run pytest tests/chaos -m chaos -v -s
+
+bench: setup ## measure the system against its database and broker limits (BENCH_QUICK=1: ~3 min smoke run; BENCH_PROFILE=1: with py-spy)
+	uv run python -m bench $(if $(BENCH_QUICK),--quick) $(if $(BENCH_PROFILE),--profile)
 
 lint: setup ## ruff and mypy
 	uv run ruff check .
