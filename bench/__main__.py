@@ -25,7 +25,7 @@ log = logging.getLogger("bench")
 FULL = Plan(
     quick=False,
     step_seconds=15,
-    rates=ladder(50, 1.5, 3000),
+    rates=ladder(25, 1.5, 3000),
     drain_timeout=30,
     settle_timeout=180,
     max_in_flight=2000,
@@ -42,9 +42,9 @@ FULL = Plan(
 QUICK = Plan(
     quick=True,
     step_seconds=5,
-    rates=ladder(100, 2, 800),
-    drain_timeout=20,
-    settle_timeout=60,
+    rates=ladder(25, 2, 1600),
+    drain_timeout=15,
+    settle_timeout=45,
     max_in_flight=1000,
     limit_a_concurrencies=[2, 8],
     limit_a_seconds=1.5,
@@ -117,7 +117,7 @@ async def _system(plan: Plan, system: System) -> dict[str, Any]:
     measured["bursts"] = [await system.burst(plan.burst_events, "1 notifier, 1 audit")]
 
     if plan.profile:
-        measured["profiles"] = await _profiles(plan, system, http["sustained_per_s"])
+        measured["profiles"] = await _profiles(plan, system, http["broke_at"] or plan.rates[-1])
 
     log.info("two notifier and two audit replicas")
     await system.add_consumer_replicas()
@@ -129,10 +129,10 @@ async def _system(plan: Plan, system: System) -> dict[str, Any]:
     return measured
 
 
-async def _profiles(plan: Plan, system: System, sustained: float) -> dict[str, Any]:
-    """py-spy on the order service under HTTP and command load, and on the consumers
-    draining a burst; after the measured steps, so sampling never skews a figure."""
-    rate = max(sustained, plan.rates[0])
+async def _profiles(plan: Plan, system: System, rate: float) -> dict[str, Any]:
+    """py-spy on the order service under HTTP and command load (at the rate where the HTTP
+    ladder broke, so it is busy), and on the consumers draining a burst; after the measured
+    steps, so sampling never skews a figure."""
     seconds = plan.profile_seconds
     log.info("profiling at %.0f changes/s", rate)
     return {
@@ -170,6 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for chatty in ("aiokafka", "httpx"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     plan = QUICK if args.quick else FULL
     if args.profile:
         plan = Plan(**{**plan.__dict__, "profile": True})

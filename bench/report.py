@@ -307,8 +307,16 @@ def markdown(document: dict[str, Any]) -> str:
             for name, profile in profiled.items():
                 if name == "load" or not profile["samples"]:
                     continue
-                top = ", ".join(f"{h['name']} {h['share']:.0%}" for h in profile["by_package"][:6])
-                lines.append(f"- {label}, {name}: {top}")
+                packages = ", ".join(
+                    f"{h['name']} {h['share']:.0%}" for h in profile["by_package"][:6]
+                )
+                functions = ", ".join(
+                    f"`{h['name']}` {h['share']:.0%}" for h in profile["by_self"][:5]
+                )
+                lines.append(
+                    f"- {label}, {name} ({profile['samples']} samples): {packages}; "
+                    f"functions: {functions}"
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -334,15 +342,18 @@ def draw(document: dict[str, Any], path: Path) -> None:
             [s["offered_rate"] for s in broken], [s["achieved_rate"] for s in broken], "rx", ms=10
         )
     top = max((s["offered_rate"] for steps in phases.values() for s in steps), default=1)
-    throughput.plot([0, top], [0, top], ":", color="grey", label="achieved = offered")
+    bottom = min((s["offered_rate"] for steps in phases.values() for s in steps), default=1)
+    throughput.plot([bottom, top], [bottom, top], ":", color="grey", label="achieved = offered")
     throughput.axhline(
         document["limit_a"]["changes_per_s"], ls="--", color="black", label="limit A (database)"
     )
     limit_b = document["limit_b"]["events_per_s"]
     throughput.set(
         title=f"Throughput (red x = broke; limit B {limit_b:,.0f} events/s)",
-        xlabel="offered changes/s",
-        ylabel="achieved changes/s",
+        xlabel="offered changes/s (log)",
+        ylabel="achieved changes/s (log)",
+        xscale="log",
+        yscale="log",
     )
     throughput.legend(fontsize=8)
 
@@ -356,7 +367,11 @@ def draw(document: dict[str, Any], path: Path) -> None:
         axis.axhline(25, ls=":", color="grey")
         axis.axhline(1000, ls=":", color="grey")
         axis.set(
-            title=title, xlabel="offered changes/s", ylabel="ms from the change (log)", yscale="log"
+            title=title,
+            xlabel="offered changes/s (log)",
+            ylabel="ms from the change (log)",
+            xscale="log",
+            yscale="log",
         )
         axis.legend(fontsize=7, ncol=2)
 
@@ -381,7 +396,12 @@ def draw(document: dict[str, Any], path: Path) -> None:
             "o-",
             label=name,
         )
-    cpu.set(title="HTTP load: CPU by process", xlabel="offered changes/s", ylabel="% of one core")
+    cpu.set(
+        title="HTTP load: CPU by process",
+        xlabel="offered changes/s (log)",
+        ylabel="% of one core",
+        xscale="log",
+    )
     cpu.legend(fontsize=8)
     figure.suptitle(f"{document['command']} — {document['started_at']}")
     figure.tight_layout()

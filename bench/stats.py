@@ -170,7 +170,7 @@ def _module_path(path: str) -> str:
     for root in _PACKAGE_ROOTS:
         if root in path:
             return path.rsplit(root, 1)[1]
-    return path.rsplit("/", 1)[-1]
+    return path.lstrip("/")  # py-spy mostly shortens paths to `package/module.py` itself
 
 
 def frame_name(frame: str) -> str:
