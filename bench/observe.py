@@ -18,7 +18,8 @@ from typing import Any
 
 import asyncpg
 import psutil
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.payloads import version_of
 from contracts import ORDERS_COMMAND_RESULTS, ORDERS_EVENTS, OrderStatus
@@ -143,13 +144,37 @@ async def audit_times(audit_dsn: str, orders: list[str]) -> dict[ChangeKey, floa
     return {(r["entity_id"], r["version"]): r["recorded_at"].timestamp() for r in rows}
 
 
-async def count_rows(dsn: str, query: str) -> int:
+async def count_rows(dsn: str, query: str, *args: object) -> int:
     connection = await asyncpg.connect(dsn)
     try:
-        count: int = await connection.fetchval(query)
+        count: int = await connection.fetchval(query, *args)
         return count
     finally:
         await connection.close()
+
+
+async def consumer_lag(bootstrap: str, groups: dict[str, tuple[str, ...]]) -> int:
+    """Records on the given topics that the given consumer groups have not committed yet."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await admin.start()
+    await consumer.start()
+    try:
+        lag = 0
+        for group, topics in groups.items():
+            committed = await admin.list_consumer_group_offsets(group)
+            partitions = [
+                TopicPartition(topic, partition)
+                for topic in topics
+                for partition in consumer.partitions_for_topic(topic) or ()
+            ]
+            for partition, end in (await consumer.end_offsets(partitions)).items():
+                position = committed.get(partition)
+                lag += end - max(position.offset if position else 0, 0)
+        return lag
+    finally:
+        await consumer.stop()
+        await admin.close()
 
 
 @dataclass(frozen=True)

@@ -282,9 +282,11 @@ def markdown(document: dict[str, Any]) -> str:
         "|---|---|---|---|---|",
     ]
     for burst in system["bursts"]:
+        unfinished = "" if burst.get("finished", True) else " (unfinished in time)"
         lines.append(
-            f"| {burst['label']} | {burst['events']} | {_fmt(burst['notifier_events_per_s'])} "
-            f"| {_fmt(burst['emails_per_s'])} | {_fmt(burst['audit_entries_per_s'])} |"
+            f"| {burst['label']}{unfinished} | {burst['events']} | "
+            f"{_fmt(burst['notifier_events_per_s'])} | {_fmt(burst['emails_per_s'])} | "
+            f"{_fmt(burst['audit_entries_per_s'])} |"
         )
     sweep = ", ".join(f"{p['concurrency']}: {_fmt(p['changes_per_s'])}" for p in limit_a["sweep"])
     shapes = limit_a["shapes"]

@@ -25,12 +25,19 @@ from bench.observe import (
     Maildir,
     ProcessMonitor,
     audit_times,
+    consumer_lag,
     count_rows,
     email_times,
 )
 from bench.payloads import status_changed
 from bench.stats import BreakingPoint, Latency, Step, hotspots, sustained_rate
-from contracts import ORDERS_EVENTS, Customer
+from contracts import (
+    NOTIFICATIONS_EVENTS,
+    ORDERS_COMMAND_RESULTS,
+    ORDERS_COMMANDS,
+    ORDERS_EVENTS,
+    Customer,
+)
 from devstack.infra import TestDatabases
 from devstack.processes import free_port, service_process
 from devstack.stack import Stack
@@ -38,9 +45,24 @@ from devstack.waiting import wait_until
 
 log = logging.getLogger("bench")
 
-AUDITED_CHANGES = "SELECT count(*) FROM audit_log WHERE action = 'order.status_changed'"
 AUDIT_ENTRIES = "SELECT count(*) FROM audit_log"
 COMMUNICATIONS = "SELECT count(*) FROM communication_events"
+AUDITED_CHANGES_OF = (
+    "SELECT count(*) FROM audit_log WHERE action = 'order.status_changed' "
+    "AND entity_id = ANY($1::text[])"
+)
+EMAILS_SENT_FOR = (
+    "SELECT count(*) FROM communication_events WHERE channel = 'email' AND status = 'sent' "
+    "AND order_id = ANY($1::uuid[])"
+)
+UNSENT = "SELECT count(*) FROM communication_events WHERE status IN ('queued', 'sending')"
+UNPUBLISHED = "SELECT count(*) FROM outbox WHERE published_at IS NULL"
+# Every consumer group of the system and what it reads.
+CONSUMED = {
+    "order-commands": (ORDERS_COMMANDS,),
+    "notifier": (ORDERS_EVENTS,),
+    "audit": (ORDERS_EVENTS, ORDERS_COMMAND_RESULTS, NOTIFICATIONS_EVENTS),
+}
 
 
 @dataclass(frozen=True)
@@ -78,9 +100,6 @@ class System:
         self.monitor = ProcessMonitor()
         self.maildir = Maildir(stack.maildir)
         self.producer = services_producer(stack.kafka_bootstrap_servers, "bench-upstream")
-        # Consequences every change so far should have had (drained steps catch up to these).
-        self.expected_emails = 0
-        self.expected_audited = 0
 
     async def start(self) -> None:
         for name, process in self.stack.processes.items():
@@ -97,22 +116,25 @@ class System:
 
     # --- consequences ------------------------------------------------------------------
 
-    async def _caught_up(self, events: set[ChangeKey]) -> bool:
-        if not events.issubset(self.watch.changes.keys()):
+    async def _caught_up(self, changes: set[ChangeKey]) -> bool:
+        """Every change has its event, its email sent and its audit entry."""
+        if not changes.issubset(self.watch.changes.keys()):
             return False
-        if self.maildir.count() < self.expected_emails:
+        orders = sorted({order for order, _ in changes})
+        sent = await count_rows(self.databases.dsn("notifier"), EMAILS_SENT_FOR, orders)
+        if sent < len(changes):
             return False
-        audited = await count_rows(self.databases.dsn("audit"), AUDITED_CHANGES)
-        return audited >= self.expected_audited
+        audited = await count_rows(self.databases.dsn("audit"), AUDITED_CHANGES_OF, orders)
+        return audited >= len(changes)
 
-    async def drain(self, events: set[ChangeKey], within: float) -> tuple[bool, float]:
-        """Wait until every change has its event, email and audit entry; (drained, seconds)."""
+    async def drain(self, changes: set[ChangeKey]) -> tuple[bool, float]:
+        """Wait until every change has its consequences; (drained, seconds)."""
         started = time.monotonic()
         try:
             await wait_until(
-                lambda: self._caught_up(events),
+                lambda: self._caught_up(changes),
                 bool,
-                within=within,
+                within=self.plan.drain_timeout,
                 what="events, emails and audit entries",
                 interval=0.2,
             )
@@ -120,14 +142,27 @@ class System:
             return False, time.monotonic() - started
         return True, time.monotonic() - started
 
+    async def backlog(self) -> int:
+        """Work the system still has in hand: unconsumed records, unpublished outbox rows,
+        unsent communications."""
+        lag = await consumer_lag(self.stack.kafka_bootstrap_servers, CONSUMED)
+        order, notifier = self.databases.dsn("order"), self.databases.dsn("notifier")
+        unpublished = await count_rows(order, UNPUBLISHED) + await count_rows(notifier, UNPUBLISHED)
+        return lag + unpublished + await count_rows(notifier, UNSENT)
+
     async def settle(self) -> None:
-        """After a broken step: let the backlog clear before the next measurement, or give up
-        on it and measure from where things stand."""
-        drained, _ = await self.drain(set(), self.plan.settle_timeout)
-        if not drained:
-            self.expected_emails = self.maildir.count()
-            self.expected_audited = await count_rows(self.databases.dsn("audit"), AUDITED_CHANGES)
-            log.warning("backlog did not clear in %.0f s", self.plan.settle_timeout)
+        """Before a measurement: let any backlog clear (or go on after the settle timeout,
+        noting it)."""
+        try:
+            await wait_until(
+                self.backlog,
+                lambda left: left == 0,
+                within=self.plan.settle_timeout,
+                what="the backlog to clear",
+                interval=0.5,
+            )
+        except TimeoutError as error:
+            log.warning("%s", error)
         self.maildir.new_messages()  # the stragglers belong to no step
 
     async def _latencies(self, calls: list[Call]) -> dict[str, Latency | None]:
@@ -168,17 +203,12 @@ class System:
     async def http_step(self, phase: str, rate: float, seconds: float) -> Step:
         async with HttpChanges(self.stack.url("order"), self.stack.admin_token) as http:
             orders = await http.create_orders(orders_needed(rate, seconds))
-            # The creations' own consequences (events, audit entries) settle first.
-            await self.drain(set(), self.plan.drain_timeout)
+            await self.settle()  # the creations' own events and audit entries first
             before = self.monitor.mark()
             offered = await http.step(orders, rate, seconds, self.plan.max_in_flight)
             loaded = self.monitor.mark()
         ok = [c for c in offered.calls if c.status == 200]
-        self.expected_emails += len(ok)
-        self.expected_audited += len(ok)
-        drained, drain_seconds = await self.drain(
-            {(c.order_id, c.version) for c in ok}, self.plan.drain_timeout
-        )
+        drained, drain_seconds = await self.drain({(c.order_id, c.version) for c in ok})
         step = self._step(phase, rate, offered, ok, offered.finished)
         answered = [c.latency for c in offered.calls if c.latency is not None and c.status]
         step.latencies = {"http": Latency.of_seconds(answered), **await self._latencies(ok)}
@@ -201,20 +231,14 @@ class System:
             )
         except TimeoutError:
             log.warning("not every order created by command arrived; measuring anyway")
-        await self.drain(set(), self.plan.drain_timeout)
+        await self.settle()
         rejected_before = self.watch.results["CommandRejected"]
         before = self.monitor.mark()
         offered = await commands.step(orders, rate, seconds)
         loaded = self.monitor.mark()
-        wanted = {(c.order_id, c.version) for c in offered.calls}
-        # Accepted changes show as events; the generator cannot know their number in advance.
-        self.expected_emails += len(wanted)
-        self.expected_audited += len(wanted)
-        drained, drain_seconds = await self.drain(wanted, self.plan.drain_timeout)
+        drained, drain_seconds = await self.drain({(c.order_id, c.version) for c in offered.calls})
+        # An accepted command shows as its event.
         ok = [c for c in offered.calls if (c.order_id, c.version) in self.watch.changes]
-        if not drained:
-            self.expected_emails -= len(wanted) - len(ok)
-            self.expected_audited -= len(wanted) - len(ok)
         last_event = max((self.watch.changes[(c.order_id, c.version)] for c in ok), default=0.0)
         step = self._step(phase, rate, offered, ok, max(last_event, offered.finished))
         step.latencies = await self._latencies(ok)
@@ -246,7 +270,6 @@ class System:
                 step = await self.command_step(phase, rate, self.plan.step_seconds)
             steps.append(step)
             if not step.passed:
-                await self.settle()
                 break
         return {
             "steps": [s.to_json() for s in steps],
@@ -274,43 +297,46 @@ class System:
         started = time.monotonic()
         await produce_batched(self.producer, ORDERS_EVENTS, messages)
         produced = time.monotonic() - started
+        targets = {"recorded": events, "emailed": events, "audited": 3 * events}
+        reached = dict.fromkeys(targets, 0)
         done: dict[str, float] = {}
 
         async def progress() -> dict[str, float]:
             now = time.monotonic() - started
-            if "recorded" not in done and (
-                await count_rows(notifier, COMMUNICATIONS) >= base_communications + events
-            ):
-                done["recorded"] = now
-            if "emailed" not in done and self.maildir.count() >= base_emails + events:
-                done["emailed"] = now
-            if "audited" not in done and (
-                await count_rows(audit, AUDIT_ENTRIES) >= base_entries + 3 * events
-            ):
-                done["audited"] = now
+            reached["recorded"] = await count_rows(notifier, COMMUNICATIONS) - base_communications
+            reached["emailed"] = self.maildir.count() - base_emails
+            reached["audited"] = await count_rows(audit, AUDIT_ENTRIES) - base_entries
+            for name, target in targets.items():
+                if name not in done and reached[name] >= target:
+                    done[name] = now
             return done
 
         try:
             await wait_until(
                 progress,
-                lambda finished: len(finished) == 3,
+                lambda finished: len(finished) == len(targets),
                 within=self.plan.settle_timeout,
                 what="the burst to be recorded, emailed and audited",
                 interval=0.2,
             )
         except TimeoutError:
-            log.warning("burst %s not finished: %s", label, done)
-        self.expected_emails = self.maildir.count()
-        self.expected_audited = await count_rows(audit, AUDITED_CHANGES)
+            log.warning("burst %s not finished in time; rates from what was done", label)
+        elapsed = time.monotonic() - started
+
+        def rate(name: str) -> float:
+            # Unfinished: what got done in the time allowed.
+            return round(min(reached[name], targets[name]) / done.get(name, elapsed), 1)
+
         self.maildir.new_messages()
         result = {
             "label": label,
             "events": events,
             "produced_per_s": round(events / produced, 1),
-            "seconds": {name: round(s, 2) for name, s in done.items()},
-            "notifier_events_per_s": _rate(events, done.get("recorded")),
-            "emails_per_s": _rate(events, done.get("emailed")),
-            "audit_entries_per_s": _rate(3 * events, done.get("audited")),
+            "finished": len(done) == len(targets),
+            "seconds": {name: round(done.get(name, elapsed), 2) for name in targets},
+            "notifier_events_per_s": rate("recorded"),
+            "emails_per_s": rate("emailed"),
+            "audit_entries_per_s": rate("audited"),
             "resources": self.monitor.between(before, self.monitor.mark()),
         }
         log.info("burst %s: %s", label, result)
@@ -390,10 +416,6 @@ class System:
             lines = output.read_text().splitlines() if output.exists() else []
             profiles[name] = {"file": output.name, **hotspots(lines).to_json()}
         return profiles
-
-
-def _rate(count: int, seconds: float | None) -> float | None:
-    return None if not seconds else round(count / seconds, 1)
 
 
 def _async_value(function: Any) -> Any:
