@@ -15,6 +15,7 @@ from typing import Any
 
 import psutil
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from bench.system import Plan
 from devstack import infra
@@ -219,13 +220,15 @@ def markdown(document: dict[str, Any]) -> str:
     system = document["system"]
     limit_a, limit_b = document["limit_a"], document["limit_b"]
     lines = [
-        "## Benchmark",
+        "## Latest run",
         "",
         f"`{document['command']}`, {document['mode']} run, {document['started_at']}; "
         f"{machine['cores']} cores ({machine['cpu']}), {machine['memory_gb']} GB; "
         f"Python {versions['python']}, Kafka {versions['kafka']}, "
         f"PostgreSQL {versions['postgresql']}. Everything (services, broker, database, "
-        "load generator) shares this machine.",
+        "load generator) shares this machine; its load average at the end was "
+        f"{' / '.join(str(x) for x in machine['load_average_at_end'])} (1 / 5 / 15 min), "
+        "which says how much else was running.",
         "",
         "| figure | value | target | met |",
         "|---|---|---|---|",
@@ -405,6 +408,10 @@ def draw(document: dict[str, Any], path: Path) -> None:
         xscale="log",
     )
     cpu.legend(fontsize=8)
+    plain = FuncFormatter(lambda value, _: f"{value:g}")  # "25" rather than "2.5e1" on log axes
+    for axis in axes.flat:
+        axis.xaxis.set_major_formatter(plain)
+        axis.xaxis.set_minor_formatter(plain)
     figure.suptitle(f"{document['command']} — {document['started_at']}")
     figure.tight_layout()
     figure.savefig(path, dpi=90)
