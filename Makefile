@@ -3,11 +3,11 @@
 export UV_PYTHON_DOWNLOADS := never
 
 SOURCES := contracts/src services/order/src services/notifier/src services/audit/src deploy/local/devstack/src deploy/docgen/src \
-           deploy/orderctl/src
+           deploy/orderctl/src bench
 # The AsyncAPI project's parser (npm), which validates the generated AsyncAPI documents.
 ASYNCAPI_VALIDATOR := deploy/docgen/asyncapi-validate
 
-.PHONY: help setup infra run test demo chaos lint format unit integration e2e docs kustomize deploy-check
+.PHONY: help setup infra run test demo chaos bench lint format unit integration e2e docs kustomize deploy-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ demo: setup ## run the live production test protocol end to end, with all servic
 chaos: setup ## break things on purpose under load, then fuzz ten times harder; prints the findings table
 	uv run pytest tests/chaos -m chaos -v -s
 	FUZZ_PROFILE=chaos uv run pytest tests/fuzz -v
+
+bench: setup ## measure the system against its database and broker limits (BENCH_QUICK=1: ~3 min smoke run; BENCH_PROFILE=1: with py-spy)
+	uv run python -m bench $(if $(BENCH_QUICK),--quick) $(if $(BENCH_PROFILE),--profile)
 
 lint: setup ## ruff and mypy
 	uv run ruff check .

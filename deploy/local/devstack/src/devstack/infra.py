@@ -67,17 +67,22 @@ def fresh_test_kafka() -> Kafka:
     """A broker of the test session's own, with empty storage, so no earlier run's messages
     leak in; on `TEST_KAFKA_PORT` (default 19092) so it never disturbs `make run`'s broker.
     Uses `KAFKA_BOOTSTRAP_SERVERS` instead when set."""
+    return fresh_kafka(int(os.environ.get("TEST_KAFKA_PORT", "19092")), "test")
+
+
+def fresh_kafka(port: int, purpose: str) -> Kafka:
+    """A broker with empty storage on `port` (chosen by `<PURPOSE>_KAFKA_PORT`), its state in
+    `.cache/kafka-<purpose>-<port>`; `KAFKA_BOOTSTRAP_SERVERS` instead when set."""
     external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if external:
         return Kafka(external)
-    port = int(os.environ.get("TEST_KAFKA_PORT", "19092"))
-    kafka = Kafka(f"127.0.0.1:{port}", port, CACHE / f"kafka-test-{port}")
+    kafka = Kafka(f"127.0.0.1:{port}", port, CACHE / f"kafka-{purpose}-{port}")
     kafka.stop()
     if port_answers(port):
         # Another checkout's or session's broker: sharing it would mix their messages.
         raise RuntimeError(
             f"port {port} is taken by a broker this checkout did not start; "
-            "set TEST_KAFKA_PORT to a free port"
+            f"set {purpose.upper()}_KAFKA_PORT to a free port"
         )
     shutil.rmtree(kafka.state_dir, ignore_errors=True)  # type: ignore[arg-type]
     kafka.start()

@@ -1,0 +1,259 @@
+"""What the benchmark watches while the system runs: when each change's event reaches
+`orders.events`, when its email reaches the SMTP sink and its entry the audit trail, and what
+each process costs in CPU and memory. Everything runs on one machine, so wall-clock times of
+different processes are comparable."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.parser
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import psutil
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from bench.payloads import version_of
+from contracts import ORDERS_COMMAND_RESULTS, ORDERS_EVENTS, OrderStatus
+
+ChangeKey = tuple[str, int]  # (order id, version)
+
+
+class EventWatch:
+    """Reads `orders.events` and `orders.command-results` from their end onwards and notes
+    when each order's creation and each status change (by order id and version) arrived."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self._consumer = AIOKafkaConsumer(
+            ORDERS_EVENTS,
+            ORDERS_COMMAND_RESULTS,
+            bootstrap_servers=bootstrap,
+            group_id=None,
+            auto_offset_reset="latest",
+        )
+        self._task: asyncio.Task[None] | None = None
+        self.changes: dict[ChangeKey, float] = {}
+        self.created: dict[str, float] = {}
+        self.results: Counter[str] = Counter()
+        self.rejections: Counter[str] = Counter()
+
+    async def start(self) -> None:
+        await self._consumer.start()
+        # Fix the starting offsets now, so nothing sent from here on is skipped.
+        for partition in self._consumer.assignment():
+            await self._consumer.position(partition)
+        self._task = asyncio.create_task(self._run(), name="event-watch")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._consumer.stop()
+
+    async def _run(self) -> None:
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=200)
+            arrived = time.time()
+            for records in batches.values():
+                for record in records:
+                    self._note(record.topic, json.loads(record.value), arrived)
+
+    def _note(self, topic: str, message: dict[str, Any], arrived: float) -> None:
+        kind = message.get("type")
+        if topic == ORDERS_COMMAND_RESULTS:
+            self.results[str(kind)] += 1
+            if kind == "CommandRejected":
+                self.rejections[str(message.get("code"))] += 1
+        elif kind == "OrderStatusChanged":
+            self.changes.setdefault((message["order_id"], message["version"]), arrived)
+        elif kind == "OrderCreated":
+            self.created.setdefault(message["order_id"], arrived)
+
+
+@dataclass
+class Maildir:
+    """The SMTP sink's maildir: when each email was accepted (the file's modification time)
+    and its Message-ID."""
+
+    path: Path
+    seen: set[str] = field(default_factory=set)
+
+    def count(self) -> int:
+        with os.scandir(self.path) as entries:
+            return sum(1 for entry in entries if entry.name.endswith(".eml"))
+
+    def new_messages(self) -> dict[str, float]:
+        """Message-ID → acceptance time of each email not returned before."""
+        parser = email.parser.BytesHeaderParser()
+        found = {}
+        with os.scandir(self.path) as entries:
+            for entry in entries:
+                if not entry.name.endswith(".eml") or entry.name in self.seen:
+                    continue
+                self.seen.add(entry.name)
+                with open(entry.path, "rb") as file:
+                    headers = parser.parse(file)
+                found[str(headers["Message-ID"]).strip("<>").split("@", 1)[0]] = (
+                    entry.stat().st_mtime
+                )
+        return found
+
+
+async def email_times(
+    notifier_dsn: str, accepted: dict[str, float], orders: list[str]
+) -> dict[ChangeKey, float]:
+    """(order id, version) → when the SMTP sink accepted its email, from the dedupe keys the
+    notifier derived the Message-IDs from."""
+    connection = await asyncpg.connect(notifier_dsn)
+    try:
+        rows = await connection.fetch(
+            "SELECT dedupe_key, order_id::text AS order_id, template FROM communication_events "
+            "WHERE channel = 'email' AND order_id = ANY($1::uuid[])",
+            orders,
+        )
+    finally:
+        await connection.close()
+    times = {}
+    for row in rows:
+        if row["dedupe_key"] in accepted:
+            status = OrderStatus(row["template"].removeprefix("order_"))
+            times[(row["order_id"], version_of(status))] = accepted[row["dedupe_key"]]
+    return times
+
+
+async def audit_times(audit_dsn: str, orders: list[str]) -> dict[ChangeKey, float]:
+    """(order id, version) → when the audit service recorded the change."""
+    connection = await asyncpg.connect(audit_dsn)
+    try:
+        rows = await connection.fetch(
+            "SELECT entity_id, (after->>'version')::int AS version, recorded_at FROM audit_log "
+            "WHERE action = 'order.status_changed' AND entity_id = ANY($1::text[])",
+            orders,
+        )
+    finally:
+        await connection.close()
+    return {(r["entity_id"], r["version"]): r["recorded_at"].timestamp() for r in rows}
+
+
+async def count_rows(dsn: str, query: str, *args: object) -> int:
+    connection = await asyncpg.connect(dsn)
+    try:
+        count: int = await connection.fetchval(query, *args)
+        return count
+    finally:
+        await connection.close()
+
+
+async def consumer_lag(bootstrap: str, groups: dict[str, tuple[str, ...]]) -> int:
+    """Records on the given topics that the given consumer groups have not committed yet."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await admin.start()
+    await consumer.start()
+    try:
+        lag = 0
+        for group, topics in groups.items():
+            committed = await admin.list_consumer_group_offsets(group)
+            partitions = [
+                TopicPartition(topic, partition)
+                for topic in topics
+                for partition in consumer.partitions_for_topic(topic) or ()
+            ]
+            for partition, end in (await consumer.end_offsets(partitions)).items():
+                position = committed.get(partition)
+                lag += end - max(position.offset if position else 0, 0)
+        return lag
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+@dataclass(frozen=True)
+class Mark:
+    """CPU times of each watched process (and the machine) at one moment."""
+
+    at: float
+    cpu: dict[str, float]
+    machine_busy: float
+
+
+class ProcessMonitor:
+    """Samples the RSS of each watched process twice a second, and measures CPU between two
+    marks from the processes' CPU times (exact, whatever the sampling)."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self._interval = interval
+        self._processes: dict[str, psutil.Process] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.samples: list[tuple[float, dict[str, float]]] = []
+
+    def watch(self, name: str, pid: int) -> None:
+        self._processes[name] = psutil.Process(pid)
+
+    def forget(self, name: str) -> None:
+        self._processes.pop(name, None)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="process-monitor")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            rss = {}
+            for name, process in list(self._processes.items()):
+                with contextlib.suppress(psutil.Error):
+                    rss[name] = process.memory_info().rss / 2**20
+            self.samples.append((time.monotonic(), rss))
+            await asyncio.sleep(self._interval)
+
+    def mark(self) -> Mark:
+        cpu = {}
+        for name, process in self._processes.items():
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                cpu[name] = times.user + times.system
+        machine = psutil.cpu_times()
+        busy = machine.user + machine.system + machine.nice + machine.irq + machine.softirq
+        return Mark(time.monotonic(), cpu, busy)
+
+    def between(self, start: Mark, end: Mark) -> dict[str, dict[str, float]]:
+        """Per process: CPU in % of one core, and peak RSS (MB), from `start` to `end`; the
+        machine's CPU in % of one core (so 200 is two busy cores)."""
+        wall = max(end.at - start.at, 1e-9)
+        usage: dict[str, dict[str, float]] = {}
+        for name, cpu in end.cpu.items():
+            if name not in start.cpu:
+                continue
+            peaks = [
+                rss[name] for at, rss in self.samples if start.at <= at <= end.at and name in rss
+            ]
+            usage[name] = {
+                "cpu_percent": round(100 * (cpu - start.cpu[name]) / wall, 1),
+                "rss_peak_mb": round(max(peaks), 1) if peaks else 0.0,
+            }
+        usage["machine"] = {
+            "cpu_percent": round(100 * (end.machine_busy - start.machine_busy) / wall, 1),
+            "rss_peak_mb": 0.0,
+        }
+        return usage
+
+    def peak_rss(self) -> dict[str, float]:
+        peaks: dict[str, float] = {}
+        for _, rss in self.samples:
+            for name, mb in rss.items():
+                peaks[name] = max(peaks.get(name, 0.0), round(mb, 1))
+        return peaks

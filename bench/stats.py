@@ -1,0 +1,220 @@
+"""The arithmetic of the benchmark: percentiles, the offered-load ladder, when a load step
+counts as broken, and the hottest functions of a py-spy profile. No I/O, unit-tested."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+def percentile(ordered: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100) of already sorted values, interpolated linearly between
+    the two nearest ranks (numpy's default), so small samples are not rounded to one value."""
+    if not ordered:
+        raise ValueError("no values")
+    position = (len(ordered) - 1) * q / 100
+    below = math.floor(position)
+    above = min(below + 1, len(ordered) - 1)
+    return ordered[below] + (ordered[above] - ordered[below]) * (position - below)
+
+
+@dataclass(frozen=True)
+class Latency:
+    """A latency distribution in milliseconds."""
+
+    count: int
+    p50: float
+    p95: float
+    p99: float
+    max: float
+
+    @classmethod
+    def of_seconds(cls, seconds: Iterable[float]) -> Latency | None:
+        ordered = sorted(s * 1000 for s in seconds)
+        if not ordered:
+            return None
+        return cls(
+            count=len(ordered),
+            p50=round(percentile(ordered, 50), 2),
+            p95=round(percentile(ordered, 95), 2),
+            p99=round(percentile(ordered, 99), 2),
+            max=round(ordered[-1], 2),
+        )
+
+
+def ladder(start: float, factor: float, ceiling: float) -> list[float]:
+    """Offered rates for the stepped load: `start`, then each `factor` times the one before,
+    up to `ceiling` (included when reached exactly); whole numbers, for readable tables."""
+    if start <= 0 or factor <= 1:
+        raise ValueError("the ladder needs a positive start and a factor above 1")
+    rates: list[float] = []
+    rate = start
+    while rate <= ceiling + 1e-9:
+        rates.append(float(round(rate)))
+        rate *= factor
+    return rates
+
+
+@dataclass(frozen=True)
+class BreakingPoint:
+    """When a load step no longer counts as sustained."""
+
+    max_error_ratio: float = 0.01
+    # Below this share of the offered rate the system (or the generator) fell behind.
+    min_achieved_ratio: float = 0.9
+    max_response_p99_ms: float = 1000.0
+    # Change → event / email / audit: past this the consumers are building a backlog.
+    max_consequence_p99_ms: float = 5000.0
+
+
+CONSEQUENCES = ("event", "email", "audit")
+
+
+@dataclass
+class Step:
+    """One load step at a fixed offered rate, and what came of it."""
+
+    phase: str
+    offered_rate: float
+    seconds: float
+    sent: int
+    ok: int
+    errors: int
+    achieved_rate: float
+    latencies: dict[str, Latency | None] = field(default_factory=dict)
+    # Every consequence (event, email, audit) of the step arrived before the drain timeout.
+    drained: bool = True
+    drain_seconds: float = 0.0
+    resources: dict[str, dict[str, float]] = field(default_factory=dict)
+    breaks: list[str] = field(default_factory=list)
+
+    def judge(self, limits: BreakingPoint) -> None:
+        """Record why this step broke, if it did."""
+        self.breaks = breaking_reasons(self, limits)
+
+    @property
+    def passed(self) -> bool:
+        return not self.breaks
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["passed"] = self.passed
+        return data
+
+
+def breaking_reasons(step: Step, limits: BreakingPoint) -> list[str]:
+    reasons = []
+    if step.sent == 0:
+        return ["nothing was sent"]
+    error_ratio = step.errors / step.sent
+    if error_ratio > limits.max_error_ratio:
+        reasons.append(f"errors {error_ratio:.1%} > {limits.max_error_ratio:.0%}")
+    if step.achieved_rate < limits.min_achieved_ratio * step.offered_rate:
+        reasons.append(
+            f"achieved {step.achieved_rate:.0f}/s < {limits.min_achieved_ratio:.0%} of offered"
+        )
+    response = step.latencies.get("http")
+    if response is not None and response.p99 > limits.max_response_p99_ms:
+        reasons.append(f"HTTP p99 {response.p99:.0f} ms > {limits.max_response_p99_ms:.0f} ms")
+    for name in CONSEQUENCES:
+        latency = step.latencies.get(name)
+        if latency is not None and latency.p99 > limits.max_consequence_p99_ms:
+            reasons.append(
+                f"change→{name} p99 {latency.p99:.0f} ms > {limits.max_consequence_p99_ms:.0f} ms"
+            )
+    if not step.drained:
+        reasons.append("consequences still missing after the drain timeout (backlog)")
+    return reasons
+
+
+def sustained_rate(steps: Sequence[Step]) -> float:
+    """The achieved rate of the last step of the unbroken run from the lowest offered rate:
+    a step that passes after an earlier one broke does not count."""
+    best = 0.0
+    for step in sorted(steps, key=lambda s: s.offered_rate):
+        if not step.passed:
+            break
+        best = step.achieved_rate
+    return best
+
+
+# --- py-spy profiles ---------------------------------------------------------------------
+
+# One frame of py-spy's raw (collapsed) output: "function (path/to/file.py:123)".
+_FRAME = re.compile(r"^(?P<function>.+?) \((?P<path>[^()]*?)(?::(?P<line>\d+))?\)$")
+_PACKAGE_ROOTS = ("site-packages/", "/src/", "/lib/python3.11/")
+
+
+@dataclass(frozen=True)
+class Hotspot:
+    name: str
+    share: float  # of all samples, 0..1
+
+
+@dataclass(frozen=True)
+class Hotspots:
+    samples: int
+    by_self: list[Hotspot]  # where the CPU was when sampled
+    by_total: list[Hotspot]  # on the stack when sampled (the function and what it called)
+    by_package: list[Hotspot]  # self samples summed per top-level package or module
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _module_path(path: str) -> str:
+    for root in _PACKAGE_ROOTS:
+        if root in path:
+            return path.rsplit(root, 1)[1]
+    return path.lstrip("/")  # py-spy mostly shortens paths to `package/module.py` itself
+
+
+def frame_name(frame: str) -> str:
+    """`function (module/path.py)` without the line, so one function's lines add up."""
+    match = _FRAME.match(frame.strip())
+    if match is None:
+        return frame.strip()
+    return f"{match['function']} ({_module_path(match['path'])})"
+
+
+def frame_package(frame: str) -> str:
+    match = _FRAME.match(frame.strip())
+    if match is None:
+        return "?"
+    module = _module_path(match["path"])
+    return module.split("/", 1)[0].removesuffix(".py")
+
+
+def hotspots(collapsed: Iterable[str], top: int = 15) -> Hotspots:
+    """Summarise py-spy `--format raw` lines (`frame;frame;...;frame <count>`, outermost
+    frame first)."""
+    self_samples: Counter[str] = Counter()
+    total_samples: Counter[str] = Counter()
+    package_samples: Counter[str] = Counter()
+    samples = 0
+    for line in collapsed:
+        stack, _, count_text = line.strip().rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [f for f in stack.split(";") if _FRAME.match(f.strip())]
+        if not frames:
+            continue
+        samples += count
+        self_samples[frame_name(frames[-1])] += count
+        package_samples[frame_package(frames[-1])] += count
+        for name in {frame_name(f) for f in frames}:
+            total_samples[name] += count
+
+    def ranked(counter: Counter[str]) -> list[Hotspot]:
+        return [Hotspot(name, round(n / samples, 4)) for name, n in counter.most_common(top)]
+
+    if samples == 0:
+        return Hotspots(0, [], [], [])
+    # Frames on (nearly) every stack are the event loop and the thread itself: no lead.
+    callers = Counter({name: n for name, n in total_samples.items() if n < 0.9 * samples})
+    return Hotspots(samples, ranked(self_samples), ranked(callers), ranked(package_samples))

@@ -1,0 +1,133 @@
+"""The benchmark's arithmetic: percentiles, the load ladder, when a step breaks, the sustained
+rate, the open-loop schedule, and py-spy profile summaries."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.load import orders_needed, schedule
+from bench.stats import (
+    BreakingPoint,
+    Latency,
+    Step,
+    frame_name,
+    hotspots,
+    ladder,
+    percentile,
+    sustained_rate,
+)
+
+
+def test_percentile_interpolates_between_ranks() -> None:
+    values = [10.0, 20.0, 30.0, 40.0]
+    assert percentile(values, 0) == 10.0
+    assert percentile(values, 50) == 25.0
+    assert percentile(values, 100) == 40.0
+    assert percentile([7.0], 99) == 7.0
+
+
+def test_percentile_of_nothing_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no values"):
+        percentile([], 50)
+
+
+def test_latency_is_in_milliseconds_and_empty_is_none() -> None:
+    latency = Latency.of_seconds([0.001 * n for n in range(1, 101)])
+    assert latency is not None
+    assert (latency.count, latency.p50, latency.max) == (100, 50.5, 100.0)
+    assert latency.p99 == pytest.approx(99.01)
+    assert Latency.of_seconds([]) is None
+
+
+def test_ladder_grows_geometrically_up_to_the_ceiling() -> None:
+    assert ladder(50, 2, 400) == [50, 100, 200, 400]
+    assert ladder(25, 1.5, 100) == [25, 38, 56, 84]
+    with pytest.raises(ValueError, match="factor above 1"):
+        ladder(50, 1, 400)
+
+
+def _step(rate: float, **changes: object) -> Step:
+    fields: dict[str, object] = {
+        "phase": "http",
+        "offered_rate": rate,
+        "seconds": 10.0,
+        "sent": int(rate * 10),
+        "ok": int(rate * 10),
+        "errors": 0,
+        "achieved_rate": rate,
+        "latencies": {"http": Latency(10, 5, 8, 9, 12)},
+    }
+    step = Step(**{**fields, **changes})  # type: ignore[arg-type]
+    step.judge(BreakingPoint())
+    return step
+
+
+def test_a_healthy_step_holds() -> None:
+    assert _step(100).passed
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"errors": 20}, "errors 2.0%"),
+        ({"achieved_rate": 80.0}, "achieved 80/s"),
+        ({"latencies": {"http": Latency(10, 5, 8, 1500, 2000)}}, "HTTP p99 1500 ms"),
+        ({"latencies": {"email": Latency(10, 5, 8, 6000, 7000)}}, "change→email p99 6000 ms"),
+        ({"drained": False}, "backlog"),
+        ({"sent": 0}, "nothing was sent"),
+    ],
+)
+def test_a_step_breaks_on_errors_lag_latency_or_backlog(
+    changes: dict[str, object], reason: str
+) -> None:
+    step = _step(100, **changes)
+    assert not step.passed
+    assert any(reason in why for why in step.breaks), step.breaks
+
+
+def test_sustained_rate_is_the_last_step_before_the_first_break() -> None:
+    steps = [
+        _step(50),
+        _step(100, achieved_rate=98.0),
+        _step(200, errors=500),
+        _step(400),  # held again by chance: after a break it does not count
+    ]
+    assert sustained_rate(steps) == 98.0
+    assert sustained_rate([_step(50, drained=False)]) == 0.0
+
+
+def test_schedule_walks_every_order_one_stage_at_a_time() -> None:
+    orders = ["a", "b"]
+    assert schedule(orders, 5) == [("a", 2), ("b", 2), ("a", 3), ("b", 3), ("a", 4)]
+    assert len(schedule(orders, 100)) == 10  # two orders have ten changes in them
+    assert orders_needed(rate=100, seconds=2) == 40
+
+
+LOOP = "_run (/usr/lib/python3.11/asyncio/events.py:80)"
+HANDLER = "handle (/x/site-packages/uvicorn/h11.py:{line})"
+RAW_PROFILE = [
+    f"{LOOP};{HANDLER.format(line=10)};dumps (/usr/lib/python3.11/json/encoder.py:200) 30",
+    f"{LOOP};{HANDLER.format(line=12)};execute (/x/site-packages/sqlalchemy/engine/base.py:5) 50",
+    f"{LOOP};poll (/x/site-packages/aiokafka/consumer.py:7) 20",
+    "garbage line",
+]
+
+
+def test_hotspots_add_up_the_lines_of_one_function() -> None:
+    profile = hotspots(RAW_PROFILE)
+    assert profile.samples == 100
+    assert profile.by_self[0].name == "execute (sqlalchemy/engine/base.py)"
+    assert profile.by_self[0].share == 0.5
+    packages = {h.name: h.share for h in profile.by_package}
+    assert packages == {"sqlalchemy": 0.5, "json": 0.3, "aiokafka": 0.2}
+    # The event loop is on every stack: left out of the callers; the handler is not.
+    callers = {h.name: h.share for h in profile.by_total}
+    assert callers["handle (uvicorn/h11.py)"] == 0.8
+    assert "_run (asyncio/events.py)" not in callers
+
+
+def test_frame_names_drop_the_line_number() -> None:
+    assert frame_name("send (/a/site-packages/aiokafka/producer.py:42)") == (
+        "send (aiokafka/producer.py)"
+    )
+    assert hotspots([]).samples == 0
