@@ -29,7 +29,7 @@ def chaos_databases() -> Iterator[infra.TestDatabases]:
 def chaos_stack(kafka_bootstrap: str, chaos_databases: infra.TestDatabases) -> Iterator[Stack]:
     ports = {name: free_port() for name in (*SERVICES, "smtp", "sms")}
     shutil.rmtree(ARTIFACTS, ignore_errors=True)
-    system = Stack(kafka_bootstrap, chaos_databases.urls, ports, ARTIFACTS)
+    system = Stack(kafka_bootstrap, chaos_databases.services, ports, ARTIFACTS)
     try:
         system.start()
         yield system

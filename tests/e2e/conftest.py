@@ -30,7 +30,7 @@ def stack(kafka_bootstrap: str, e2e_databases: infra.TestDatabases) -> Iterator[
     """Module-scoped, so its consumers have left their groups before other layers' tests run."""
     ports = {name: free_port() for name in (*SERVICES, "smtp")}
     shutil.rmtree(ARTIFACTS, ignore_errors=True)  # a fresh maildir and fresh logs per module
-    system = Stack(kafka_bootstrap, e2e_databases.urls, ports, ARTIFACTS)
+    system = Stack(kafka_bootstrap, e2e_databases.services, ports, ARTIFACTS)
     try:
         system.start()
         yield system

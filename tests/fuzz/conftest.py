@@ -26,7 +26,7 @@ def order_api_url(kafka_bootstrap: str, fuzz_databases: infra.TestDatabases) -> 
     port = free_port()
     env = service_env(
         "order",
-        database_url=fuzz_databases.urls["order"],
+        database=fuzz_databases.services["order"],
         kafka_bootstrap_servers=kafka_bootstrap,
         http_port=port,
     )
@@ -41,5 +41,5 @@ def order_api_url(kafka_bootstrap: str, fuzz_databases: infra.TestDatabases) -> 
 
 @pytest.fixture(scope="session")
 def admin_token(kafka_bootstrap: str, fuzz_databases: infra.TestDatabases) -> str:
-    stack = Stack(kafka_bootstrap, fuzz_databases.urls, {"order": 0}, ARTIFACTS)
+    stack = Stack(kafka_bootstrap, fuzz_databases.services, {"order": 0}, ARTIFACTS)
     return stack.issue_admin_token("fuzzer")

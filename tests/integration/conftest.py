@@ -17,9 +17,8 @@ from contracts import ORDERS_EVENTS
 from devstack import infra
 from devstack.waiting import wait_until
 from order import service as order_service
-from order.adapters.schema import upgrade_to_head as upgrade_orders
 from order.adapters.unit_of_work import UnitOfWorkFactory
-from order.app import build_app, build_engine
+from order.app import build_app, build_engine, migrate
 from order.config import Settings as OrderSettings
 from order.domain.auth import Role
 
@@ -44,10 +43,11 @@ async def order_service_app(
     """The order service in this process (HTTP API and outbox relay), its lifespan running."""
     settings = OrderSettings(
         database_url=databases.urls["order"],
+        migration_database_url=databases.migration_urls["order"],
         kafka_bootstrap_servers=kafka_bootstrap,
         relay_poll_interval_seconds=0.5,
     )
-    await asyncio.to_thread(upgrade_orders, settings.database_url)  # alembic runs its own loop
+    await asyncio.to_thread(migrate, settings)  # alembic runs its own event loop
     engine = build_engine(settings)
     uow = UnitOfWorkFactory(engine)
     admin = await order_service.issue_token(uow, "it-admin", Role.ADMIN)

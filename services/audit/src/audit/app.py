@@ -11,23 +11,33 @@ from faststream.kafka import KafkaBroker
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from audit.adapters.broker import BrokerConnection
-from audit.adapters.schema import assert_schema_current
+from audit.adapters.schema import assert_schema_current, upgrade_to_head
 from audit.adapters.unit_of_work import UnitOfWorkFactory
-from audit.config import Settings
+from audit.config import Settings, database_role, refuse_dev_secrets
 from audit.entrypoints import http
 from audit.entrypoints.consumer import register_audit_handlers
 
 
 def build_engine(settings: Settings) -> AsyncEngine:
+    """The engine everything but the migrations runs on, as the runtime role."""
+    refuse_dev_secrets(settings)
     # READ COMMITTED whatever the database's default: appending to the chain relies on it
-    # (see AuditRepository.lock_tail).
+    # (see AuditRepository.lock_tail). hide_parameters: bound values stay out of error
+    # messages and logs.
     return create_async_engine(
-        settings.database_url,
+        settings.database_url.get_secret_value(),
         pool_size=10,
         max_overflow=10,
         pool_pre_ping=True,
         isolation_level="READ COMMITTED",
+        hide_parameters=True,
     )
+
+
+def migrate(settings: Settings) -> None:
+    """Upgrade the schema to the latest migration, as the database's owner."""
+    refuse_dev_secrets(settings, migrating=True)
+    upgrade_to_head(settings.migration_database_url.get_secret_value(), database_role(settings))
 
 
 def build_app(settings: Settings | None = None) -> FastAPI:
@@ -46,7 +56,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await assert_schema_current(engine, settings.database_url)
+        await assert_schema_current(engine)
         connect = asyncio.create_task(connection.connect(), name="kafka-connect")
         try:
             yield

@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 
 import uvicorn
+from pydantic import ValidationError
 
 from order import service
-from order.adapters.schema import upgrade_to_head
 from order.adapters.unit_of_work import UnitOfWorkFactory
-from order.app import build_app, build_engine, run_relay
-from order.config import Settings
+from order.app import build_app, build_engine, migrate, run_relay
+from order.config import DevSecretRefused, Settings, refuse_dev_secrets
 from order.domain.auth import Role
 
 
@@ -43,11 +44,15 @@ def main(argv: list[str] | None = None) -> None:
         "--replace", action="store_true", help="on create: revoke earlier tokens of this name"
     )
     args = parser.parse_args(argv)
-
-    settings = Settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = Settings()
+        refuse_dev_secrets(settings, migrating=args.command == "migrate")
+    except (ValidationError, DevSecretRefused) as error:
+        # The messages name the setting and never hold its value.
+        sys.exit(f"order: refusing to start: {error}")
     if args.command == "migrate":
-        upgrade_to_head(settings.database_url)
+        migrate(settings)
     elif args.command == "relay":
         asyncio.run(run_relay(settings))
     elif args.command == "token":

@@ -15,9 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from order.adapters.broker import BrokerConnection
 from order.adapters.outbox_relay import OutboxRelay
-from order.adapters.schema import assert_schema_current
+from order.adapters.schema import assert_schema_current, upgrade_to_head
 from order.adapters.unit_of_work import UnitOfWorkFactory
-from order.config import Settings
+from order.config import Settings, database_role, refuse_dev_secrets
 from order.entrypoints import http
 from order.entrypoints.commands import register_command_handlers
 
@@ -25,9 +25,23 @@ log = logging.getLogger(__name__)
 
 
 def build_engine(settings: Settings) -> AsyncEngine:
+    """The engine everything but the migrations runs on, as the runtime role."""
+    refuse_dev_secrets(settings)
+    # hide_parameters: bound values (customer details, token digests) stay out of error
+    # messages and logs.
     return create_async_engine(
-        settings.database_url, pool_size=10, max_overflow=10, pool_pre_ping=True
+        settings.database_url.get_secret_value(),
+        pool_size=10,
+        max_overflow=10,
+        pool_pre_ping=True,
+        hide_parameters=True,
     )
+
+
+def migrate(settings: Settings) -> None:
+    """Upgrade the schema to the latest migration, as the database's owner."""
+    refuse_dev_secrets(settings, migrating=True)
+    upgrade_to_head(settings.migration_database_url.get_secret_value(), database_role(settings))
 
 
 def build_broker(settings: Settings) -> KafkaBroker:
@@ -48,7 +62,7 @@ def build_relay(
         engine,
         connection.broker,
         connection.connected,
-        database_url=settings.database_url,
+        database_url=settings.database_url.get_secret_value(),
         batch_size=settings.relay_batch_size,
         poll_interval=settings.relay_poll_interval_seconds,
         retry_interval=settings.relay_retry_seconds,
@@ -67,7 +81,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await assert_schema_current(engine, settings.database_url)
+        await assert_schema_current(engine)
         tasks = [asyncio.create_task(connection.connect(), name="kafka-connect")]
         if settings.relay_in_process:
             tasks.append(asyncio.create_task(relay.run(), name="outbox-relay"))
@@ -101,7 +115,7 @@ async def run_relay(settings: Settings) -> None:
     broker = build_broker(settings)
     connection = BrokerConnection(broker, settings.relay_retry_seconds)
     relay = build_relay(settings, engine, connection)
-    await assert_schema_current(engine, settings.database_url)
+    await assert_schema_current(engine)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
