@@ -1,4 +1,5 @@
--- The roles of the three service databases (idempotent; psql, with `-v admin=<role>`).
+-- The roles of the three service databases (idempotent; psql, with `-v admin=<role>`, or
+-- `-v admin=` for the role running it).
 --
 -- Per service: an owner (owns the database, runs the migrations) and a runtime role (what
 -- the service connects as; its table privileges come from that service's migrations).
@@ -16,7 +17,8 @@ FROM unnest(ARRAY[
 WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = name)
 \gexec
 
-SELECT format('GRANT %I TO %I', granted, :'admin')
-FROM unnest(ARRAY['orders_owner', 'notifier_owner', 'audit_owner', 'pg_signal_backend']) AS granted
-WHERE NOT pg_has_role(:'admin', granted, 'MEMBER')
+SELECT format('GRANT %I TO %I', granted, admin)
+FROM unnest(ARRAY['orders_owner', 'notifier_owner', 'audit_owner', 'pg_signal_backend']) AS granted,
+     coalesce(nullif(:'admin', ''), current_user) AS admin
+WHERE NOT pg_has_role(admin, granted, 'MEMBER')
 \gexec

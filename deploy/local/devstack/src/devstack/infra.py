@@ -252,8 +252,7 @@ def create_test_databases(prefix: str = "t") -> TestDatabases:
             },
         )
         admin_url = DEV_PG
-    admin = unquote(urlsplit(admin_url).username or "")
-    _psql_script(admin_url, "roles.sql", admin=admin)
+    _psql_script(admin_url, "roles.sql", admin=unquote(urlsplit(admin_url).username or ""))
     tag = secrets.token_hex(4)
     names = {svc: f"{prefix}_{tag}_{db}" for svc, db in SERVICE_DATABASES.items()}
     for service, name in names.items():
