@@ -2,15 +2,22 @@
 .DEFAULT_GOAL := help
 export UV_PYTHON_DOWNLOADS := never
 
-SOURCES := contracts/src services/order/src services/notifier/src services/audit/src deploy/local/devstack/src
+SOURCES := contracts/src services/order/src services/notifier/src services/audit/src deploy/local/devstack/src deploy/docgen/src
+# The AsyncAPI project's parser (npm), which validates the generated AsyncAPI documents.
+ASYNCAPI_VALIDATOR := deploy/docgen/asyncapi-validate
 
-.PHONY: help setup infra run test demo chaos lint format unit integration e2e
+.PHONY: help setup infra run test demo chaos lint format unit integration e2e docs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-setup: ## install tools and the Python workspace (idempotent)
+setup: $(ASYNCAPI_VALIDATOR)/node_modules/.package-lock.json ## install tools, the Python workspace and the AsyncAPI validator (idempotent)
 	@bash deploy/local/bootstrap.sh
+
+# npm writes node_modules/.package-lock.json on install: reinstall only when the lock changed.
+$(ASYNCAPI_VALIDATOR)/node_modules/.package-lock.json: $(ASYNCAPI_VALIDATOR)/package-lock.json
+	@command -v npm >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm; }
+	@cd $(ASYNCAPI_VALIDATOR) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 
 infra: setup ## start the local Kafka broker and PostgreSQL (or use the configured ones)
 	@bash deploy/local/kafka.sh start
@@ -45,3 +52,7 @@ integration: setup ## one service at a time against real infrastructure
 
 e2e: setup ## all three services as processes
 	uv run pytest tests/e2e
+
+docs: setup ## write docs/ from the code (OpenAPI, AsyncAPI, JSON Schema) and validate the AsyncAPI
+	uv run python -m docgen --out docs
+	node $(ASYNCAPI_VALIDATOR)/validate.mjs docs/asyncapi/*.yaml

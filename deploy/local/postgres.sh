@@ -16,7 +16,9 @@
 set -euo pipefail
 
 port="${PG_PORT:-5432}"
+# A cluster on another port (a test's own, which it may restart) gets a name of its own.
 cluster_name="backbone"
+[[ "$port" == 5432 ]] || cluster_name="backbone$port"
 sql="$(dirname "${BASH_SOURCE[0]}")/postgres"
 # database owner runtime-role
 services=(

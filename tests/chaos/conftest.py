@@ -19,8 +19,16 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "chaos"
 
 
 @pytest.fixture(scope="module")
-def chaos_databases() -> Iterator[infra.TestDatabases]:
-    created = infra.create_test_databases("chaos")
+def chaos_postgres() -> Iterator[infra.Postgres]:
+    """A cluster of the suite's own, as one scenario restarts PostgreSQL."""
+    postgres = infra.restartable_test_postgres()
+    yield postgres
+    postgres.start()
+
+
+@pytest.fixture(scope="module")
+def chaos_databases(chaos_postgres: infra.Postgres) -> Iterator[infra.TestDatabases]:
+    created = infra.create_test_databases("chaos", admin_url=chaos_postgres.admin_url)
     yield created
     infra.drop_test_databases(created)
 

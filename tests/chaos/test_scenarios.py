@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 
 import httpx
 import pytest
@@ -71,6 +72,25 @@ async def test_kafka_stopped_for_30_seconds(
     await asyncio.to_thread(kafka.start)
     await running
     findings = await check(chaos_stack, load, "Kafka stopped 30 s")
+    report.append(findings)
+    assert_clean(findings)
+
+
+async def test_postgres_restarted(
+    chaos_stack: Stack,
+    chaos_postgres: infra.Postgres,
+    order_client: httpx.AsyncClient,
+    report: list[Findings],
+) -> None:
+    load = SteadyLoad(order_client, RATE)
+    running = asyncio.create_task(load.run(40))
+    await asyncio.sleep(10)
+    went_away = time.monotonic()
+    await asyncio.to_thread(chaos_postgres.stop)
+    await asyncio.to_thread(chaos_postgres.start)
+    outage = (went_away, time.monotonic())
+    await running
+    findings = await check(chaos_stack, load, "PostgreSQL restarted", outage=outage)
     report.append(findings)
     assert_clean(findings)
 

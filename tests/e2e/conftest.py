@@ -52,11 +52,17 @@ async def order_api(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 async def notifier_api(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=stack.url("notifier"), timeout=10) as client:
+    headers = {"Authorization": f"Bearer {stack.admin_token}"}
+    async with httpx.AsyncClient(
+        base_url=stack.url("notifier"), headers=headers, timeout=10
+    ) as client:
         yield client
 
 
 @pytest.fixture
 async def audit_api(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=stack.url("audit"), timeout=10) as client:
+    headers = {"Authorization": f"Bearer {stack.admin_token}"}
+    async with httpx.AsyncClient(
+        base_url=stack.url("audit"), headers=headers, timeout=10
+    ) as client:
         yield client

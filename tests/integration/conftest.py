@@ -4,8 +4,10 @@ PostgreSQL (the broker and databases come from tests/conftest.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,10 +17,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 
 from contracts import ORDERS_EVENTS
 from devstack import infra
+from devstack.processes import free_port, migrate, run_checked, service_env, service_process
 from devstack.waiting import wait_until
 from order import service as order_service
 from order.adapters.unit_of_work import UnitOfWorkFactory
-from order.app import build_app, build_engine, migrate
+from order.app import build_app, build_engine
+from order.app import migrate as migrate_order
 from order.config import Settings as OrderSettings
 from order.domain.auth import Role
 
@@ -36,18 +40,11 @@ class OrderService:
         return {"Authorization": f"Bearer {self.viewer_token}"}
 
 
-@pytest.fixture(scope="session")
-async def order_service_app(
-    kafka_bootstrap: str, databases: infra.TestDatabases
-) -> AsyncIterator[OrderService]:
-    """The order service in this process (HTTP API and outbox relay), its lifespan running."""
-    settings = OrderSettings(
-        database_url=databases.urls["order"],
-        migration_database_url=databases.migration_urls["order"],
-        kafka_bootstrap_servers=kafka_bootstrap,
-        relay_poll_interval_seconds=0.5,
-    )
-    await asyncio.to_thread(migrate, settings)  # alembic runs its own event loop
+@contextlib.asynccontextmanager
+async def running_order_service(settings: OrderSettings) -> AsyncIterator[OrderService]:
+    """The order service in this process (HTTP API and outbox relay), migrated, with an admin
+    and a viewer token, its lifespan running."""
+    await asyncio.to_thread(migrate_order, settings)  # alembic runs its own event loop
     engine = build_engine(settings)
     uow = UnitOfWorkFactory(engine)
     admin = await order_service.issue_token(uow, "it-admin", Role.ADMIN)
@@ -59,6 +56,72 @@ async def order_service_app(
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://order") as client:
             yield OrderService(client, admin, viewer)
+
+
+@pytest.fixture(scope="session")
+async def order_service_app(
+    kafka_bootstrap: str, databases: infra.TestDatabases
+) -> AsyncIterator[OrderService]:
+    settings = OrderSettings(
+        database_url=databases.urls["order"],
+        migration_database_url=databases.migration_urls["order"],
+        kafka_bootstrap_servers=kafka_bootstrap,
+        relay_poll_interval_seconds=0.5,
+    )
+    async with running_order_service(settings) as service:
+        yield service
+
+
+@dataclass
+class TokenIssuer:
+    """The order service as a real process, on databases of its own: it issues the tokens
+    that the notifier and audit read APIs check with its GET /auth/whoami."""
+
+    url: str
+    env: dict[str, str]
+    admin_token: str
+    viewer_token: str
+
+    def issue(self, name: str, role: str = "viewer") -> str:
+        command = ["token", "create", "--name", name, "--role", role]
+        created = run_checked([sys.executable, "-m", "order", *command], self.env, "token create")
+        return created.strip().splitlines()[-1]
+
+    async def revoke(self, name: str) -> None:
+        # In this process (no interpreter start-up): a test of the verifiers' cache times it.
+        engine = build_engine(OrderSettings(database_url=self.env["ORDER_DATABASE_URL"]))
+        try:
+            assert await order_service.revoke_tokens(UnitOfWorkFactory(engine), name) >= 1
+        finally:
+            await engine.dispose()
+
+    def as_viewer(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.viewer_token}"}
+
+
+@pytest.fixture(scope="session")
+def token_issuer(
+    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TokenIssuer]:
+    created = infra.create_test_databases("issuer")
+    port = free_port()
+    env = service_env(
+        "order",
+        database=created.services["order"],
+        kafka_bootstrap_servers=kafka_bootstrap,
+        http_port=port,
+    )
+    process = service_process("order", env, port, tmp_path_factory.mktemp("issuer"))
+    try:
+        migrate("order", env)
+        issuer = TokenIssuer(f"http://127.0.0.1:{port}", env, "", "")
+        issuer.admin_token = issuer.issue("it-reader-admin", "admin")
+        issuer.viewer_token = issuer.issue("it-reader-viewer", "viewer")
+        process.start()
+        yield issuer
+    finally:
+        process.stop()
+        infra.drop_test_databases(created)
 
 
 class TopicReader:
@@ -152,8 +215,9 @@ async def consumer_group_at_end(
     )
     await consumer.start()
     try:
-        await consumer.topics()  # fills the metadata partitions_for_topic reads
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        # The session's topics were created with this many partitions (infra.ensure_topics);
+        # partitions_for_topic would answer from metadata this consumer has not fetched.
+        partitions = [TopicPartition(topic, p) for p in range(infra.TOPIC_PARTITIONS)]
         ends = await consumer.end_offsets(partitions)
         consumer.assign(partitions)
         await consumer.commit(ends)

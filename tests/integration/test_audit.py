@@ -46,6 +46,15 @@ from contracts import (
 from devstack import infra
 from devstack.processes import Process, free_port, service_env, service_process
 from devstack.waiting import wait_until
+from tests.integration.conftest import TokenIssuer
+from tests.integration.read_api_auth import (
+    TOKEN_CACHE_SECONDS,
+    check_openapi,
+    check_read_api_auth,
+    check_token_cache,
+    check_unreachable_order_service,
+    get_without_token,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -73,17 +82,27 @@ async def audit_url(databases: infra.TestDatabases) -> str:
 
 @pytest.fixture(scope="module")
 async def audit_replicas(
-    kafka_bootstrap: str, audit_url: str
+    kafka_bootstrap: str, audit_url: str, token_issuer: TokenIssuer
 ) -> AsyncIterator[list[httpx.AsyncClient]]:
-    """Two audit replicas in this process: consumer group "audit", one database."""
-    settings = Settings(database_url=audit_url, kafka_bootstrap_servers=kafka_bootstrap)
+    """Two audit replicas in this process: consumer group "audit", one database; the clients
+    read with a viewer token."""
+    settings = Settings(
+        database_url=audit_url,
+        kafka_bootstrap_servers=kafka_bootstrap,
+        order_service_url=token_issuer.url,
+        token_cache_seconds=TOKEN_CACHE_SECONDS,
+    )
     apps = [build_app(settings), build_app(settings)]
     async with (
         apps[0].router.lifespan_context(apps[0]),
         apps[1].router.lifespan_context(apps[1]),
     ):
         clients = [
-            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://audit")
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app),
+                base_url="http://audit",
+                headers=token_issuer.as_viewer(),
+            )
             for app in apps
         ]
         for client in clients:
@@ -447,16 +466,23 @@ async def test_a_message_with_a_binary_header_is_still_audited(
 # --- Kafka down -------------------------------------------------------------------------
 
 
-async def test_the_api_serves_while_kafka_is_down_and_readiness_says_why(audit_url: str) -> None:
+async def test_the_api_serves_while_kafka_is_down_and_readiness_says_why(
+    audit_url: str, token_issuer: TokenIssuer
+) -> None:
     settings = Settings(
         database_url=audit_url,
         kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
         retry_seconds=0.2,
+        order_service_url=token_issuer.url,
     )
     app = build_app(settings)
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://a") as client,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://a",
+            headers=token_issuer.as_viewer(),
+        ) as client,
     ):
         assert (await client.get("/health/live")).status_code == 200
         ready = await client.get("/health/ready")
@@ -465,6 +491,39 @@ async def test_the_api_serves_while_kafka_is_down_and_readiness_says_why(audit_u
         assert ready.json()["error"]["details"] == {"dependency": "kafka"}
         assert (await client.get("/audit")).status_code == 200
         assert (await client.get("/audit/verify")).json()["ok"] is True
+
+
+# --- who may read ----------------------------------------------------------------------
+
+
+async def test_reading_needs_a_valid_token_of_the_order_service(
+    audit_replicas: list[httpx.AsyncClient], token_issuer: TokenIssuer
+) -> None:
+    paths = ["/audit", f"/audit/orders/{uuid4()}/timeline", "/audit/verify"]
+    await check_read_api_auth(audit_replicas[0], token_issuer, paths)
+    assert (await get_without_token(audit_replicas[0], "/health/live")).status_code == 200
+
+
+async def test_a_valid_answer_is_cached_for_the_configured_time(
+    audit_replicas: list[httpx.AsyncClient], token_issuer: TokenIssuer
+) -> None:
+    await check_token_cache(audit_replicas[1], token_issuer, "/audit/verify")
+
+
+async def test_with_the_order_service_unreachable_reading_is_503_not_500(audit_url: str) -> None:
+    # Kafka unreachable too: this replica has no consumer to start, only its read API.
+    settings = Settings(
+        database_url=audit_url,
+        kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
+        order_service_url=f"http://127.0.0.1:{free_port()}",
+    )
+    app = build_app(settings)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://a") as client,
+    ):
+        for path in ("/audit", "/audit/verify", f"/audit/orders/{uuid4()}/timeline"):
+            await check_unreachable_order_service(client, path)
 
 
 # --- append-only and tamper-evident ----------------------------------------------------
@@ -664,3 +723,10 @@ async def test_two_replica_processes_on_one_group_keep_one_valid_chain_even_if_o
     returncode, printed = await _verify_cli(url)
     assert returncode == 0, printed
     assert printed["checked"] == await entry_count(own_audit_database.dsn("audit"))
+
+
+def test_the_openapi_document_declares_the_bearer_scheme_on_every_read() -> None:
+    check_openapi(
+        build_app(Settings()).openapi(),
+        {"/audit", "/audit/verify", "/audit/orders/{order_id}/timeline"},
+    )

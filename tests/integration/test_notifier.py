@@ -46,7 +46,15 @@ from notifier.config import Settings
 from notifier.domain.communication import Communication, CommunicationStatus
 from notifier.domain.dedupe import dedupe_key
 from notifier.domain.planning import template_context
-from tests.integration.conftest import consumer_group_at_end
+from tests.integration.conftest import TokenIssuer, consumer_group_at_end
+from tests.integration.read_api_auth import (
+    TOKEN_CACHE_SECONDS,
+    check_openapi,
+    check_read_api_auth,
+    check_token_cache,
+    check_unreachable_order_service,
+    get_without_token,
+)
 
 MESSAGE_ID_DOMAIN = "it.backbone.local"
 SHOP = Actor(id="shop", role="admin")
@@ -112,16 +120,29 @@ def notifier_settings(
 
 @pytest.fixture(scope="module")
 async def notifier_api(
-    kafka_bootstrap: str, databases: infra.TestDatabases, smtp_sink: SmtpSink
+    kafka_bootstrap: str,
+    databases: infra.TestDatabases,
+    smtp_sink: SmtpSink,
+    token_issuer: TokenIssuer,
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """The notifier (consumer, dispatcher, relay and HTTP API) running in this process."""
+    """The notifier (consumer, dispatcher, relay and HTTP API) running in this process; the
+    client reads with a viewer token."""
     group = await consumer_group_at_end(kafka_bootstrap, f"notifier-it-{uuid4().hex[:8]}")
-    settings = notifier_settings(databases, kafka_bootstrap, smtp_sink.port, consumer_group=group)
+    settings = notifier_settings(
+        databases,
+        kafka_bootstrap,
+        smtp_sink.port,
+        consumer_group=group,
+        order_service_url=token_issuer.url,
+        token_cache_seconds=TOKEN_CACHE_SECONDS,
+    )
     await asyncio.to_thread(migrate_in_process, settings)  # alembic runs its own event loop
     app = build_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://notifier") as client:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://notifier", headers=token_issuer.as_viewer()
+        ) as client:
             await wait_until(
                 lambda: client.get("/health/ready"),
                 lambda response: response.status_code == 200,
@@ -542,13 +563,23 @@ async def test_a_recipient_who_opted_out_gets_nothing_and_the_skip_is_recorded(
 
 
 async def test_with_kafka_unreachable_the_api_serves_and_readiness_says_why(
-    databases: infra.TestDatabases, smtp_sink: SmtpSink, notifier_api: httpx.AsyncClient
+    databases: infra.TestDatabases,
+    smtp_sink: SmtpSink,
+    notifier_api: httpx.AsyncClient,
+    token_issuer: TokenIssuer,
 ) -> None:
-    settings = notifier_settings(databases, f"127.0.0.1:{free_port()}", smtp_sink.port)
+    settings = notifier_settings(
+        databases,
+        f"127.0.0.1:{free_port()}",
+        smtp_sink.port,
+        order_service_url=token_issuer.url,
+    )
     app = build_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://notifier") as client:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://notifier", headers=token_issuer.as_viewer()
+        ) as client:
             assert (await client.get("/health/live")).status_code == 200
             ready = await client.get("/health/ready")
             assert ready.status_code == 503
@@ -635,6 +666,7 @@ async def test_a_permanently_failing_address_ends_dead_after_the_attempts_and_re
     producer: AIOKafkaProducer,
     read_topic: Any,
     tmp_path: Path,
+    token_issuer: TokenIssuer,
 ) -> None:
     handler = MaildirHandler(tmp_path / "mail")
     sink = Controller(handler, hostname="127.0.0.1", port=free_port())
@@ -642,7 +674,12 @@ async def test_a_permanently_failing_address_ends_dead_after_the_attempts_and_re
     own = infra.create_test_databases("refused")
     group = await consumer_group_at_end(kafka_bootstrap, f"notifier-it-{uuid4().hex[:8]}")
     settings = notifier_settings(
-        own, kafka_bootstrap, sink.port, consumer_group=group, max_attempts=3
+        own,
+        kafka_bootstrap,
+        sink.port,
+        consumer_group=group,
+        max_attempts=3,
+        order_service_url=token_issuer.url,
     )
     await asyncio.to_thread(migrate_in_process, settings)
     dead_letters = await read_topic(dlq_topic(NOTIFICATIONS_EVENTS))
@@ -654,7 +691,11 @@ async def test_a_permanently_failing_address_ends_dead_after_the_attempts_and_re
     app = build_app(settings)
     try:
         async with app.router.lifespan_context(app):
-            api = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://n")
+            api = httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app),
+                base_url="http://n",
+                headers=token_issuer.as_viewer(),
+            )
             await publish(producer, order_id, event)
 
             (item,) = await wait_for_statuses(api, order_id, ["dead"])
@@ -676,3 +717,42 @@ async def test_a_permanently_failing_address_ends_dead_after_the_attempts_and_re
     finally:
         sink.stop()
         infra.drop_test_databases(own)
+
+
+# --- who may read -------------------------------------------------------------------------
+
+
+async def test_reading_needs_a_valid_token_of_the_order_service(
+    notifier_api: httpx.AsyncClient, token_issuer: TokenIssuer
+) -> None:
+    await check_read_api_auth(notifier_api, token_issuer, ["/communications"])
+    for open_path in ("/health/live", "/health/ready"):
+        assert (await get_without_token(notifier_api, open_path)).status_code == 200
+
+
+async def test_a_valid_answer_is_cached_for_the_configured_time(
+    notifier_api: httpx.AsyncClient, token_issuer: TokenIssuer
+) -> None:
+    await check_token_cache(notifier_api, token_issuer, "/communications")
+
+
+async def test_with_the_order_service_unreachable_reading_is_503_not_500(
+    databases: infra.TestDatabases, smtp_sink: SmtpSink, notifier_api: httpx.AsyncClient
+) -> None:
+    # Kafka unreachable too: this notifier has no consumer to start, only its read API.
+    settings = notifier_settings(
+        databases,
+        f"127.0.0.1:{free_port()}",
+        smtp_sink.port,
+        order_service_url=f"http://127.0.0.1:{free_port()}",
+    )
+    app = build_app(settings)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://n") as client,
+    ):
+        await check_unreachable_order_service(client, "/communications")
+
+
+def test_the_openapi_document_declares_the_bearer_scheme_on_every_read() -> None:
+    check_openapi(build_app(Settings()).openapi(), {"/communications"})

@@ -27,7 +27,7 @@ from notifier.app import build_app, migrate
 from notifier.domain.communication import Communication
 from notifier.domain.dedupe import dedupe_key
 from notifier.domain.delivery import DeliveryFailed, Undeliverable
-from tests.integration.conftest import consumer_group_at_end
+from tests.integration.conftest import TokenIssuer, consumer_group_at_end
 from tests.integration.test_notifier import (
     SHOP,
     SmtpSink,
@@ -125,7 +125,11 @@ async def test_a_provider_error_is_retried() -> None:
 
 @pytest.fixture(scope="module")
 async def sms_notifier(
-    kafka_bootstrap: str, databases: infra.TestDatabases, mail_sink: SmtpSink, sms_sink: SmsSink
+    kafka_bootstrap: str,
+    databases: infra.TestDatabases,
+    mail_sink: SmtpSink,
+    sms_sink: SmsSink,
+    token_issuer: TokenIssuer,
 ) -> AsyncIterator[httpx.AsyncClient]:
     settings = notifier_settings(
         databases,
@@ -138,12 +142,15 @@ async def sms_notifier(
         sms_url=sms_sink.url,
         sms_token=TOKEN,
         sms_timeout_seconds=2.0,
+        order_service_url=token_issuer.url,
     )
     await asyncio.to_thread(migrate, settings)
     app = build_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://notifier") as client:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://notifier", headers=token_issuer.as_viewer()
+        ) as client:
             await wait_until(
                 lambda: client.get("/health/ready"),
                 lambda response: response.status_code == 200,

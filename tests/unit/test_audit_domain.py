@@ -167,6 +167,57 @@ def test_a_command_refused_before_naming_an_order_is_filed_under_the_command() -
     assert (entry.before, entry.after) == (None, None)
 
 
+@pytest.mark.parametrize(
+    ("actor", "code", "reason"),
+    [
+        (Actor(id="anonymous", role="anonymous"), "unauthenticated", "no bearer token"),
+        (Actor(id="vera", role="viewer"), "forbidden", "role 'viewer' may not change"),
+    ],
+)
+def test_a_request_refused_for_its_credentials_is_an_access_refusal_on_its_order(
+    actor: Actor, code: str, reason: str
+) -> None:
+    refusal = rejected(
+        actor=actor,
+        code=code,
+        reason=f"POST /orders/x/status refused: {reason}",
+        current_status=None,
+        requested_status=None,
+    )
+
+    entry = entry_for(refusal, NOW)
+
+    assert (entry.action, entry.actor, entry.reason) == (
+        "access.refused",
+        actor.id,
+        f"POST /orders/x/status refused: {reason}",
+    )
+    assert (entry.entity_type, entry.entity_id) == ("order", str(refusal.order_id))
+    assert (entry.before, entry.after) == (None, None)
+    assert entry.details == {
+        "command_id": str(refusal.command_id),
+        "code": code,
+        "actor_role": actor.role,
+        "result_event_id": str(refusal.event_id),
+    }
+
+
+def test_a_refused_request_naming_no_order_is_filed_under_the_attempt() -> None:
+    refusal = rejected(
+        order_id=None,
+        actor=Actor(id="anonymous", role="anonymous"),
+        code="unauthenticated",
+        reason="GET /orders refused: unknown bearer token",
+        current_status=None,
+        requested_status=None,
+    )
+
+    entry = entry_for(refusal, NOW)
+
+    assert entry.action == "access.refused"
+    assert (entry.entity_type, entry.entity_id) == ("request", str(refusal.command_id))
+
+
 def test_an_accepted_command_records_the_version_it_produced() -> None:
     accepted = CommandAccepted(command_id=uuid4(), order_id=uuid4(), actor=ALICE, version=4)
 

@@ -10,8 +10,11 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy.engine import URL, make_url
 
+import audit.app
 import audit.config
+import notifier.app
 import notifier.config
+import order.app
 import order.config
 from devstack import infra
 
@@ -151,3 +154,15 @@ def test_the_local_stack_uses_the_services_own_defaults(service: str) -> None:
         url=defaults.database_url.get_secret_value(),
         migration_url=defaults.migration_database_url.get_secret_value(),
     )
+
+
+async def test_an_app_builds_without_secrets_but_will_not_start_on_a_dev_password(
+    service: str,
+) -> None:
+    """Its documents are written from a built app; starting it is what needs real secrets."""
+    apps = {"order": order.app, "notifier": notifier.app, "audit": audit.app}
+    app = apps[service].build_app(settings(service))
+    assert app.openapi()["paths"]
+    with pytest.raises(SERVICES[service].DevSecretRefused, match=f"{service.upper()}_DATABASE"):
+        async with app.router.lifespan_context(app):
+            pass

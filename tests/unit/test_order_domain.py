@@ -7,6 +7,15 @@ from uuid import uuid4
 import pytest
 
 from contracts import TRANSITIONS, OrderStatus, allowed_next
+from order.domain.auth import (
+    Forbidden,
+    Identity,
+    Permission,
+    Role,
+    StoredToken,
+    Unauthenticated,
+    check_access,
+)
 from order.domain.errors import StaleVersion, TransitionNotAllowed
 from order.domain.model import Customer, Order
 
@@ -122,3 +131,57 @@ def test_matching_expected_version_applies() -> None:
 @pytest.mark.parametrize("terminal", [OrderStatus.DELIVERED, OrderStatus.CANCELLED])
 def test_terminal_statuses_allow_nothing(terminal: OrderStatus) -> None:
     assert order_in(terminal).allowed_next == []
+
+
+# --- access -------------------------------------------------------------------------------
+
+ALICE = Identity("alice", Role.ADMIN)
+VERA = Identity("vera", Role.VIEWER)
+
+
+@pytest.mark.parametrize("permission", [Permission.READ, Permission.CHANGE, None])
+def test_a_valid_token_of_a_role_granted_the_permission_passes(
+    permission: Permission | None,
+) -> None:
+    assert check_access(True, StoredToken(ALICE, revoked=False), permission) == ALICE
+
+
+def test_a_viewer_reads_but_is_forbidden_to_change() -> None:
+    token = StoredToken(VERA, revoked=False)
+
+    assert check_access(True, token, Permission.READ) == VERA
+    with pytest.raises(Forbidden) as refused:
+        check_access(True, token, Permission.CHANGE)
+    assert (refused.value.code, refused.value.holder) == ("forbidden", VERA)
+    assert refused.value.why == "role 'viewer' may not change"
+
+
+@pytest.mark.parametrize(
+    ("presented", "token", "why", "holder"),
+    [
+        (False, None, "no bearer token", None),
+        (True, None, "unknown bearer token", None),
+        (True, StoredToken(ALICE, revoked=True), "revoked token of 'alice'", ALICE),
+    ],
+    ids=["missing", "unknown", "revoked"],
+)
+def test_a_missing_unknown_or_revoked_token_is_unauthenticated_and_says_why(
+    presented: bool, token: StoredToken | None, why: str, holder: Identity | None
+) -> None:
+    with pytest.raises(Unauthenticated) as refused:
+        check_access(presented, token, None)
+
+    assert (refused.value.code, refused.value.why, refused.value.holder) == (
+        "unauthenticated",
+        why,
+        holder,
+    )
+
+
+def test_the_caller_cannot_tell_an_unknown_token_from_a_revoked_one() -> None:
+    with pytest.raises(Unauthenticated) as unknown:
+        check_access(True, None, Permission.READ)
+    with pytest.raises(Unauthenticated) as revoked:
+        check_access(True, StoredToken(ALICE, revoked=True), Permission.READ)
+
+    assert str(unknown.value) == str(revoked.value)

@@ -12,15 +12,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from audit.adapters.broker import BrokerConnection
 from audit.adapters.schema import assert_schema_current, upgrade_to_head
+from audit.adapters.token_verifier import TokenVerifier
 from audit.adapters.unit_of_work import UnitOfWorkFactory
 from audit.config import Settings, database_role, refuse_dev_secrets
 from audit.entrypoints import http
 from audit.entrypoints.consumer import register_audit_handlers
+from audit.entrypoints.publications import declare_publications
 
 
 def build_engine(settings: Settings) -> AsyncEngine:
     """The engine everything but the migrations runs on, as the runtime role."""
-    refuse_dev_secrets(settings)
     # READ COMMITTED whatever the database's default: appending to the chain relies on it
     # (see AuditRepository.lock_tail). hide_parameters: bound values stay out of error
     # messages and logs.
@@ -52,10 +53,18 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         client_id="audit",
     )
     register_audit_handlers(broker, uow_factory, settings)
+    declare_publications(broker)
     connection = BrokerConnection(broker, settings.retry_seconds)
+    token_verifier = TokenVerifier(
+        settings.order_service_url,
+        timeout=settings.order_service_timeout_seconds,
+        cache_seconds=settings.token_cache_seconds,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Building the app (for its documents) needs no secrets; starting it does.
+        refuse_dev_secrets(settings)
         await assert_schema_current(engine)
         connect = asyncio.create_task(connection.connect(), name="kafka-connect")
         try:
@@ -64,6 +73,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
             connect.cancel()
             await asyncio.gather(connect, return_exceptions=True)
             await broker.stop()
+            await token_verifier.aclose()
             await engine.dispose()
 
     app = FastAPI(
@@ -75,6 +85,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.engine = engine
     app.state.uow_factory = uow_factory
+    app.state.token_verifier = token_verifier
     app.state.kafka = connection
     http.install_error_handlers(app)
     app.include_router(http.router)

@@ -64,6 +64,14 @@ class Settings(BaseSettings):
     consumer_group: str = "audit"
     http_host: str = "127.0.0.1"
     http_port: int = 8002
+
+    # The read API's bearer tokens are issued by the order service and checked with its
+    # GET /auth/whoami. A token found valid is trusted for token_cache_seconds without
+    # asking again, which is also how long a revoked token may still read here (0: always ask).
+    order_service_url: str = "http://127.0.0.1:8000"
+    order_service_timeout_seconds: float = Field(default=5.0, gt=0)
+    token_cache_seconds: float = Field(default=30.0, ge=0)
+
     # Most messages consumed, and appended to the chain in one transaction, at a time.
     batch_size: int = Field(default=500, ge=1)
     # Pause before a transiently failing batch is redelivered, and between reconnects.

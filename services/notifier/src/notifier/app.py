@@ -22,6 +22,7 @@ from notifier.adapters.schema import assert_schema_current, upgrade_to_head
 from notifier.adapters.sms import HttpSmsSender, HttpSmsSettings
 from notifier.adapters.smtp import SmtpEmailSender, SmtpSettings
 from notifier.adapters.templates import EmailTemplates, TextTemplates
+from notifier.adapters.token_verifier import TokenVerifier
 from notifier.adapters.unit_of_work import UnitOfWorkFactory
 from notifier.config import Settings, database_role, refuse_dev_secrets
 from notifier.domain.communication import RetryPolicy
@@ -29,6 +30,7 @@ from notifier.domain.delivery import Sender
 from notifier.domain.planning import NotificationRules
 from notifier.entrypoints import http
 from notifier.entrypoints.consumer import register_event_handlers
+from notifier.entrypoints.publications import declare_publications
 from notifier.entrypoints.worker import DispatchWorker
 from notifier.service import Dispatcher
 
@@ -37,7 +39,6 @@ log = logging.getLogger(__name__)
 
 def build_engine(settings: Settings) -> AsyncEngine:
     """The engine everything but the migrations runs on, as the runtime role."""
-    refuse_dev_secrets(settings)
     # hide_parameters: bound values (recipients, message contexts) stay out of error messages
     # and logs.
     return create_async_engine(
@@ -141,6 +142,11 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         poll_interval=settings.dispatch_poll_interval_seconds,
         retry_interval=settings.retry_seconds,
     )
+    token_verifier = TokenVerifier(
+        settings.order_service_url,
+        timeout=settings.order_service_timeout_seconds,
+        cache_seconds=settings.token_cache_seconds,
+    )
     register_event_handlers(
         broker,
         uow_factory,
@@ -149,12 +155,16 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         retry_seconds=settings.retry_seconds,
         on_queued=worker.wake,
     )
+    declare_publications(broker)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         try:
+            # Building the app (for its documents) needs no secrets; starting it does.
+            refuse_dev_secrets(settings)
             await assert_schema_current(engine)
         except Exception:
+            await token_verifier.aclose()
             await engine.dispose()
             raise
         connect = asyncio.create_task(connection.connect(), name="kafka-connect")
@@ -171,6 +181,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
             await worker.stop(dispatching, settings.shutdown_grace_seconds)
             relaying.cancel()
             await asyncio.gather(relaying, return_exceptions=True)
+            await token_verifier.aclose()
             await engine.dispose()
             log.info("notifier stopped")
 
@@ -184,6 +195,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.engine = engine
     app.state.uow_factory = uow_factory
+    app.state.token_verifier = token_verifier
     app.state.kafka = connection
     http.install_error_handlers(app)
     app.include_router(http.router)

@@ -69,6 +69,13 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 8001
 
+    # The read API's bearer tokens are issued by the order service and checked with its
+    # GET /auth/whoami. A token found valid is trusted for token_cache_seconds without
+    # asking again, which is also how long a revoked token may still read here (0: always ask).
+    order_service_url: str = "http://127.0.0.1:8000"
+    order_service_timeout_seconds: float = Field(default=5.0, gt=0)
+    token_cache_seconds: float = Field(default=30.0, ge=0)
+
     # What notifies the customer, e.g. NOTIFIER_NOTIFY_STATUSES='["confirmed","delivered"]'.
     notify_statuses: list[OrderStatus] = [
         OrderStatus.CONFIRMED,

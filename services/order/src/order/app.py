@@ -20,13 +20,13 @@ from order.adapters.unit_of_work import UnitOfWorkFactory
 from order.config import Settings, database_role, refuse_dev_secrets
 from order.entrypoints import http
 from order.entrypoints.commands import register_command_handlers
+from order.entrypoints.publications import declare_publications
 
 log = logging.getLogger(__name__)
 
 
 def build_engine(settings: Settings) -> AsyncEngine:
     """The engine everything but the migrations runs on, as the runtime role."""
-    refuse_dev_secrets(settings)
     # hide_parameters: bound values (customer details, token digests) stay out of error
     # messages and logs.
     return create_async_engine(
@@ -73,14 +73,17 @@ def build_relay(
 def build_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     engine = build_engine(settings)
-    uow_factory = UnitOfWorkFactory(engine)
+    uow_factory = UnitOfWorkFactory(engine, settings.database_wait_seconds)
     broker = build_broker(settings)
     register_command_handlers(broker, uow_factory, settings)
+    declare_publications(broker)
     connection = BrokerConnection(broker, settings.relay_retry_seconds)
     relay = build_relay(settings, engine, connection)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Building the app (for its documents) needs no secrets; starting it does.
+        refuse_dev_secrets(settings)
         await assert_schema_current(engine)
         tasks = [asyncio.create_task(connection.connect(), name="kafka-connect")]
         if settings.relay_in_process:
@@ -103,6 +106,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.engine = engine
     app.state.uow_factory = uow_factory
+    app.state.kafka = connection
     http.install_error_handlers(app)
     app.include_router(http.router)
     return app
@@ -111,6 +115,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
 async def run_relay(settings: Settings) -> None:
     """The outbox relay on its own (`python -m order relay`), for running it apart from the
     HTTP API; it stops on SIGTERM or SIGINT."""
+    refuse_dev_secrets(settings)
     engine = build_engine(settings)
     broker = build_broker(settings)
     connection = BrokerConnection(broker, settings.relay_retry_seconds)

@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     # How long a command whose handling failed for a transient reason (database down) waits
     # before it is redelivered.
     command_retry_seconds: float = 1.0
+    # While the database cannot be reached (a restart, a failover), a request or command
+    # waits up to this long and is then retried from the start; after it, HTTP answers 503.
+    database_wait_seconds: float = Field(default=10.0, ge=0)
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     # The relay wakes on NOTIFY; the poll interval only bounds the delay if a notify is lost.

@@ -24,8 +24,8 @@ from contracts import (
     OrderStatusChanged,
 )
 from contracts import Customer as CustomerContract
-from order.adapters.unit_of_work import UnitOfWork
-from order.domain.auth import Identity, Role
+from order.adapters.unit_of_work import UnitOfWork, UnitOfWorkFactory
+from order.domain.auth import AccessRefused, Identity, Permission, Role, check_access
 from order.domain.errors import (
     IdempotencyKeyReused,
     OrderAlreadyExists,
@@ -34,9 +34,6 @@ from order.domain.errors import (
     TransitionNotAllowed,
 )
 from order.domain.model import Customer, Order
-
-# Anything that hands out a fresh unit of work (the composition root decides which).
-UnitOfWorkFactory = Callable[[], UnitOfWork]
 
 
 def _now() -> datetime:
@@ -141,7 +138,8 @@ async def answer(
     """Run a changing request in one unit of work. With an idempotency key, the key is claimed
     in the same transaction as the effect, so a retry (even a concurrent one) replays the first
     answer instead of applying a second effect."""
-    async with uow_factory() as uow:
+
+    async def attempt(uow: UnitOfWork) -> Answer:
         if idempotency is None:
             return Answer(status_code, await action(uow))
         scope, key = idempotency.scope, idempotency.key
@@ -153,6 +151,8 @@ async def answer(
         body = await action(uow)
         await uow.idempotency.record(scope, key, status_code, body)
         return Answer(status_code, body)
+
+    return await uow_factory.run(attempt)
 
 
 COMMAND_SCOPE = "orders.commands"
@@ -197,8 +197,9 @@ async def handle_command(
     """Apply an upstream command once per `command_id`, and publish its result through the
     outbox in the same transaction. Returns None for a duplicate, which changes nothing."""
     fingerprint = hashlib.sha256(command.model_dump_json().encode()).hexdigest()
-    result: CommandAccepted | CommandRejected
-    async with uow_factory() as uow:
+
+    async def attempt(uow: UnitOfWork) -> CommandAccepted | CommandRejected | None:
+        result: CommandAccepted | CommandRejected
         if not await uow.idempotency.claim(COMMAND_SCOPE, str(command.command_id), fingerprint):
             return None
         try:
@@ -236,7 +237,9 @@ async def handle_command(
         await uow.idempotency.record(
             COMMAND_SCOPE, str(command.command_id), None, result.model_dump(mode="json")
         )
-    return result
+        return result
+
+    return await uow_factory.run(attempt)
 
 
 async def answer_change(
@@ -252,14 +255,14 @@ async def answer_change(
         return await answer(uow_factory, 200, action, idempotency)
     except OrderError as error:
         rejection = rejected(error)
-        async with uow_factory() as uow:
-            await uow.outbox.add(ORDERS_COMMAND_RESULTS, str(rejection.order_id), rejection)
+        await uow_factory.run(
+            lambda uow: uow.outbox.add(ORDERS_COMMAND_RESULTS, str(rejection.order_id), rejection)
+        )
         raise
 
 
 async def get_order(uow_factory: UnitOfWorkFactory, order_id: UUID) -> Order:
-    async with uow_factory() as uow:
-        order = await uow.orders.get(order_id)
+    order = await uow_factory.run(lambda uow: uow.orders.get(order_id))
     if order is None:
         raise OrderNotFound(order_id)
     return order
@@ -272,15 +275,18 @@ async def list_orders(
     limit: int,
     after: tuple[datetime, UUID] | None,
 ) -> list[Order]:
-    async with uow_factory() as uow:
-        return await uow.orders.page(status=status, limit=limit, after=after)
+    return await uow_factory.run(
+        lambda uow: uow.orders.page(status=status, limit=limit, after=after)
+    )
 
 
 async def order_history(uow_factory: UnitOfWorkFactory, order_id: UUID) -> list[Any]:
-    async with uow_factory() as uow:
+    async def read(uow: UnitOfWork) -> list[Any]:
         if await uow.orders.get(order_id) is None:
             raise OrderNotFound(order_id)
         return await uow.orders.history(order_id)
+
+    return await uow_factory.run(read)
 
 
 async def issue_token(
@@ -289,18 +295,69 @@ async def issue_token(
     """Create an API token; the returned secret is shown once and stored only hashed. With
     `replace`, the earlier tokens of `name` are revoked in the same transaction."""
     token = secrets.token_urlsafe(32)
-    async with uow_factory() as uow:
+
+    async def store(uow: UnitOfWork) -> None:
         if replace:
             await uow.tokens.revoke(name, _now())
         await uow.tokens.add(name, role, token)
+
+    await uow_factory.run(store)
     return token
 
 
 async def revoke_tokens(uow_factory: UnitOfWorkFactory, name: str) -> int:
-    async with uow_factory() as uow:
-        return await uow.tokens.revoke(name, _now())
+    return await uow_factory.run(lambda uow: uow.tokens.revoke(name, _now()))
 
 
-async def authenticate(uow_factory: UnitOfWorkFactory, token: str) -> Identity | None:
-    async with uow_factory() as uow:
-        return await uow.tokens.identity(token)
+ANONYMOUS = Actor(id="anonymous", role="anonymous")
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A request, as much of it as the audit of its refusal needs."""
+
+    method: str
+    path: str
+    order_id: UUID | None  # the order it names, if any
+    correlation_id: str | None
+
+
+def access_rejection(refusal: AccessRefused, attempt: Attempt) -> CommandRejected:
+    """The result announcing a request refused for its credentials: a fresh attempt each
+    time, by the token's holder when known."""
+    holder = refusal.holder
+    return CommandRejected(
+        command_id=uuid4(),
+        order_id=attempt.order_id,
+        actor=ANONYMOUS if holder is None else Actor(id=holder.name, role=holder.role.value),
+        code=refusal.code,
+        reason=f"{attempt.method} {attempt.path} refused: {refusal.why}",
+        correlation_id=attempt.correlation_id,
+    )
+
+
+async def authorize(
+    uow_factory: UnitOfWorkFactory,
+    token: str | None,
+    permission: Permission | None,
+    attempt: Attempt,
+) -> Identity:
+    """The identity behind `token` if it may do `permission` (None: any valid token).
+
+    A refusal is announced on orders.command-results, in the small transaction of the token
+    lookup, so that every refused request reaches the audit trail; then it is raised."""
+
+    async def decide(uow: UnitOfWork) -> Identity | AccessRefused:
+        stored = await uow.tokens.lookup(token) if token else None
+        try:
+            return check_access(token is not None, stored, permission)
+        except AccessRefused as refusal:
+            rejection = access_rejection(refusal, attempt)
+            key = rejection.order_id or rejection.command_id
+            await uow.outbox.add(ORDERS_COMMAND_RESULTS, str(key), rejection)
+            return refusal
+
+    decision = await uow_factory.run(decide)
+    if isinstance(decision, AccessRefused):
+        raise decision
+    return decision

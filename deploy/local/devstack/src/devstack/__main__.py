@@ -65,6 +65,9 @@ def _announce(stack: Stack) -> None:
         f"  curl -s -X POST {stack.url('order')}/orders/<id>/status "
         '-H "Authorization: Bearer $TOKEN" '
         "-H 'content-type: application/json' -d '{\"status\": \"confirmed\"}'",
+        f'  curl -s "{stack.url("notifier")}/communications?order_id=<id>" '
+        '-H "Authorization: Bearer $TOKEN"',
+        f'  curl -s "{stack.url("audit")}/audit?entity_id=<id>" -H "Authorization: Bearer $TOKEN"',
         "",
         "Ctrl-C stops the services (Kafka and PostgreSQL keep running).",
     ]

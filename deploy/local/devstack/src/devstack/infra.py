@@ -157,6 +157,14 @@ def local_database(
     return ServiceDatabase(url=url(roles.runtime), migration_url=url(roles.owner))
 
 
+# For postgres.sh: no database configured elsewhere, so it provisions the local ones.
+_NO_CONFIGURED_DATABASES = {
+    f"{service.upper()}_{setting}": ""
+    for service in SERVICE_DATABASES
+    for setting in ("DATABASE_URL", "MIGRATION_DATABASE_URL")
+}
+
+
 def dev_databases() -> dict[str, ServiceDatabase]:
     """The three service databases: from the environment (`<SERVICE>_DATABASE_URL`,
     `<SERVICE>_MIGRATION_DATABASE_URL`), or ours on the local cluster. A service given only a
@@ -178,6 +186,35 @@ def dev_databases() -> dict[str, ServiceDatabase]:
             url=url or local.url, migration_url=migration_url or url or local.migration_url
         )
     return databases
+
+
+@dataclass(frozen=True)
+class Postgres:
+    """A cluster of the project's own on `port`, for tests that stop or restart PostgreSQL
+    without disturbing the shared one."""
+
+    port: int
+
+    @property
+    def admin_url(self) -> str:
+        return DEV_PG.rsplit(":", 1)[0] + f":{self.port}"
+
+    def _env(self) -> dict[str, str]:
+        return {"PG_PORT": str(self.port), **_NO_CONFIGURED_DATABASES}
+
+    def start(self) -> None:
+        _run_script("postgres.sh", "start", env=self._env())
+
+    def stop(self) -> None:
+        _run_script("postgres.sh", "stop", env=self._env())
+
+
+def restartable_test_postgres() -> Postgres:
+    """A cluster on `TEST_PG_PORT` (default 15432), started; restarting it is safe because
+    only tests that ask for it use it."""
+    cluster = Postgres(int(os.environ.get("TEST_PG_PORT", "15432")))
+    cluster.start()
+    return cluster
 
 
 @dataclass
@@ -236,20 +273,16 @@ def _psql_script(admin_url: str, script: str, **variables: str) -> None:
     )
 
 
-def create_test_databases(prefix: str = "t") -> TestDatabases:
-    """Fresh databases named `<prefix>_<random>_<service db>`. Tests needing another server
-    set `TEST_PG_ADMIN_URL` (a role allowed to CREATE DATABASE, and to create the service
-    roles unless they exist)."""
-    admin_url = os.environ.get("TEST_PG_ADMIN_URL")
+def create_test_databases(prefix: str = "t", admin_url: str | None = None) -> TestDatabases:
+    """Fresh databases named `<prefix>_<random>_<service db>`, on the cluster of `admin_url`
+    (a role allowed to CREATE DATABASE, and to create the service roles unless they exist),
+    else `TEST_PG_ADMIN_URL`, else the project's."""
+    admin_url = admin_url or os.environ.get("TEST_PG_ADMIN_URL")
     if not admin_url:
         _run_script(
             "postgres.sh",
             "start",
-            env={
-                f"{service.upper()}_{setting}": ""
-                for service in SERVICE_DATABASES
-                for setting in ("DATABASE_URL", "MIGRATION_DATABASE_URL")
-            },
+            env=_NO_CONFIGURED_DATABASES,
         )
         admin_url = DEV_PG
     _psql_script(admin_url, "roles.sql", admin=unquote(urlsplit(admin_url).username or ""))

@@ -50,8 +50,11 @@ class Stack:
 
     def env(self, service: str) -> dict[str, str]:
         extra = {}
+        if service in ("notifier", "audit"):
+            # Their read APIs check bearer tokens with the order service that issues them.
+            extra[f"{service.upper()}_ORDER_SERVICE_URL"] = self.url("order")
         if service == "notifier":
-            extra = {
+            extra |= {
                 "NOTIFIER_SMTP_HOST": "127.0.0.1",
                 "NOTIFIER_SMTP_PORT": str(self.ports["smtp"]),
             }
@@ -84,13 +87,21 @@ class Stack:
         self.processes[service] = process
         return process
 
-    def issue_admin_token(self, name: str = "dev-admin") -> str:
-        """A fresh admin token; earlier tokens of `name` are revoked."""
-        command = ["token", "create", "--name", name, "--role", "admin", "--replace"]
+    def issue_token(self, name: str, role: str = "viewer") -> str:
+        """A fresh token of `role` for `name`; earlier tokens of `name` are revoked."""
+        command = ["token", "create", "--name", name, "--role", role, "--replace"]
         created = run_checked(
             [sys.executable, "-m", "order", *command], self.env("order"), "token create"
         )
-        self.admin_token = created.strip().splitlines()[-1]
+        return created.strip().splitlines()[-1]
+
+    def revoke_tokens(self, name: str) -> None:
+        command = ["token", "revoke", "--name", name]
+        run_checked([sys.executable, "-m", "order", *command], self.env("order"), "token revoke")
+
+    def issue_admin_token(self, name: str = "dev-admin") -> str:
+        """A fresh admin token; earlier tokens of `name` are revoked."""
+        self.admin_token = self.issue_token(name, "admin")
         return self.admin_token
 
     def start(self) -> None:

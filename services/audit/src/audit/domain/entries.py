@@ -61,6 +61,10 @@ COMMUNICATION_ACTIONS: dict[type[CommunicationEvent], str] = {
     CommunicationSkipped: "communication.skipped",
 }
 
+# The order service's codes for a request refused for its credentials (no, unknown or revoked
+# token; a role too low), rather than a command refused by the order rules.
+ACCESS_REFUSAL_CODES = frozenset({"unauthenticated", "forbidden"})
+
 COMMAND_RESULT_NAMESPACE = uuid5(NAMESPACE_URL, "urn:order-backbone:audit:command-result")
 
 
@@ -166,23 +170,7 @@ def entry_for(message: AuditedMessage, recorded_at: datetime) -> AuditEntry:
             **common,
         )
     if isinstance(message, CommandRejected):
-        return AuditEntry(
-            action="order.command_rejected",
-            actor=message.actor.id,
-            # A command refused before naming an order (none to name) is filed under itself.
-            entity_type="order" if message.order_id else "command",
-            entity_id=str(message.order_id or message.command_id),
-            source="order",
-            before={"status": message.current_status.value} if message.current_status else None,
-            after={"status": message.requested_status.value} if message.requested_status else None,
-            reason=message.reason,
-            details={
-                "command_id": str(message.command_id),
-                "code": message.code,
-                "result_event_id": str(message.event_id),
-            },
-            **common,
-        )
+        return _rejection_entry(message, common)
     details: dict[str, Any] = {
         "communication_id": str(message.communication_id),
         "dedupe_key": message.dedupe_key,
@@ -206,6 +194,36 @@ def entry_for(message: AuditedMessage, recorded_at: datetime) -> AuditEntry:
         entity_id=str(message.order_id),
         source="notifier",
         reason=reason,
+        details=details,
+        **common,
+    )
+
+
+def _rejection_entry(message: CommandRejected, common: dict[str, Any]) -> AuditEntry:
+    refused_access = message.code in ACCESS_REFUSAL_CODES
+    if message.order_id is not None:
+        entity_type, entity_id = "order", str(message.order_id)
+    else:
+        # Nothing names an order (a refused POST /orders, a list): filed under the attempt.
+        entity_type = "request" if refused_access else "command"
+        entity_id = str(message.command_id)
+    details = {
+        "command_id": str(message.command_id),
+        "code": message.code,
+        "result_event_id": str(message.event_id),
+    }
+    if refused_access:
+        # Who was refused matters here: anonymous, or a viewer trying to change.
+        details["actor_role"] = message.actor.role
+    return AuditEntry(
+        action="access.refused" if refused_access else "order.command_rejected",
+        actor=message.actor.id,
+        entity_type=entity_type,
+        entity_id=entity_id,
+        source="order",
+        before={"status": message.current_status.value} if message.current_status else None,
+        after={"status": message.requested_status.value} if message.requested_status else None,
+        reason=message.reason,
         details=details,
         **common,
     )

@@ -68,6 +68,8 @@ def register_audit_handlers(
         max_records=settings.batch_size,
         parser=parse_with_text_headers,
         decoder=undecoded,
+        description="One audit entry per message, appended to the hash chain once per event "
+        "id; what cannot be audited goes to the topic's `.dlq`.",
     )
     async def on_batch(msg: KafkaMessage) -> None:
         raw = msg.raw_message

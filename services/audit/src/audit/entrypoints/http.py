@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import base64
+import logging
 from datetime import datetime
 from http import HTTPStatus
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AwareDatetime, BaseModel, Field
 from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from audit import service
+from audit.adapters.token_verifier import Caller, OrderServiceUnavailable, TokenVerifier
 
 router = APIRouter()
+log = logging.getLogger(__name__)
 
 MAX_ID = 2**63 - 1  # a cursor beyond bigint would fail in the database, not as a 422
 
@@ -65,6 +69,72 @@ class InvalidCursor(Exception):
     pass
 
 
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable, machine-readable error code")
+    message: str = Field(description="What went wrong, in a sentence")
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorResponse(BaseModel):
+    """The one shape of every error answer."""
+
+    error: ErrorDetail
+
+
+class Refused(Exception):
+    def __init__(self, status_code: int, code: str, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+bearer = HTTPBearer(
+    auto_error=False,
+    description="An API token issued by the order service (`python -m order token create`), "
+    "of role `viewer` or `admin`; checked with the order service's `GET /auth/whoami`.",
+)
+READER_ROLES = frozenset({"viewer", "admin"})
+
+
+async def reader(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Caller:
+    """The caller, if its token may read here."""
+    if credentials is None:
+        raise Refused(401, "unauthenticated", "A bearer token is required.")
+    verifier: TokenVerifier = request.app.state.token_verifier
+    try:
+        caller = await verifier.caller(credentials.credentials)
+    except OrderServiceUnavailable as error:
+        log.warning("cannot check a token: the order service did not answer (%s)", error)
+        raise Refused(
+            503,
+            "auth_unavailable",
+            "The token cannot be checked now: the order service, which issues tokens, "
+            "does not answer. Retry shortly.",
+            dependency="order",
+        ) from error
+    if caller is None:
+        raise Refused(401, "unauthenticated", "The bearer token is unknown or revoked.")
+    if caller.role not in READER_ROLES:
+        raise Refused(403, "forbidden", f"Role '{caller.role}' may not read here.")
+    return caller
+
+
+Reader = Depends(reader)
+READ_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "No bearer token, or an unknown or revoked one"},
+    403: {"model": ErrorResponse, "description": "The token's role may not read here"},
+    503: {
+        "model": ErrorResponse,
+        "description": "The token cannot be checked: the order service does not answer",
+    },
+}
+
+
 def error_response(status_code: int, code: str, message: str, **details: Any) -> JSONResponse:
     body = {"error": {"code": code, "message": message, "details": details}}
     return JSONResponse(status_code=status_code, content=body)
@@ -75,6 +145,15 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
         code = HTTPStatus(error.status_code).phrase.lower().replace(" ", "_")
         return error_response(error.status_code, code, str(error.detail))
+
+    @app.exception_handler(Refused)
+    async def on_refused(_: Request, refused: Refused) -> JSONResponse:
+        response = error_response(
+            refused.status_code, refused.code, refused.message, **refused.details
+        )
+        if refused.status_code == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:
@@ -105,7 +184,7 @@ def _cursor_after(rows: list[Any], limit: int) -> str | None:
     return base64.urlsafe_b64encode(str(rows[limit - 1].id).encode()).decode()
 
 
-@router.get("/audit", response_model=EntryPage)
+@router.get("/audit", response_model=EntryPage, dependencies=[Reader], responses=READ_ERRORS)
 async def entries(
     request: Request,
     entity_id: str | None = None,
@@ -131,7 +210,12 @@ async def entries(
     )
 
 
-@router.get("/audit/orders/{order_id}/timeline", response_model=Timeline)
+@router.get(
+    "/audit/orders/{order_id}/timeline",
+    response_model=Timeline,
+    dependencies=[Reader],
+    responses=READ_ERRORS,
+)
 async def timeline(
     request: Request,
     order_id: UUID,
@@ -153,7 +237,13 @@ async def timeline(
     )
 
 
-@router.get("/audit/verify", response_model=VerifyReport, response_model_exclude_none=True)
+@router.get(
+    "/audit/verify",
+    response_model=VerifyReport,
+    response_model_exclude_none=True,
+    dependencies=[Reader],
+    responses=READ_ERRORS,
+)
 async def verify(request: Request) -> VerifyReport:
     """Walk the whole chain from the first entry and report the first broken link."""
     report = await service.verify(request.app.state.uow_factory)

@@ -55,6 +55,9 @@ def register_event_handlers(
         # Raw records in: every message reaches the handler, which parses or dead-letters it.
         parser=parse_with_text_headers,
         decoder=undecoded,
+        description="Order events, each recorded as the communications it calls for (once per "
+        "event, channel, template and recipient); what cannot be taken goes to "
+        "`orders.events.dlq`.",
     )
     async def on_order_event(msg: KafkaMessage) -> None:
         try:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import base64
+import logging
 from datetime import datetime
 from http import HTTPStatus
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -18,9 +20,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from contracts import Channel
 from notifier import service
 from notifier.adapters.broker import BrokerConnection
+from notifier.adapters.token_verifier import Caller, OrderServiceUnavailable, TokenVerifier
 from notifier.domain.communication import Communication, CommunicationStatus
 
 router = APIRouter()
+log = logging.getLogger(__name__)
 
 # How long the readiness check waits for Kafka to answer.
 KAFKA_PING_SECONDS = 1.0
@@ -50,6 +54,72 @@ class CommunicationPage(BaseModel):
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page")
 
 
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable, machine-readable error code")
+    message: str = Field(description="What went wrong, in a sentence")
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorResponse(BaseModel):
+    """The one shape of every error answer."""
+
+    error: ErrorDetail
+
+
+class Refused(Exception):
+    def __init__(self, status_code: int, code: str, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+bearer = HTTPBearer(
+    auto_error=False,
+    description="An API token issued by the order service (`python -m order token create`), "
+    "of role `viewer` or `admin`; checked with the order service's `GET /auth/whoami`.",
+)
+READER_ROLES = frozenset({"viewer", "admin"})
+
+
+async def reader(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Caller:
+    """The caller, if its token may read here."""
+    if credentials is None:
+        raise Refused(401, "unauthenticated", "A bearer token is required.")
+    verifier: TokenVerifier = request.app.state.token_verifier
+    try:
+        caller = await verifier.caller(credentials.credentials)
+    except OrderServiceUnavailable as error:
+        log.warning("cannot check a token: the order service did not answer (%s)", error)
+        raise Refused(
+            503,
+            "auth_unavailable",
+            "The token cannot be checked now: the order service, which issues tokens, "
+            "does not answer. Retry shortly.",
+            dependency="order",
+        ) from error
+    if caller is None:
+        raise Refused(401, "unauthenticated", "The bearer token is unknown or revoked.")
+    if caller.role not in READER_ROLES:
+        raise Refused(403, "forbidden", f"Role '{caller.role}' may not read here.")
+    return caller
+
+
+Reader = Depends(reader)
+READ_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "No bearer token, or an unknown or revoked one"},
+    403: {"model": ErrorResponse, "description": "The token's role may not read here"},
+    503: {
+        "model": ErrorResponse,
+        "description": "The token cannot be checked: the order service does not answer",
+    },
+}
+
+
 def error_response(status_code: int, code: str, message: str, **details: Any) -> JSONResponse:
     body = {"error": {"code": code, "message": message, "details": details}}
     return JSONResponse(status_code=status_code, content=body)
@@ -64,6 +134,15 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
         code = HTTPStatus(error.status_code).phrase.lower().replace(" ", "_")
         return error_response(error.status_code, code, str(error.detail))
+
+    @app.exception_handler(Refused)
+    async def on_refused(_: Request, refused: Refused) -> JSONResponse:
+        response = error_response(
+            refused.status_code, refused.code, refused.message, **refused.details
+        )
+        if refused.status_code == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:
@@ -89,7 +168,12 @@ def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
         raise InvalidCursor from None
 
 
-@router.get("/communications", response_model=CommunicationPage)
+@router.get(
+    "/communications",
+    response_model=CommunicationPage,
+    dependencies=[Reader],
+    responses=READ_ERRORS,
+)
 async def communications(
     request: Request,
     order_id: UUID | None = None,

@@ -22,7 +22,7 @@ from order.adapters.tables import (
     orders,
     outbox,
 )
-from order.domain.auth import Identity, Role
+from order.domain.auth import Identity, Role, StoredToken
 from order.domain.model import Customer, Order, StatusChanged
 
 
@@ -173,16 +173,18 @@ class TokenRepository:
         )
         return int(result.rowcount)
 
-    async def identity(self, token: str) -> Identity | None:
+    async def lookup(self, token: str) -> StoredToken | None:
+        """The token's holder, revoked or not (a refused revoked token is audited by name)."""
         row = (
             await self._connection.execute(
-                select(api_tokens.c.name, api_tokens.c.role).where(
-                    api_tokens.c.token_sha256 == token_digest(token),
-                    api_tokens.c.revoked_at.is_(None),
+                select(api_tokens.c.name, api_tokens.c.role, api_tokens.c.revoked_at).where(
+                    api_tokens.c.token_sha256 == token_digest(token)
                 )
             )
         ).one_or_none()
-        return None if row is None else Identity(row.name, Role(row.role))
+        if row is None:
+            return None
+        return StoredToken(Identity(row.name, Role(row.role)), revoked=row.revoked_at is not None)
 
 
 @dataclass(frozen=True)

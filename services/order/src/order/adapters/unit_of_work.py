@@ -3,10 +3,20 @@ unit of work commits when the block succeeds, or rolls back when it raises."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from types import TracebackType
+from typing import TypeVar
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+from tenacity.retry import retry_base
 
 from order.adapters.repository import (
     IdempotencyRepository,
@@ -22,6 +32,40 @@ class Unstorable(Exception):
     connection, so the caller refuses the input (4xx, or a dead letter)."""
 
 
+class DatabaseUnavailable(Exception):
+    """The database could not be reached, or went away mid-transaction (restarting, failing
+    over): nothing was committed unless the commit's answer was lost, so the work can be
+    retried as a whole; idempotency keys and same-status no-ops make that safe."""
+
+
+# Connection exceptions (08), operator intervention (57P: shutting down, starting up).
+_UNAVAILABLE_SQLSTATES = ("08", "57P")
+
+T = TypeVar("T")
+
+
+def _unavailable(error: BaseException | None) -> bool:
+    if isinstance(error, OSError):  # refused or reset while connecting
+        return True
+    if not isinstance(error, DBAPIError):
+        return False
+    sqlstate = str(getattr(error.orig, "sqlstate", "") or "")
+    return error.connection_invalidated or sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
+
+
+def _backoff(wait_seconds: float, retry: retry_base) -> AsyncRetrying:
+    return AsyncRetrying(
+        retry=retry,
+        stop=stop_after_delay(wait_seconds),
+        wait=wait_exponential_jitter(multiplier=0.05, max=1.0, jitter=0.05),
+        reraise=True,
+    )
+
+
+_CONNECT_AGAIN = retry_if_exception(_unavailable)
+_RUN_AGAIN = retry_if_exception_type(DatabaseUnavailable)
+
+
 def _refused_content(error: BaseException | None) -> bool:
     return isinstance(error, DBAPIError) and str(getattr(error.orig, "sqlstate", "")).startswith(
         "22"
@@ -34,12 +78,13 @@ class UnitOfWork:
     tokens: TokenRepository
     idempotency: IdempotencyRepository
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, wait_for_database: float = 0.0) -> None:
         self._engine = engine
+        self._wait_for_database = wait_for_database
         self._connection: AsyncConnection | None = None
 
     async def __aenter__(self) -> UnitOfWork:
-        self._connection = await self._engine.connect()
+        self._connection = await self._connect()
         await self._connection.begin()
         self.orders = OrderRepository(self._connection)
         self.outbox = Outbox(self._connection)
@@ -59,18 +104,48 @@ class UnitOfWork:
                 await self._connection.commit()
             else:
                 await self._connection.rollback()
+        except Exception as error:
+            if exc is None and not _unavailable(error):
+                raise
+            exc = exc or error  # the commit or rollback failed: the database went away
         finally:
             await self._connection.close()
             self._connection = None
         if _refused_content(exc):
             raise Unstorable(str(getattr(exc, "orig", exc)).splitlines()[0]) from exc
+        if _unavailable(exc):
+            raise DatabaseUnavailable(str(exc).splitlines()[0]) from exc
+
+    async def _connect(self) -> AsyncConnection:
+        """A pooled connection (checked with a ping), waiting up to `wait_for_database`
+        seconds while the database cannot be reached, e.g. through a restart."""
+        try:
+            async for attempt in _backoff(self._wait_for_database, _CONNECT_AGAIN):
+                with attempt:
+                    return await self._engine.connect()
+        except Exception as error:
+            if _unavailable(error):
+                raise DatabaseUnavailable(str(error).splitlines()[0]) from error
+            raise
+        raise AssertionError("tenacity either returns or raises")
 
 
 class UnitOfWorkFactory:
     """Hands each use case a fresh unit of work on the service's engine."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, wait_for_database: float = 0.0) -> None:
         self.engine = engine
+        self.wait_for_database = wait_for_database
 
     def __call__(self) -> UnitOfWork:
-        return UnitOfWork(self.engine)
+        return UnitOfWork(self.engine, self.wait_for_database)
+
+    async def run(self, work: Callable[[UnitOfWork], Awaitable[T]]) -> T:
+        """`work` in one unit of work, run again from the start when the database went away
+        mid-way (for up to `wait_for_database` seconds), so a restart delays it instead of
+        failing it."""
+        async for attempt in _backoff(self.wait_for_database, _RUN_AGAIN):
+            with attempt:
+                async with self() as uow:
+                    return await work(uow)
+        raise AssertionError("tenacity either returns or raises")

@@ -15,14 +15,14 @@ from contracts import ORDERS_COMMANDS, describe_invalid, order_command_adapter
 from order import service
 from order.adapters.broker import parse_with_text_headers, undecoded
 from order.adapters.dead_letters import dead_letter
-from order.adapters.unit_of_work import Unstorable
+from order.adapters.unit_of_work import UnitOfWorkFactory, Unstorable
 from order.config import Settings
 
 log = logging.getLogger(__name__)
 
 
 def register_command_handlers(
-    broker: KafkaBroker, uow_factory: service.UnitOfWorkFactory, settings: Settings
+    broker: KafkaBroker, uow_factory: UnitOfWorkFactory, settings: Settings
 ) -> None:
     group = settings.commands_consumer_group
 
@@ -34,6 +34,8 @@ def register_command_handlers(
         # Raw records in: every message reaches the handler, which parses or dead-letters it.
         parser=parse_with_text_headers,
         decoder=undecoded,
+        description="Upstream commands, each `command_id` applied once and answered on "
+        "`orders.command-results`; what cannot be taken goes to `orders.commands.dlq`.",
     )
     async def on_command(msg: KafkaMessage) -> None:
         try:

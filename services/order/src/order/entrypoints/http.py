@@ -7,6 +7,7 @@ import hashlib
 from datetime import datetime
 from http import HTTPStatus
 from typing import Annotated, Any
+from urllib.parse import quote
 from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, status
@@ -19,8 +20,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contracts import Actor, CommandRejected, OrderStatus
 from order import service
-from order.adapters.unit_of_work import UnitOfWork, UnitOfWorkFactory, Unstorable
-from order.domain.auth import Identity, Permission
+from order.adapters.unit_of_work import (
+    DatabaseUnavailable,
+    UnitOfWork,
+    UnitOfWorkFactory,
+    Unstorable,
+)
+from order.domain.auth import AccessRefused, Forbidden, Identity, Permission
 from order.domain.errors import (
     IdempotencyKeyReused,
     OrderAlreadyExists,
@@ -38,10 +44,15 @@ from order.entrypoints.schemas import (
     HistoryResponse,
     OrderPage,
     OrderResponse,
+    WhoAmI,
 )
 
 router = APIRouter()
-bearer = HTTPBearer(auto_error=False)
+bearer = HTTPBearer(
+    auto_error=False,
+    description="An API token (`python -m order token create`); role `viewer` reads, "
+    "`admin` reads and changes. Refused requests are recorded in the audit trail.",
+)
 
 ERROR_STATUS: dict[type[OrderError], int] = {
     OrderNotFound: status.HTTP_404_NOT_FOUND,
@@ -90,6 +101,14 @@ def install_error_handlers(app: FastAPI) -> None:
             **_domain_error_details(error),
         )
 
+    @app.exception_handler(AccessRefused)
+    async def on_access_refused(_: Request, refusal: AccessRefused) -> JSONResponse:
+        if isinstance(refusal, Forbidden):
+            return error_response(status.HTTP_403_FORBIDDEN, refusal.code, str(refusal))
+        response = error_response(status.HTTP_401_UNAUTHORIZED, refusal.code, str(refusal))
+        response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+
     @app.exception_handler(ApiError)
     async def on_api_error(_: Request, error: ApiError) -> JSONResponse:
         return error_response(error.status_code, error.code, error.message, **error.details)
@@ -101,6 +120,17 @@ def install_error_handlers(app: FastAPI) -> None:
             "unstorable_value",
             f"The request holds a value the database cannot store: {error}",
         )
+
+    @app.exception_handler(DatabaseUnavailable)
+    async def on_database_unavailable(_: Request, error: DatabaseUnavailable) -> JSONResponse:
+        response = error_response(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            "database_unavailable",
+            "The order database cannot be reached; nothing was changed. Retry shortly "
+            "(with the same Idempotency-Key).",
+        )
+        response.headers["Retry-After"] = "1"
+        return response
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
@@ -129,25 +159,42 @@ def uow_factory(request: Request) -> UnitOfWorkFactory:
 Uow = Annotated[UnitOfWorkFactory, Depends(uow_factory)]
 
 
-def requires(permission: Permission) -> Any:
+# Enough of a path to recognise the request; the audit entry need not hold a huge one.
+AUDITED_PATH_LENGTH = 300
+MAX_CORRELATION_ID = 200  # as the contracts allow
+
+
+def _attempt(request: Request) -> service.Attempt:
+    # Percent-encoded, so whatever the path holds (NUL, any byte) the entry can be stored.
+    path = quote(request.url.path, safe="/")[:AUDITED_PATH_LENGTH]
+    try:
+        order_id: UUID | None = UUID(request.path_params["order_id"])
+    except (KeyError, ValueError):
+        order_id = None
+    correlation_id = request.headers.get("x-correlation-id")
+    if correlation_id is not None and not (
+        len(correlation_id) <= MAX_CORRELATION_ID and correlation_id.isprintable()
+    ):
+        correlation_id = None
+    return service.Attempt(request.method, path, order_id, correlation_id)
+
+
+def requires(permission: Permission | None) -> Any:
+    """The caller's identity, if its token may do `permission` (None: any valid token);
+    a refused request is recorded for the audit trail and answered 401 or 403."""
+
     async def identity(
+        request: Request,
         uow: Uow,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> Identity:
-        if credentials is None:
-            raise ApiError(401, "unauthenticated", "A bearer token is required.")
-        who = await service.authenticate(uow, credentials.credentials)
-        if who is None:
-            raise ApiError(401, "unauthenticated", "The bearer token is unknown or revoked.")
-        if not who.may(permission):
-            raise ApiError(
-                403, "forbidden", f"Role '{who.role}' may not {permission.value} orders."
-            )
-        return who
+        token = credentials.credentials if credentials is not None else None
+        return await service.authorize(uow, token, permission, _attempt(request))
 
     return Depends(identity)
 
 
+Authenticated = Annotated[Identity, requires(None)]
 Reader = Annotated[Identity, requires(Permission.READ)]
 Changer = Annotated[Identity, requires(Permission.CHANGE)]
 
@@ -165,11 +212,17 @@ ERROR_MEANINGS = {
     412: "If-Match names a version the order is no longer at",
     422: "Invalid request: unknown status (allowed values in details), malformed body, "
     "cursor or If-Match, or an Idempotency-Key reused for another request",
+    503: "The database stayed unreachable longer than the service waits; nothing was changed, "
+    "retry after Retry-After seconds",
 }
 
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": ErrorResponse, "description": ERROR_MEANINGS[code]} for code in codes}
+    """The documented error answers of a route; every route can meet an unreachable database."""
+    return {
+        code: {"model": ErrorResponse, "description": ERROR_MEANINGS[code]}
+        for code in (*codes, 503)
+    }
 
 
 IdempotencyKey = Annotated[
@@ -345,6 +398,13 @@ async def history(order_id: UUID, uow: Uow, _: Reader) -> HistoryResponse:
         for row in rows
     ]
     return HistoryResponse(order_id=order_id, items=items)
+
+
+@router.get("/auth/whoami", response_model=WhoAmI, responses=errors(401), tags=["auth"])
+async def whoami(who: Authenticated) -> WhoAmI:
+    """Whose the bearer token is, and its role: how the notifier and the audit service check
+    the tokens presented to them."""
+    return WhoAmI(id=who.name, role=who.role)
 
 
 @router.get("/health/live", tags=["health"])

@@ -9,6 +9,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field
 
 from contracts import Customer, OrderStatus
+from order.domain.auth import Role
 from order.domain.model import Order
 
 
@@ -71,6 +72,11 @@ class HistoryEntry(BaseModel):
 class HistoryResponse(BaseModel):
     order_id: UUID
     items: list[HistoryEntry]
+
+
+class WhoAmI(BaseModel):
+    id: str = Field(description="The token's holder: the `actor` of what it causes")
+    role: Role
 
 
 class ErrorDetail(BaseModel):
