@@ -32,7 +32,7 @@ from order import service as order_service
 from order.adapters.schema import assert_schema_current as order_schema_current
 from order.adapters.unit_of_work import UnitOfWork as OrderUnitOfWork
 from order.adapters.unit_of_work import UnitOfWorkFactory as OrderUnitOfWorkFactory
-from order.domain.auth import Role
+from order.domain.auth import AccessRefused, Role
 from order.domain.model import Customer as OrderCustomer
 
 pytestmark = pytest.mark.integration
@@ -205,8 +205,12 @@ async def test_each_service_works_as_its_runtime_role(migrated: infra.TestDataba
 
         orders = OrderUnitOfWorkFactory(order_engine)
         token = await order_service.issue_token(orders, "runtime", Role.ADMIN)
-        assert await order_service.authenticate(orders, token) is not None
+        attempt = order_service.Attempt("GET", "/orders", None, None)
+        who = await order_service.authorize(orders, token, None, attempt)
+        assert (who.name, who.role) == ("runtime", Role.ADMIN)
         assert await order_service.revoke_tokens(orders, "runtime") == 1
+        with pytest.raises(AccessRefused):  # and announced for the audit, through the outbox
+            await order_service.authorize(orders, token, None, attempt)
         actor = Actor(id="runtime")
         async with OrderUnitOfWork(order_engine) as uow:
             created = await order_service.create_order_in(
