@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from uuid import uuid4
 
 import httpx
 import pytest
@@ -18,6 +19,7 @@ from sqlalchemy.engine import make_url
 
 from devstack import infra
 from devstack.processes import free_port, migrate, run_checked, service_env, service_process
+from tests.integration.conftest import TokenIssuer, consumer_group_at_end
 
 pytestmark = pytest.mark.integration
 
@@ -154,4 +156,60 @@ async def test_a_serving_process_logs_no_password_and_no_token(
     log = process.log_path.read_text()
     assert "Application startup complete" in log
     for secret in (admin, viewer, unknown, password_of(database.url), database.url):
+        assert secret not in log
+
+
+@pytest.mark.parametrize(
+    ("service", "reads"), [("notifier", "/communications"), ("audit", "/audit")]
+)
+async def test_a_read_api_process_logs_no_password_and_no_token(
+    kafka_bootstrap: str,
+    secret_databases: infra.TestDatabases,
+    token_issuer: TokenIssuer,
+    tmp_path: Path,
+    service: str,
+    reads: str,
+) -> None:
+    """The notifier and audit check tokens with the order service; the notifier also holds
+    SMTP and SMS credentials. None of them, nor the database password, reaches the log."""
+    database = secret_databases.services[service]
+    port = free_port()
+    credentials = {
+        "NOTIFIER_SMTP_PORT": str(free_port()),  # nothing listens: no mail leaves this test
+        "NOTIFIER_SMTP_USERNAME": "mailer",
+        "NOTIFIER_SMTP_PASSWORD": f"smtp-{secrets.token_urlsafe(16)}",
+        "NOTIFIER_SMS_TOKEN": f"sms-{secrets.token_urlsafe(16)}",
+    }
+    env = service_env(
+        service,
+        database=database,
+        kafka_bootstrap_servers=kafka_bootstrap,
+        http_port=port,
+        extra={
+            f"{service.upper()}_ORDER_SERVICE_URL": token_issuer.url,
+            f"{service.upper()}_CONSUMER_GROUP": await consumer_group_at_end(
+                kafka_bootstrap, f"{service}-secrets-{uuid4().hex[:8]}"
+            ),
+            **(credentials if service == "notifier" else {}),
+        },
+    )
+    await asyncio.to_thread(migrate, service, env)
+    unknown = secrets.token_urlsafe(32)
+    process = service_process(service, env, port, tmp_path)
+    try:
+        await asyncio.to_thread(process.start)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            for token, status in ((token_issuer.viewer_token, 200), (unknown, 401)):
+                answer = await client.get(reads, headers={"Authorization": f"Bearer {token}"})
+                assert answer.status_code == status, answer.text
+        await asyncio.to_thread(process.stop)
+    finally:
+        await asyncio.to_thread(process.kill)
+
+    log = process.log_path.read_text()
+    assert "Application startup complete" in log
+    shown = [token_issuer.viewer_token, unknown, password_of(database.url), database.url]
+    if service == "notifier":
+        shown += [credentials["NOTIFIER_SMTP_PASSWORD"], credentials["NOTIFIER_SMS_TOKEN"]]
+    for secret in shown:
         assert secret not in log
