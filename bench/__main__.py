@@ -17,7 +17,7 @@ from bench.limits import limit_a, limit_b
 from bench.stats import BreakingPoint, ladder
 from bench.system import Plan, System
 from devstack import infra
-from devstack.processes import free_port, migrate
+from devstack.processes import free_port, migrate, service_env
 from devstack.stack import Stack
 
 log = logging.getLogger("bench")
@@ -65,7 +65,12 @@ async def measure(plan: Plan, kafka: infra.Kafka, databases: infra.TestDatabases
     await infra.ensure_topics(kafka.bootstrap_servers)
 
     log.info("limit A: raw asyncpg, the order service's statements")
-    order_env = {"ORDER_DATABASE_URL": databases.urls["order"]}
+    order_env = service_env(
+        "order",
+        database=databases.services["order"],
+        kafka_bootstrap_servers=kafka.bootstrap_servers,
+        http_port=0,
+    )
     migrate("order", order_env)
     results["limit_a"] = await limit_a(
         databases.dsn("order"), plan.limit_a_concurrencies, plan.limit_a_seconds
@@ -81,7 +86,7 @@ async def measure(plan: Plan, kafka: infra.Kafka, databases: infra.TestDatabases
     workdir = infra.CACHE / "bench"
     shutil.rmtree(workdir, ignore_errors=True)
     ports = {name: free_port() for name in ("order", "notifier", "audit", "smtp", "sms")}
-    stack = Stack(kafka.bootstrap_servers, databases.urls, ports, workdir)
+    stack = Stack(kafka.bootstrap_servers, databases.services, ports, workdir)
     system = System(stack, databases, plan, report.RESULTS / "profiles")
     try:
         log.info("starting the services")

@@ -11,6 +11,15 @@ import pytest
 from devstack import infra
 
 
+@pytest.fixture(scope="session", autouse=True)
+def dev_mode() -> Iterator[None]:
+    """The test databases' roles have the local dev passwords, which the services accept only
+    in dev mode; service processes inherit it too. Tests of the refusal set it otherwise."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BACKBONE_ENV", "dev")
+        yield
+
+
 @pytest.fixture(scope="session")
 def kafka() -> Iterator[infra.Kafka]:
     broker = infra.fresh_test_kafka()

@@ -4,11 +4,14 @@
 #   deploy/local/postgres.sh start|stop|status
 #
 # Installs the `postgresql` package if missing, creates and starts a cluster, and creates
-# the login role `backbone` (password `backbone`, local dev only) owning the databases
-# `orders`, `notifier` and `audit`. Idempotent.
+# the databases `orders`, `notifier` and `audit`, each owned by its owner role (which runs
+# the migrations) and open only to it and the service's runtime role (see postgres/*.sql),
+# plus the role `backbone` (CREATEDB, member of the owners) that creates the test databases.
+# Passwords are for local development only. Idempotent; a cluster set up by the earlier
+# version of this script (everything owned by `backbone`) is converted.
 # Settings (environment):
 #   PG_PORT    cluster port (default 5432)
-#   ORDER_DATABASE_URL / NOTIFIER_DATABASE_URL / AUDIT_DATABASE_URL
+#   <SERVICE>_DATABASE_URL / <SERVICE>_MIGRATION_DATABASE_URL (ORDER_, NOTIFIER_, AUDIT_)
 #              when any is set, that database is external and nothing is started
 set -euo pipefail
 
@@ -16,7 +19,13 @@ port="${PG_PORT:-5432}"
 # A cluster on another port (a test's own, which it may restart) gets a name of its own.
 cluster_name="backbone"
 [[ "$port" == 5432 ]] || cluster_name="backbone$port"
-databases=(orders notifier audit)
+sql="$(dirname "${BASH_SOURCE[0]}")/postgres"
+# database owner runtime-role
+services=(
+  "orders orders_owner order_service"
+  "notifier notifier_owner notifier_service"
+  "audit audit_owner audit_service"
+)
 
 log() { echo "postgres: $*" >&2; }
 
@@ -42,7 +51,14 @@ cluster_on_port() {
 }
 
 start() {
-  if [[ -n "${ORDER_DATABASE_URL:-}${NOTIFIER_DATABASE_URL:-}${AUDIT_DATABASE_URL:-}" ]]; then
+  local configured=""
+  for service in ORDER NOTIFIER AUDIT; do
+    for setting in DATABASE_URL MIGRATION_DATABASE_URL; do
+      local name="${service}_${setting}"
+      configured+="${!name:-}"
+    done
+  done
+  if [[ -n "$configured" ]]; then
     log "database URLs are set: using them, starting nothing"
     return
   fi
@@ -67,10 +83,13 @@ start() {
   if [[ "$(psql_admin -c "SELECT 1 FROM pg_roles WHERE rolname = 'backbone'")" != "1" ]]; then
     psql_admin -c "CREATE ROLE backbone LOGIN CREATEDB PASSWORD 'backbone'"
   fi
-  for db in "${databases[@]}"; do
-    if [[ "$(psql_admin -c "SELECT 1 FROM pg_database WHERE datname = '$db'")" != "1" ]]; then
-      psql_admin -c "CREATE DATABASE $db OWNER backbone"
-    fi
+  psql_admin -v admin=backbone <"$sql/roles.sql"
+  local databases=()
+  for entry in "${services[@]}"; do
+    read -r db owner runtime <<<"$entry"
+    psql_admin -v db="$db" -v owner="$owner" -v runtime="$runtime" <"$sql/database.sql"
+    psql_admin -d "$db" -v owner="$owner" -v earlier=backbone <"$sql/adopt.sql"
+    databases+=("$db")
   done
   log "ready on 127.0.0.1:$port (databases: ${databases[*]})"
 }

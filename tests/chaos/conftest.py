@@ -37,7 +37,7 @@ def chaos_databases(chaos_postgres: infra.Postgres) -> Iterator[infra.TestDataba
 def chaos_stack(kafka_bootstrap: str, chaos_databases: infra.TestDatabases) -> Iterator[Stack]:
     ports = {name: free_port() for name in (*SERVICES, "smtp", "sms")}
     shutil.rmtree(ARTIFACTS, ignore_errors=True)
-    system = Stack(kafka_bootstrap, chaos_databases.urls, ports, ARTIFACTS)
+    system = Stack(kafka_bootstrap, chaos_databases.services, ports, ARTIFACTS)
     try:
         system.start()
         yield system

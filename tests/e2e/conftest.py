@@ -37,7 +37,7 @@ def stack(kafka_bootstrap: str, e2e_databases: infra.TestDatabases) -> Iterator[
     """Module-scoped, so its consumers have left their groups before other layers' tests run."""
     ports = {name: free_port() for name in (*SERVICES, "smtp")}
     shutil.rmtree(ARTIFACTS, ignore_errors=True)  # a fresh maildir and fresh logs per module
-    system = Stack(kafka_bootstrap, e2e_databases.urls, ports, ARTIFACTS, common_env=TELEMETRY)
+    system = Stack(kafka_bootstrap, e2e_databases.services, ports, ARTIFACTS, common_env=TELEMETRY)
     try:
         system.start()
         yield system

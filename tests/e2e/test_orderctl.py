@@ -51,7 +51,7 @@ class GivesUpQuicklyStack(Stack):
 def stack(kafka_bootstrap: str, e2e_databases: infra.TestDatabases) -> Iterator[Stack]:
     ports = {name: free_port() for name in (*SERVICES, "smtp")}
     shutil.rmtree(ARTIFACTS, ignore_errors=True)
-    system = GivesUpQuicklyStack(kafka_bootstrap, e2e_databases.urls, ports, ARTIFACTS)
+    system = GivesUpQuicklyStack(kafka_bootstrap, e2e_databases.services, ports, ARTIFACTS)
     try:
         system.start()
         yield system

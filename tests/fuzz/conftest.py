@@ -13,8 +13,8 @@ import pytest
 from devstack import infra
 from devstack.processes import free_port, migrate, service_env, service_process
 from devstack.stack import Stack
-from order.adapters.schema import upgrade_to_head as upgrade_orders
 from order.app import build_app
+from order.app import migrate as migrate_order
 from order.config import Settings as OrderSettings
 from tests.fuzz.topics import group_at_end
 
@@ -33,7 +33,7 @@ def order_api_url(kafka_bootstrap: str, fuzz_databases: infra.TestDatabases) -> 
     port = free_port()
     env = service_env(
         "order",
-        database_url=fuzz_databases.urls["order"],
+        database=fuzz_databases.services["order"],
         kafka_bootstrap_servers=kafka_bootstrap,
         http_port=port,
     )
@@ -48,7 +48,7 @@ def order_api_url(kafka_bootstrap: str, fuzz_databases: infra.TestDatabases) -> 
 
 @pytest.fixture(scope="session")
 def admin_token(kafka_bootstrap: str, fuzz_databases: infra.TestDatabases) -> str:
-    stack = Stack(kafka_bootstrap, fuzz_databases.urls, {"order": 0}, ARTIFACTS)
+    stack = Stack(kafka_bootstrap, fuzz_databases.services, {"order": 0}, ARTIFACTS)
     return stack.issue_admin_token("fuzzer")
 
 
@@ -70,11 +70,12 @@ async def order_command_consumer(
     group = await group_at_end(kafka_bootstrap, f"fuzz-commands-{uuid4().hex[:8]}")
     settings = OrderSettings(
         database_url=command_databases.urls["order"],
+        migration_database_url=command_databases.migration_urls["order"],
         kafka_bootstrap_servers=kafka_bootstrap,
         commands_consumer_group=group,
         relay_poll_interval_seconds=0.5,
     )
-    await asyncio.to_thread(upgrade_orders, settings.database_url)  # alembic runs its own loop
+    await asyncio.to_thread(migrate_order, settings)  # alembic runs its own loop
     app = build_app(settings)
     async with app.router.lifespan_context(app):
         yield settings

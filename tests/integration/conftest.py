@@ -20,9 +20,9 @@ from devstack import infra
 from devstack.processes import free_port, migrate, run_checked, service_env, service_process
 from devstack.waiting import wait_until
 from order import service as order_service
-from order.adapters.schema import upgrade_to_head as upgrade_orders
 from order.adapters.unit_of_work import UnitOfWorkFactory
 from order.app import build_app, build_engine
+from order.app import migrate as migrate_order
 from order.config import Settings as OrderSettings
 from order.domain.auth import Role
 
@@ -44,7 +44,7 @@ class OrderService:
 async def running_order_service(settings: OrderSettings) -> AsyncIterator[OrderService]:
     """The order service in this process (HTTP API and outbox relay), migrated, with an admin
     and a viewer token, its lifespan running."""
-    await asyncio.to_thread(upgrade_orders, settings.database_url)  # alembic runs its own loop
+    await asyncio.to_thread(migrate_order, settings)  # alembic runs its own event loop
     engine = build_engine(settings)
     uow = UnitOfWorkFactory(engine)
     admin = await order_service.issue_token(uow, "it-admin", Role.ADMIN)
@@ -64,6 +64,7 @@ async def order_service_app(
 ) -> AsyncIterator[OrderService]:
     settings = OrderSettings(
         database_url=databases.urls["order"],
+        migration_database_url=databases.migration_urls["order"],
         kafka_bootstrap_servers=kafka_bootstrap,
         relay_poll_interval_seconds=0.5,
     )
@@ -106,7 +107,7 @@ def token_issuer(
     port = free_port()
     env = service_env(
         "order",
-        database_url=created.urls["order"],
+        database=created.services["order"],
         kafka_bootstrap_servers=kafka_bootstrap,
         http_port=port,
     )

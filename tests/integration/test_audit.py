@@ -23,9 +23,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
 from audit import service as audit_service
-from audit.adapters.schema import upgrade_to_head
 from audit.adapters.unit_of_work import UnitOfWorkFactory
-from audit.app import build_app, build_engine
+from audit.app import build_app, build_engine, migrate
 from audit.config import Settings
 from audit.domain.entries import AuditedMessage, audit_event_id
 from contracts import (
@@ -73,9 +72,12 @@ Story = list[tuple[str, AuditedMessage]]
 @pytest.fixture(scope="module")
 async def audit_url(databases: infra.TestDatabases) -> str:
     """The session's audit database, migrated."""
-    url = databases.urls["audit"]
-    await asyncio.to_thread(upgrade_to_head, url)  # alembic runs its own event loop
-    return url
+    settings = Settings(
+        database_url=databases.urls["audit"],
+        migration_database_url=databases.migration_urls["audit"],
+    )
+    await asyncio.to_thread(migrate, settings)  # alembic runs its own event loop
+    return databases.urls["audit"]
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +136,8 @@ async def dead_letters(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaConsumer]:
 def own_audit_database() -> Iterator[infra.TestDatabases]:
     """A database of the test's own, migrated, so what it does to the chain stays there."""
     created = infra.create_test_databases("audit")
-    upgrade_to_head(created.urls["audit"])
+    database = created.services["audit"]
+    migrate(Settings(database_url=database.url, migration_database_url=database.migration_url))
     yield created
     infra.drop_test_databases(created)
 
@@ -563,7 +566,7 @@ async def test_the_database_refuses_update_delete_and_truncate(
 
     connection = await asyncpg.connect(own_audit_database.dsn("audit"))
     try:
-        # The owner, which the service runs as, holds no privilege to change entries...
+        # Even the owner (this admin is a member of it) holds no privilege to change entries...
         for statement in statements:
             with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
                 await connection.execute(*statement)
@@ -660,13 +663,14 @@ async def test_two_replica_processes_on_one_group_keep_one_valid_chain_even_if_o
     tmp_path: Path,
 ) -> None:
     url = own_audit_database.urls["audit"]
+    database = own_audit_database.services["audit"]
     group = f"audit-replicas-{uuid4().hex[:8]}"
     replicas: list[Process] = []
     for number in (1, 2):
         port = free_port()
         env = service_env(
             "audit",
-            database_url=url,
+            database=database,
             kafka_bootstrap_servers=kafka_bootstrap,
             http_port=port,
             extra={"AUDIT_CONSUMER_GROUP": group, "AUDIT_BATCH_SIZE": "20"},

@@ -13,8 +13,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from audit.adapters.schema import upgrade_to_head
-from audit.app import build_app
+from audit.app import build_app, migrate
 from audit.config import Settings
 from audit.entrypoints.consumer import AUDITED_TOPICS
 from contracts import (
@@ -47,11 +46,12 @@ async def audit(kafka_bootstrap: str) -> AsyncIterator[tuple[httpx.AsyncClient, 
         await consumer_group_at_end(kafka_bootstrap, group, topic)
     settings = Settings(
         database_url=own.urls["audit"],
+        migration_database_url=own.migration_urls["audit"],
         kafka_bootstrap_servers=kafka_bootstrap,
         consumer_group=group,
         metrics_interval_seconds=0.2,
     )
-    await asyncio.to_thread(upgrade_to_head, settings.database_url)
+    await asyncio.to_thread(migrate, settings)
     app = build_app(settings)
     try:
         async with app.router.lifespan_context(app):

@@ -38,9 +38,10 @@ from devstack import infra
 from devstack.processes import free_port, migrate, run_checked, service_env, service_process
 from devstack.smtp_sink import MaildirHandler, read_messages
 from devstack.waiting import wait_until
-from notifier.adapters.schema import SchemaBehind, upgrade_to_head
+from notifier.adapters.schema import SchemaBehind
 from notifier.adapters.unit_of_work import UnitOfWorkFactory
 from notifier.app import build_app, build_engine
+from notifier.app import migrate as migrate_in_process
 from notifier.config import Settings
 from notifier.domain.communication import Communication, CommunicationStatus
 from notifier.domain.dedupe import dedupe_key
@@ -99,6 +100,7 @@ def notifier_settings(
 ) -> Settings:
     fields: dict[str, Any] = {
         "database_url": databases.urls["notifier"],
+        "migration_database_url": databases.migration_urls["notifier"],
         "kafka_bootstrap_servers": kafka_bootstrap,
         "consumer_group": f"notifier-it-{uuid4().hex[:8]}",
         "smtp_port": smtp_port,
@@ -134,7 +136,7 @@ async def notifier_api(
         order_service_url=token_issuer.url,
         token_cache_seconds=TOKEN_CACHE_SECONDS,
     )
-    await asyncio.to_thread(upgrade_to_head, settings.database_url)  # alembic runs its own loop
+    await asyncio.to_thread(migrate_in_process, settings)  # alembic runs its own event loop
     app = build_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
@@ -627,7 +629,7 @@ async def test_as_a_process_it_migrates_serves_and_stops_cleanly_on_sigterm(
     port = free_port()
     env = service_env(
         "notifier",
-        database_url=created.urls["notifier"],
+        database=created.services["notifier"],
         kafka_bootstrap_servers=kafka_bootstrap,
         http_port=port,
         extra={
@@ -679,7 +681,7 @@ async def test_a_permanently_failing_address_ends_dead_after_the_attempts_and_re
         max_attempts=3,
         order_service_url=token_issuer.url,
     )
-    await asyncio.to_thread(upgrade_to_head, settings.database_url)
+    await asyncio.to_thread(migrate_in_process, settings)
     dead_letters = await read_topic(dlq_topic(NOTIFICATIONS_EVENTS))
     order_id = uuid4()
     event = status_changed(order_id, OrderStatus.CONFIRMED, 2)

@@ -21,8 +21,7 @@ from devstack import infra
 from devstack.processes import free_port
 from devstack.smtp_sink import MaildirHandler
 from devstack.waiting import wait_until
-from notifier.adapters.schema import upgrade_to_head
-from notifier.app import build_app
+from notifier.app import build_app, migrate
 from tests.integration.conftest import TopicReader, consumer_group_at_end
 from tests.integration.test_notifier import (
     customer_for,
@@ -72,7 +71,7 @@ async def notifier(
         max_attempts=2,
         metrics_interval_seconds=0.2,
     )
-    await asyncio.to_thread(upgrade_to_head, settings.database_url)
+    await asyncio.to_thread(migrate, settings)
     app = build_app(settings)
     try:
         async with app.router.lifespan_context(app):

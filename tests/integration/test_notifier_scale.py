@@ -73,7 +73,7 @@ def notifier_env(
 ) -> dict[str, str]:
     return service_env(
         "notifier",
-        database_url=databases.urls["notifier"],
+        database=databases.services["notifier"],
         kafka_bootstrap_servers=kafka_bootstrap,
         http_port=port,
         extra={

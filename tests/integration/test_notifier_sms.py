@@ -21,10 +21,9 @@ from devstack import infra
 from devstack.processes import free_port
 from devstack.sms_sink import SmsSink, read_sms
 from devstack.waiting import wait_until
-from notifier.adapters.schema import upgrade_to_head
 from notifier.adapters.sms import HttpSmsSender, HttpSmsSettings
 from notifier.adapters.templates import TextTemplates
-from notifier.app import build_app
+from notifier.app import build_app, migrate
 from notifier.domain.communication import Communication
 from notifier.domain.dedupe import dedupe_key
 from notifier.domain.delivery import DeliveryFailed, Undeliverable
@@ -145,7 +144,7 @@ async def sms_notifier(
         sms_timeout_seconds=2.0,
         order_service_url=token_issuer.url,
     )
-    await asyncio.to_thread(upgrade_to_head, settings.database_url)
+    await asyncio.to_thread(migrate, settings)
     app = build_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

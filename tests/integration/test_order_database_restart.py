@@ -46,6 +46,7 @@ def own_databases(cluster: infra.Postgres) -> Iterator[infra.TestDatabases]:
 def settings_for(databases: infra.TestDatabases, kafka_bootstrap: str, wait: float) -> Settings:
     return Settings(
         database_url=databases.urls["order"],
+        migration_database_url=databases.migration_urls["order"],
         kafka_bootstrap_servers=kafka_bootstrap,
         relay_poll_interval_seconds=0.5,
         relay_retry_seconds=0.5,

@@ -27,10 +27,13 @@ FAST = {"metrics_interval_seconds": 0.2, "kafka_check_seconds": 0.5, "relay_retr
 
 
 @pytest.fixture
-def own_database() -> Iterator[str]:
-    """A database no other relay of the session publishes from."""
+def own_database() -> Iterator[dict[str, str]]:
+    """A database no other relay of the session publishes from, as order settings."""
     created = infra.create_test_databases("obs")
-    yield created.urls["order"]
+    yield {
+        "database_url": created.urls["order"],
+        "migration_database_url": created.migration_urls["order"],
+    }
     infra.drop_test_databases(created)
 
 
@@ -56,10 +59,10 @@ async def create(svc: OrderService) -> UUID:
 
 
 async def test_the_backlog_grows_while_kafka_is_unreachable_and_drains_when_it_is_back(
-    kafka_bootstrap: str, own_database: str
+    kafka_bootstrap: str, own_database: dict[str, str]
 ) -> None:
     nowhere = f"127.0.0.1:{free_port()}"
-    settings = Settings(database_url=own_database, kafka_bootstrap_servers=nowhere, **FAST)
+    settings = Settings(**own_database, kafka_bootstrap_servers=nowhere, **FAST)
     async with running_order_service(settings) as svc:
         for _ in range(3):
             await create(svc)
@@ -83,7 +86,7 @@ async def test_the_backlog_grows_while_kafka_is_unreachable_and_drains_when_it_i
         assert ready.status_code == 200, ready.text
         assert ready.json() == {"status": "ok", "database": "ok", "kafka": "unreachable"}
 
-    settings = Settings(database_url=own_database, kafka_bootstrap_servers=kafka_bootstrap, **FAST)
+    settings = Settings(**own_database, kafka_bootstrap_servers=kafka_bootstrap, **FAST)
     async with running_order_service(settings) as svc:
         metrics = await wait_until(
             lambda: scrape(svc.client),
@@ -105,10 +108,10 @@ async def test_the_backlog_grows_while_kafka_is_unreachable_and_drains_when_it_i
 
 
 async def test_metrics_show_the_commands_consumer_lag_and_dead_letters(
-    kafka_bootstrap: str, own_database: str
+    kafka_bootstrap: str, own_database: dict[str, str]
 ) -> None:
     settings = Settings(
-        database_url=own_database,
+        **own_database,
         kafka_bootstrap_servers=kafka_bootstrap,
         commands_consumer_group=f"obs-commands-{uuid4().hex[:8]}",
         **FAST,
@@ -190,11 +193,11 @@ async def test_the_lag_reader_counts_what_a_group_has_not_committed(
 
 async def test_a_change_is_published_in_the_trace_of_its_request(
     kafka_bootstrap: str,
-    own_database: str,
+    own_database: dict[str, str],
     spans: InMemorySpanExporter,
     read_topic: Callable[[str], Awaitable[TopicReader]],
 ) -> None:
-    settings = Settings(database_url=own_database, kafka_bootstrap_servers=kafka_bootstrap, **FAST)
+    settings = Settings(**own_database, kafka_bootstrap_servers=kafka_bootstrap, **FAST)
     events = await read_topic(ORDERS_EVENTS)
     trace_id = uuid4().hex
     caller = f"00-{trace_id}-{uuid4().hex[:16]}-01"

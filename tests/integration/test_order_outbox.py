@@ -16,9 +16,8 @@ from contracts import Actor
 from devstack import infra
 from order import service
 from order.adapters.outbox_relay import OutboxRelay
-from order.adapters.schema import upgrade_to_head
 from order.adapters.unit_of_work import UnitOfWork
-from order.app import build_engine
+from order.app import build_engine, migrate
 from order.config import Settings
 from order.domain.model import Customer
 from tests.integration.conftest import OrderService, TopicReader
@@ -67,7 +66,10 @@ async def test_with_kafka_stopped_changes_succeed_and_every_event_follows_in_ord
 async def own_order_database() -> AsyncIterator[str]:
     """A database no other relay of the session publishes from."""
     created = infra.create_test_databases("relay")
-    await asyncio.to_thread(upgrade_to_head, created.urls["order"])
+    settings = Settings(
+        database_url=created.urls["order"], migration_database_url=created.migration_urls["order"]
+    )
+    await asyncio.to_thread(migrate, settings)
     yield created.urls["order"]
     infra.drop_test_databases(created)
 
@@ -95,7 +97,7 @@ async def test_two_relays_publish_each_row_once(
                 engine,
                 broker,
                 connected,
-                database_url=settings.database_url,
+                database_url=own_order_database,
                 batch_size=7,
                 poll_interval=0.2,
                 retry_interval=0.2,

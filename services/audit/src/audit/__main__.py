@@ -9,13 +9,13 @@ import logging
 import sys
 
 import uvicorn
+from pydantic import ValidationError
 
 from audit import service
-from audit.adapters.schema import upgrade_to_head
 from audit.adapters.telemetry import configure_tracing, shutdown_tracing
 from audit.adapters.unit_of_work import UnitOfWorkFactory
-from audit.app import build_app, build_engine
-from audit.config import Settings
+from audit.app import build_app, build_engine, migrate
+from audit.config import DevSecretRefused, Settings, refuse_dev_secrets
 from audit.domain.entries import ChainReport
 from audit.logging_config import configure_logging
 
@@ -35,15 +35,19 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("migrate", help="upgrade the database schema to the latest migration")
     commands.add_parser("verify", help="walk the hash chain; exit 1 at the first broken link")
     args = parser.parse_args(argv)
-
-    settings = Settings()
-    if args.command == "serve":
+    try:
+        settings = Settings()
+        refuse_dev_secrets(settings, migrating=args.command == "migrate")
+    except (ValidationError, DevSecretRefused) as error:
+        # The messages name the setting and never hold its value.
+        sys.exit(f"audit: refusing to start: {error}")
+    if args.command in ("serve",):
         configure_logging("audit", settings.log_format, settings.log_level)
     else:
         # A command's output is for the person who ran it.
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
     if args.command == "migrate":
-        upgrade_to_head(settings.database_url)
+        migrate(settings)
     elif args.command == "verify":
         report = asyncio.run(_verify(settings))
         print(json.dumps(report.as_dict()))

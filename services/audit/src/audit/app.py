@@ -15,25 +15,34 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from audit.adapters.broker import BrokerConnection
 from audit.adapters.consumer_lag import ConsumerLagReader
 from audit.adapters.metrics import PREFIX, AuditMetrics, MetricsSampler
-from audit.adapters.schema import assert_schema_current
+from audit.adapters.schema import assert_schema_current, upgrade_to_head
 from audit.adapters.token_verifier import TokenVerifier
 from audit.adapters.unit_of_work import UnitOfWorkFactory
-from audit.config import Settings
+from audit.config import Settings, database_role, refuse_dev_secrets
 from audit.entrypoints import http, observability
 from audit.entrypoints.consumer import AUDITED_TOPICS, register_audit_handlers
 from audit.entrypoints.publications import declare_publications
 
 
 def build_engine(settings: Settings) -> AsyncEngine:
+    """The engine everything but the migrations runs on, as the runtime role."""
     # READ COMMITTED whatever the database's default: appending to the chain relies on it
-    # (see AuditRepository.lock_tail).
+    # (see AuditRepository.lock_tail). hide_parameters: bound values stay out of error
+    # messages and logs.
     return create_async_engine(
-        settings.database_url,
+        settings.database_url.get_secret_value(),
         pool_size=10,
         max_overflow=10,
         pool_pre_ping=True,
         isolation_level="READ COMMITTED",
+        hide_parameters=True,
     )
+
+
+def migrate(settings: Settings) -> None:
+    """Upgrade the schema to the latest migration, as the database's owner."""
+    refuse_dev_secrets(settings, migrating=True)
+    upgrade_to_head(settings.migration_database_url.get_secret_value(), database_role(settings))
 
 
 def build_sampler(settings: Settings, metrics: AuditMetrics) -> MetricsSampler:
@@ -79,7 +88,9 @@ def build_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await assert_schema_current(engine, settings.database_url)
+        # Building the app (for its documents) needs no secrets; starting it does.
+        refuse_dev_secrets(settings)
+        await assert_schema_current(engine)
         connect = asyncio.create_task(connection.connect(), name="kafka-connect")
         sampling = asyncio.create_task(sampler.run(), name="metrics-sampler")
         try:

@@ -1,15 +1,62 @@
 """Settings of the audit service, from `AUDIT_*` environment variables."""
 
+from __future__ import annotations
+
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+# The passwords of the local roles (deploy/local/postgres), and of the earlier shared one.
+DEV_DATABASE_PASSWORDS = frozenset({"audit_service_dev", "audit_owner_dev", "backbone"})
+
+
+class DevSecretRefused(ValueError):
+    """A secret still has its published local-dev value outside dev mode."""
+
+
+def refuse_dev_secrets(settings: Settings, *, migrating: bool = False) -> None:
+    """Outside dev mode, refuse the published dev password in the URL this run uses (only that
+    one: a serving process needs no owner password, a migration no runtime one)."""
+    if settings.environment == "dev":
+        return
+    name = "migration_database_url" if migrating else "database_url"
+    url: SecretStr = getattr(settings, name)
+    if make_url(url.get_secret_value()).password in DEV_DATABASE_PASSWORDS:
+        raise DevSecretRefused(
+            f"AUDIT_{name.upper()} has a local dev password; set the real one "
+            "(BACKBONE_ENV=dev accepts it, for local development only)"
+        )
+
+
+def database_role(settings: Settings) -> str:
+    """The runtime role (the user of database_url), to which the migrations grant."""
+    role = make_url(settings.database_url.get_secret_value()).username
+    if not role:
+        raise ValueError("AUDIT_DATABASE_URL names no user: the migrations grant to that role")
+    return role
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="AUDIT_", extra="ignore")
+    # Errors name the setting, never echo the value (which may hold a password).
+    model_config = SettingsConfigDict(
+        env_prefix="AUDIT_", extra="ignore", hide_input_in_errors=True
+    )
 
-    database_url: str = "postgresql+asyncpg://backbone:backbone@127.0.0.1:5432/audit"
+    # BACKBONE_ENV=dev accepts the local dev passwords; anything else is a real deployment, so
+    # one that forgets the setting cannot run on the published defaults.
+    environment: Literal["dev", "production"] = Field(
+        default="production", validation_alias=AliasChoices("BACKBONE_ENV")
+    )
+    # What the service runs as: a role with data privileges only (granted by the migrations).
+    database_url: SecretStr = SecretStr(
+        "postgresql+asyncpg://audit_service:audit_service_dev@127.0.0.1:5432/audit"
+    )
+    # What `migrate` runs as: the database's owner.
+    migration_database_url: SecretStr = SecretStr(
+        "postgresql+asyncpg://audit_owner:audit_owner_dev@127.0.0.1:5432/audit"
+    )
     kafka_bootstrap_servers: str = Field(
         default="127.0.0.1:9092",
         validation_alias=AliasChoices("AUDIT_KAFKA_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"),

@@ -5,18 +5,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 from uuid import UUID
 
 import uvicorn
+from pydantic import ValidationError
 
 from contracts import Channel
 from notifier import service
-from notifier.adapters.schema import upgrade_to_head
 from notifier.adapters.telemetry import configure_tracing, shutdown_tracing
 from notifier.adapters.unit_of_work import UnitOfWorkFactory
-from notifier.app import build_app, build_engine
-from notifier.config import Settings
+from notifier.app import build_app, build_engine, migrate
+from notifier.config import DevSecretRefused, Settings, refuse_dev_secrets
 from notifier.logging_config import configure_logging
 
 
@@ -75,14 +76,19 @@ async def _opt_out(args: argparse.Namespace, uow_factory: UnitOfWorkFactory) -> 
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    settings = Settings()
-    if args.command == "serve":
+    try:
+        settings = Settings()
+        refuse_dev_secrets(settings, migrating=args.command == "migrate")
+    except (ValidationError, DevSecretRefused) as error:
+        # The messages name the setting and never hold its value.
+        sys.exit(f"notifier: refusing to start: {error}")
+    if args.command in ("serve",):
         configure_logging("notifier", settings.log_format, settings.log_level)
     else:
         # A command's output is for the person who ran it.
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
     if args.command == "migrate":
-        upgrade_to_head(settings.database_url)
+        migrate(settings)
     elif args.command == "dead":
         asyncio.run(_with_uow(settings, lambda uow_factory: _dead(args, uow_factory)))
     elif args.command == "opt-out":

@@ -22,13 +22,13 @@ from notifier.adapters.broker import BrokerConnection
 from notifier.adapters.consumer_lag import ConsumerLagReader
 from notifier.adapters.metrics import PREFIX, MetricsSampler, NotifierMetrics
 from notifier.adapters.outbox_relay import OutboxRelay
-from notifier.adapters.schema import assert_schema_current
+from notifier.adapters.schema import assert_schema_current, upgrade_to_head
 from notifier.adapters.sms import HttpSmsSender, HttpSmsSettings
 from notifier.adapters.smtp import SmtpEmailSender, SmtpSettings
 from notifier.adapters.templates import EmailTemplates, TextTemplates
 from notifier.adapters.token_verifier import TokenVerifier
 from notifier.adapters.unit_of_work import UnitOfWorkFactory
-from notifier.config import Settings
+from notifier.config import Settings, database_role, refuse_dev_secrets
 from notifier.domain.communication import RetryPolicy
 from notifier.domain.delivery import Sender
 from notifier.domain.planning import NotificationRules
@@ -42,9 +42,22 @@ log = logging.getLogger(__name__)
 
 
 def build_engine(settings: Settings) -> AsyncEngine:
+    """The engine everything but the migrations runs on, as the runtime role."""
+    # hide_parameters: bound values (recipients, message contexts) stay out of error messages
+    # and logs.
     return create_async_engine(
-        settings.database_url, pool_size=10, max_overflow=10, pool_pre_ping=True
+        settings.database_url.get_secret_value(),
+        pool_size=10,
+        max_overflow=10,
+        pool_pre_ping=True,
+        hide_parameters=True,
     )
+
+
+def migrate(settings: Settings) -> None:
+    """Upgrade the schema to the latest migration, as the database's owner."""
+    refuse_dev_secrets(settings, migrating=True)
+    upgrade_to_head(settings.migration_database_url.get_secret_value(), database_role(settings))
 
 
 def build_broker(settings: Settings, metrics: NotifierMetrics) -> KafkaBroker:
@@ -189,7 +202,9 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         try:
-            await assert_schema_current(engine, settings.database_url)
+            # Building the app (for its documents) needs no secrets; starting it does.
+            refuse_dev_secrets(settings)
+            await assert_schema_current(engine)
         except Exception:
             await token_verifier.aclose()
             await engine.dispose()

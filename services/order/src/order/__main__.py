@@ -5,15 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 
 import uvicorn
+from pydantic import ValidationError
 
 from order import service
-from order.adapters.schema import upgrade_to_head
 from order.adapters.telemetry import configure_tracing, shutdown_tracing
 from order.adapters.unit_of_work import UnitOfWorkFactory
-from order.app import build_app, build_engine, run_relay
-from order.config import Settings
+from order.app import build_app, build_engine, migrate, run_relay
+from order.config import DevSecretRefused, Settings, refuse_dev_secrets
 from order.domain.auth import Role
 from order.logging_config import configure_logging
 
@@ -45,15 +46,19 @@ def main(argv: list[str] | None = None) -> None:
         "--replace", action="store_true", help="on create: revoke earlier tokens of this name"
     )
     args = parser.parse_args(argv)
-
-    settings = Settings()
+    try:
+        settings = Settings()
+        refuse_dev_secrets(settings, migrating=args.command == "migrate")
+    except (ValidationError, DevSecretRefused) as error:
+        # The messages name the setting and never hold its value.
+        sys.exit(f"order: refusing to start: {error}")
     if args.command in ("serve", "relay"):
         configure_logging("order", settings.log_format, settings.log_level)
     else:
         # A command's output is for the person who ran it.
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
     if args.command == "migrate":
-        upgrade_to_head(settings.database_url)
+        migrate(settings)
     elif args.command == "token":
         asyncio.run(_tokens(settings, args))
     else:

@@ -19,9 +19,9 @@ from order.adapters.broker import BrokerConnection
 from order.adapters.consumer_lag import ConsumerLagReader
 from order.adapters.metrics import PREFIX, MetricsSampler, OrderMetrics
 from order.adapters.outbox_relay import OutboxRelay
-from order.adapters.schema import assert_schema_current
+from order.adapters.schema import assert_schema_current, upgrade_to_head
 from order.adapters.unit_of_work import UnitOfWorkFactory
-from order.config import Settings
+from order.config import Settings, database_role, refuse_dev_secrets
 from order.entrypoints import http, observability
 from order.entrypoints.commands import register_command_handlers
 from order.entrypoints.publications import declare_publications
@@ -30,9 +30,22 @@ log = logging.getLogger(__name__)
 
 
 def build_engine(settings: Settings) -> AsyncEngine:
+    """The engine everything but the migrations runs on, as the runtime role."""
+    # hide_parameters: bound values (customer details, token digests) stay out of error
+    # messages and logs.
     return create_async_engine(
-        settings.database_url, pool_size=10, max_overflow=10, pool_pre_ping=True
+        settings.database_url.get_secret_value(),
+        pool_size=10,
+        max_overflow=10,
+        pool_pre_ping=True,
+        hide_parameters=True,
     )
+
+
+def migrate(settings: Settings) -> None:
+    """Upgrade the schema to the latest migration, as the database's owner."""
+    refuse_dev_secrets(settings, migrating=True)
+    upgrade_to_head(settings.migration_database_url.get_secret_value(), database_role(settings))
 
 
 def build_broker(settings: Settings, metrics: OrderMetrics) -> KafkaBroker:
@@ -56,7 +69,7 @@ def build_relay(
         engine,
         connection.broker,
         connection.connected,
-        database_url=settings.database_url,
+        database_url=settings.database_url.get_secret_value(),
         batch_size=settings.relay_batch_size,
         poll_interval=settings.relay_poll_interval_seconds,
         retry_interval=settings.relay_retry_seconds,
@@ -105,7 +118,9 @@ def build_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await assert_schema_current(engine, settings.database_url)
+        # Building the app (for its documents) needs no secrets; starting it does.
+        refuse_dev_secrets(settings)
+        await assert_schema_current(engine)
         tasks = [
             asyncio.create_task(connection.connect(), name="kafka-connect"),
             asyncio.create_task(sampler.run(), name="metrics-sampler"),
@@ -141,6 +156,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
 async def run_relay(settings: Settings) -> None:
     """The outbox relay on its own (`python -m order relay`), for running it apart from the
     HTTP API; it stops on SIGTERM or SIGINT."""
+    refuse_dev_secrets(settings)
     engine = build_engine(settings)
     # Its counters go nowhere: this process serves no /metrics (the API's process reports the
     # outbox backlog from the database either way).
@@ -148,7 +164,7 @@ async def run_relay(settings: Settings) -> None:
     broker = build_broker(settings, metrics)
     connection = BrokerConnection(broker, settings.relay_retry_seconds)
     relay = build_relay(settings, engine, connection, metrics)
-    await assert_schema_current(engine, settings.database_url)
+    await assert_schema_current(engine)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -29,8 +29,8 @@ def _ports() -> dict[str, int]:
 
 def main() -> None:
     kafka = infra.dev_kafka()
-    database_urls = infra.dev_database_urls()
-    stack = Stack(kafka.bootstrap_servers, database_urls, _ports(), infra.CACHE / "run")
+    databases = infra.dev_databases()
+    stack = Stack(kafka.bootstrap_servers, databases, _ports(), infra.CACHE / "run")
     stopping = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())

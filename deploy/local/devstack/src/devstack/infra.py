@@ -12,6 +12,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -22,8 +23,9 @@ REPO_ROOT = Path(__file__).resolve().parents[5]
 SCRIPTS = REPO_ROOT / "deploy" / "local"
 CACHE = REPO_ROOT / ".cache"
 
-SERVICE_DATABASES = {"order": "orders", "notifier": "notifier", "audit": "audit"}
-DEV_PG = "postgresql://backbone:backbone@127.0.0.1:5432"
+# The local cluster (deploy/local/postgres.sh) and its admin, which creates the test databases.
+DEV_PG_SERVER = "127.0.0.1:5432"
+DEV_PG = f"postgresql://backbone:backbone@{DEV_PG_SERVER}"
 
 
 def _run_script(script: str, *args: str, env: dict[str, str] | None = None) -> None:
@@ -113,21 +115,82 @@ async def ensure_topics(bootstrap_servers: str, partitions: int = TOPIC_PARTITIO
         await admin.close()
 
 
-def _asyncpg_url(url: str) -> str:
-    return url.replace("postgresql://", "postgresql+asyncpg://", 1)
+SERVICE_DATABASES = {"order": "orders", "notifier": "notifier", "audit": "audit"}
 
 
-def dev_database_urls() -> dict[str, str]:
-    """SQLAlchemy URLs of the three service databases: from the environment, or ours."""
+@dataclass(frozen=True)
+class ServiceRoles:
+    """A service database's owner (owns it, runs the migrations) and runtime role (what the
+    service connects as); deploy/local/postgres/roles.sql creates them."""
+
+    owner: str
+    runtime: str
+
+
+SERVICE_ROLES = {
+    "order": ServiceRoles("orders_owner", "order_service"),
+    "notifier": ServiceRoles("notifier_owner", "notifier_service"),
+    "audit": ServiceRoles("audit_owner", "audit_service"),
+}
+
+
+def dev_password(role: str) -> str:
+    """The local roles' passwords (roles.sql); the services accept them only in dev mode."""
+    return f"{role}_dev"
+
+
+@dataclass(frozen=True)
+class ServiceDatabase:
+    """Where one service's database is: the runtime role's URL, which the service runs on,
+    and the owner's, which `migrate` runs on (SQLAlchemy URLs)."""
+
+    url: str
+    migration_url: str
+
+
+def local_database(
+    service: str, *, server: str = DEV_PG_SERVER, name: str | None = None
+) -> ServiceDatabase:
+    """A service's database on a cluster set up by deploy/local/postgres: its local roles with
+    their dev passwords; `name` defaults to the service's dev database."""
+    roles = SERVICE_ROLES[service]
+    name = name or SERVICE_DATABASES[service]
+
+    def url(role: str) -> str:
+        return f"postgresql+asyncpg://{role}:{dev_password(role)}@{server}/{name}"
+
+    return ServiceDatabase(url=url(roles.runtime), migration_url=url(roles.owner))
+
+
+# For postgres.sh: no database configured elsewhere, so it provisions the local ones.
+_NO_CONFIGURED_DATABASES = {
+    f"{service.upper()}_{setting}": ""
+    for service in SERVICE_DATABASES
+    for setting in ("DATABASE_URL", "MIGRATION_DATABASE_URL")
+}
+
+
+def dev_databases() -> dict[str, ServiceDatabase]:
+    """The three service databases: from the environment (`<SERVICE>_DATABASE_URL`,
+    `<SERVICE>_MIGRATION_DATABASE_URL`), or ours on the local cluster. A service given only a
+    runtime URL migrates with it too."""
     configured = {
-        service: os.environ.get(f"{service.upper()}_DATABASE_URL") for service in SERVICE_DATABASES
+        service: (
+            os.environ.get(f"{service.upper()}_DATABASE_URL"),
+            os.environ.get(f"{service.upper()}_MIGRATION_DATABASE_URL"),
+        )
+        for service in SERVICE_DATABASES
     }
-    if not any(configured.values()):
+    if not any(url for urls in configured.values() for url in urls):
         _run_script("postgres.sh", "start")
-    return {
-        service: configured[service] or _asyncpg_url(f"{DEV_PG}/{database}")
-        for service, database in SERVICE_DATABASES.items()
-    }
+    databases = {}
+    for service in SERVICE_DATABASES:
+        url, migration_url = configured[service]
+        local = local_database(service)
+        databases[service] = ServiceDatabase(
+            url=url or local.url, migration_url=migration_url or url or local.migration_url
+        )
+    return databases
 
 
 @dataclass(frozen=True)
@@ -142,10 +205,7 @@ class Postgres:
         return DEV_PG.rsplit(":", 1)[0] + f":{self.port}"
 
     def _env(self) -> dict[str, str]:
-        return {
-            "PG_PORT": str(self.port),
-            **{f"{s.upper()}_DATABASE_URL": "" for s in SERVICE_DATABASES},
-        }
+        return {"PG_PORT": str(self.port), **_NO_CONFIGURED_DATABASES}
 
     def start(self) -> None:
         _run_script("postgres.sh", "start", env=self._env())
@@ -164,17 +224,33 @@ def restartable_test_postgres() -> Postgres:
 
 @dataclass
 class TestDatabases:
-    """Three throwaway databases for one test session, on the project's PostgreSQL."""
+    """Three throwaway databases for one test session, on the project's PostgreSQL, set up
+    like the real ones: each owned by its owner role, only its runtime role may connect."""
 
     admin_url: str
     names: dict[str, str]
 
     @property
+    def services(self) -> dict[str, ServiceDatabase]:
+        server = urlsplit(self.admin_url).netloc.rpartition("@")[2]
+        return {
+            service: local_database(service, server=server, name=name)
+            for service, name in self.names.items()
+        }
+
+    @property
     def urls(self) -> dict[str, str]:
-        return {svc: _asyncpg_url(f"{self.admin_url}/{db}") for svc, db in self.names.items()}
+        """The runtime roles' URLs: what the services run on."""
+        return {service: database.url for service, database in self.services.items()}
+
+    @property
+    def migration_urls(self) -> dict[str, str]:
+        """The owners' URLs: what the migrations run on."""
+        return {service: database.migration_url for service, database in self.services.items()}
 
     def dsn(self, service: str) -> str:
-        """A plain libpq/asyncpg DSN, for tests that look into a service's tables."""
+        """A plain libpq/asyncpg DSN as the admin (a member of the owners), for tests that look
+        into a service's tables."""
         return f"{self.admin_url}/{self.names[service]}"
 
 
@@ -185,22 +261,44 @@ def _psql(admin_url: str, sql: str) -> None:
     )
 
 
+def _psql_script(admin_url: str, script: str, **variables: str) -> None:
+    assignments = [f"--variable={name}={value}" for name, value in variables.items()]
+    subprocess.run(
+        [
+            "psql",
+            f"{admin_url}/postgres",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-qAtX",
+            *assignments,
+            "-f",
+            str(SCRIPTS / "postgres" / script),
+        ],
+        check=True,
+    )
+
+
 def create_test_databases(prefix: str = "t", admin_url: str | None = None) -> TestDatabases:
     """Fresh databases named `<prefix>_<random>_<service db>`, on the cluster of `admin_url`
-    (a role allowed to CREATE DATABASE), else `TEST_PG_ADMIN_URL`, else the project's."""
+    (a role allowed to CREATE DATABASE, and to create the service roles unless they exist),
+    else `TEST_PG_ADMIN_URL`, else the project's."""
     admin_url = admin_url or os.environ.get("TEST_PG_ADMIN_URL")
     if not admin_url:
         _run_script(
-            "postgres.sh", "start", env={f"{s.upper()}_DATABASE_URL": "" for s in SERVICE_DATABASES}
+            "postgres.sh",
+            "start",
+            env=_NO_CONFIGURED_DATABASES,
         )
         admin_url = DEV_PG
+    _psql_script(admin_url, "roles.sql", admin=unquote(urlsplit(admin_url).username or ""))
     tag = secrets.token_hex(4)
     names = {svc: f"{prefix}_{tag}_{db}" for svc, db in SERVICE_DATABASES.items()}
-    for name in names.values():
-        _psql(admin_url, f"CREATE DATABASE {name}")
+    for service, name in names.items():
+        roles = SERVICE_ROLES[service]
+        _psql_script(admin_url, "database.sql", db=name, owner=roles.owner, runtime=roles.runtime)
     return TestDatabases(admin_url, names)
 
 
 def drop_test_databases(databases: TestDatabases) -> None:
     for name in databases.names.values():
-        _psql(databases.admin_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        _psql(databases.admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

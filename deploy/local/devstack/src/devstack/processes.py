@@ -10,8 +10,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
+
+if TYPE_CHECKING:
+    from devstack.infra import ServiceDatabase
 
 
 def free_port() -> int:
@@ -125,14 +129,19 @@ SERVICE_MODULES = {"order": "order", "notifier": "notifier", "audit": "audit"}
 def service_env(
     service: str,
     *,
-    database_url: str,
+    database: ServiceDatabase,
     kafka_bootstrap_servers: str,
     http_port: int,
     extra: dict[str, str] | None = None,
 ) -> dict[str, str]:
+    """The environment of one service process on this machine: dev mode (the local roles'
+    passwords are accepted), its database as the runtime role and, for `migrate`, as the
+    owner."""
     prefix = service.upper()
     return {
-        f"{prefix}_DATABASE_URL": database_url,
+        "BACKBONE_ENV": "dev",
+        f"{prefix}_DATABASE_URL": database.url,
+        f"{prefix}_MIGRATION_DATABASE_URL": database.migration_url,
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap_servers,
         f"{prefix}_HTTP_PORT": str(http_port),
         **(extra or {}),

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devstack.infra import ensure_topics
+from devstack.infra import ServiceDatabase, ensure_topics
 from devstack.processes import (
     Process,
     migrate,
@@ -27,7 +27,7 @@ SERVICES = ("order", "notifier", "audit")
 @dataclass
 class Stack:
     kafka_bootstrap_servers: str
-    database_urls: dict[str, str]
+    databases: dict[str, ServiceDatabase]
     ports: dict[str, int]
     workdir: Path
     admin_token: str = ""
@@ -65,7 +65,7 @@ class Stack:
                 extra["NOTIFIER_NOTIFY_CHANNELS"] = '["email", "sms"]'
         return service_env(
             service,
-            database_url=self.database_urls[service],
+            database=self.databases[service],
             kafka_bootstrap_servers=self.kafka_bootstrap_servers,
             http_port=self.ports[service],
             extra=extra,
