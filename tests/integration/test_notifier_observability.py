@@ -22,7 +22,7 @@ from devstack.processes import free_port
 from devstack.smtp_sink import MaildirHandler
 from devstack.waiting import wait_until
 from notifier.app import build_app, migrate
-from tests.integration.conftest import TopicReader, consumer_group_at_end
+from tests.integration.conftest import TokenIssuer, TopicReader, consumer_group_at_end
 from tests.integration.test_notifier import (
     customer_for,
     notifier_settings,
@@ -58,7 +58,7 @@ def sink(tmp_path: Path) -> Iterator[Sink]:
 
 @pytest.fixture
 async def notifier(
-    kafka_bootstrap: str, sink: Sink
+    kafka_bootstrap: str, sink: Sink, token_issuer: TokenIssuer
 ) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
     """The notifier in this process on databases of its own; its client and consumer group."""
     own = infra.create_test_databases("nobs")
@@ -70,13 +70,16 @@ async def notifier(
         consumer_group=group,
         max_attempts=2,
         metrics_interval_seconds=0.2,
+        order_service_url=token_issuer.url,
     )
     await asyncio.to_thread(migrate, settings)
     app = build_app(settings)
     try:
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://n") as client:
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://n", headers=token_issuer.as_viewer()
+            ) as client:
                 yield client, group
     finally:
         infra.drop_test_databases(own)
