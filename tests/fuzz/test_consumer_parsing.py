@@ -173,6 +173,9 @@ async def test_audit_batch_consumer_takes_or_dead_letters_every_record(
     headers=[("h", b"\x00" * 300_000), ("i", b"\xff" * 100_000)],
     reason="\x00" * 100_000,
 )
+@example(  # a blank reason still gives a letter that says why
+    topic="orders.events", partition=1, offset=2, key=None, value=b"{}", headers=[], reason=" "
+)
 @cases(weight=2)
 def test_a_dead_letter_keeps_what_fits_of_any_record(
     topic: str,

@@ -102,7 +102,8 @@ class DeadLetter(Message):
         if kept_key != original_key:
             cuts.append("key cut")
             cut.append("key")
-        reason = _cut(reason, MAX_REASON_BYTES)
+        # A dead letter always says why, even if its caller gave no words for it.
+        reason = _cut(reason.strip() or "dead-lettered without a stated reason", MAX_REASON_BYTES)
         return cls(
             source_topic=topic,
             partition=partition,
