@@ -16,7 +16,6 @@ import yaml
 from dockerfile_parse import DockerfileParser
 from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
-
 from sqlalchemy.engine import URL, make_url
 
 from audit.config import Settings as AuditSettings
@@ -140,10 +139,13 @@ def check_roles(service: str, serving: Any, migrating: Any) -> tuple[str, str, s
     assert url(migrating.database_url).username == runtime.username, (
         "the migrations grant to the role the service runs as"
     )
-    assert (owner.host, owner.port, owner.database) == (runtime.host, runtime.port, runtime.database)
+    same_database = (owner.host, owner.port, owner.database)
+    assert same_database == (runtime.host, runtime.port, runtime.database)
     REFUSE_DEV_SECRETS[service](serving)
     REFUSE_DEV_SECRETS[service](migrating, migrating=True)
-    assert runtime.database and owner.username and runtime.username
+    assert runtime.database
+    assert owner.username
+    assert runtime.username
     return runtime.database, owner.username, runtime.username
 
 

@@ -329,7 +329,8 @@ def test_the_local_postgres_creates_the_roles_and_the_database_of_each_service_i
     assert serving.environment == migrating.environment == "dev"
     database, owner, runtime = check_roles(service, serving, migrating)
     host = url(serving.database_url).host
-    assert host and local.find("Service", host), f"no Service {host} for the database"
+    assert host
+    assert local.find("Service", host), f"no Service {host} for the database"
 
     roles, databases = init_creates(local_postgres_init_files(local))
     assert {owner, runtime} <= roles
