@@ -16,11 +16,15 @@ import yaml
 from dockerfile_parse import DockerfileParser
 from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
+from sqlalchemy.engine import URL, make_url
 
 from audit.config import Settings as AuditSettings
+from audit.config import refuse_dev_secrets as refuse_audit_dev_secrets
 from contracts import ALL_TOPICS, dlq_topic
 from notifier.config import Settings as NotifierSettings
+from notifier.config import refuse_dev_secrets as refuse_notifier_dev_secrets
 from order.config import Settings as OrderSettings
+from order.config import refuse_dev_secrets as refuse_order_dev_secrets
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -31,6 +35,11 @@ SETTINGS: dict[str, type[BaseSettings]] = {
     "audit": AuditSettings,
 }
 SERVICES = tuple(SETTINGS)
+REFUSE_DEV_SECRETS: dict[str, Callable[..., None]] = {
+    "order": refuse_order_dev_secrets,
+    "notifier": refuse_notifier_dev_secrets,
+    "audit": refuse_audit_dev_secrets,
+}
 
 # Every topic of the contracts and its dead-letter topic: what the topic jobs must create.
 ALL_TOPICS_WITH_DLQS = frozenset({*ALL_TOPICS, *(dlq_topic(topic) for topic in ALL_TOPICS)})
@@ -114,3 +123,51 @@ def kustomize() -> Path:
     if installed.returncode != 0:
         pytest.fail(f"could not install kustomize:\n{installed.stderr}")
     return Path(installed.stdout.strip())
+
+
+def url(secret: Any) -> URL:
+    """A database URL setting (a SecretStr), parsed."""
+    return make_url(secret.get_secret_value())
+
+
+def check_roles(service: str, serving: Any, migrating: Any) -> tuple[str, str, str]:
+    """The settings of a service's server and of its migration job agree with the role model
+    (owner migrates, runtime role serves, one database) and start in their mode; returns the
+    database, the owner and the runtime role."""
+    runtime, owner = url(serving.database_url), url(migrating.migration_database_url)
+    assert owner.username != runtime.username, "the service must not run as the owner"
+    assert url(migrating.database_url).username == runtime.username, (
+        "the migrations grant to the role the service runs as"
+    )
+    same_database = (owner.host, owner.port, owner.database)
+    assert same_database == (runtime.host, runtime.port, runtime.database)
+    REFUSE_DEV_SECRETS[service](serving)
+    REFUSE_DEV_SECRETS[service](migrating, migrating=True)
+    assert runtime.database
+    assert owner.username
+    assert runtime.username
+    return runtime.database, owner.username, runtime.username
+
+
+def init_creates(init_files: Mapping[str, str]) -> tuple[set[str], set[tuple[str, str, str]]]:
+    """What a postgres image's /docker-entrypoint-initdb.d (path in it -> text) creates: the
+    roles, and each (database, owner, runtime role) its top-level scripts create through the
+    psql variables they set before including the database script."""
+    roles: set[str] = set()
+    databases: set[tuple[str, str, str]] = set()
+    for path, script in init_files.items():
+        if "/" in path or not path.endswith(".sql"):
+            continue  # the image's init runs only these; the rest is included
+        variables: dict[str, str] = {}
+        for line in script.splitlines():
+            if assignment := re.fullmatch(r"\\set (\w+) '?(\w*)'?", line.strip()):
+                variables[assignment[1]] = assignment[2]
+            elif include := re.fullmatch(r"\\ir (\S+)", line.strip()):
+                assert include[1] in init_files, f"{path} includes {include[1]}, not there"
+                included = init_files[include[1]]
+                if created := re.search(r"CREATE ROLE.*?ARRAY\[(.*?)\]", included, re.DOTALL):
+                    roles.update(re.findall(r"'(\w+)'", created[1]))
+                if "CREATE DATABASE %I OWNER %I" in included:
+                    assert re.search(r"REVOKE CONNECT\b.*\bFROM PUBLIC;", included), included
+                    databases.add((variables["db"], variables["owner"], variables["runtime"]))
+    return roles, databases

@@ -4,7 +4,6 @@ consistent with the services it runs: their settings, topics, databases and scal
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from typing import Any
@@ -19,8 +18,11 @@ from tests.deploy.conftest import (
     REPO,
     SERVICES,
     SettingsFromEnv,
+    check_roles,
     env_prefix,
+    init_creates,
     topics_of_script,
+    url,
 )
 
 pytestmark = pytest.mark.deploy
@@ -83,8 +85,10 @@ def test_a_service_starts_after_its_migration_and_the_topics(
     assert services[service]["depends_on"]["kafka-topics"] == {
         "condition": "service_completed_successfully"
     }
-    database_url = f"{env_prefix(service)}DATABASE_URL"
-    assert migration["environment"][database_url] == services[service]["environment"][database_url]
+
+
+def environment_of(compose: dict[str, Any], container: str) -> dict[str, str]:
+    return {k: str(v) for k, v in compose["services"][container]["environment"].items()}
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -92,25 +96,52 @@ def test_every_variable_a_service_gets_is_one_of_its_settings_with_a_valid_value
     compose: dict[str, Any], service: str, settings_from_env: SettingsFromEnv
 ) -> None:
     for name in (service, f"{service}-migrate"):
-        environment = compose["services"][name]["environment"]
-        settings_from_env(service, {key: str(value) for key, value in environment.items()})
+        settings_from_env(service, environment_of(compose, name))
 
 
 @pytest.mark.parametrize("service", SERVICES)
-def test_each_service_database_is_created_by_the_postgres_init_script(
+def test_the_migration_runs_as_the_owner_and_the_service_as_its_runtime_role_in_dev_mode(
     compose: dict[str, Any], service: str, settings_from_env: SettingsFromEnv
 ) -> None:
-    environment = compose["services"][service]["environment"]
-    settings: Any = settings_from_env(service, {k: str(v) for k, v in environment.items()})
-    database = settings.database_url.rsplit("/", 1)[1]
+    serving_env = environment_of(compose, service)
+    assert f"{env_prefix(service)}MIGRATION_DATABASE_URL" not in serving_env, (
+        "only the migration gets the owner's password"
+    )
+    serving: Any = settings_from_env(service, serving_env)
+    migrating: Any = settings_from_env(service, environment_of(compose, f"{service}-migrate"))
+    # The stack uses the published dev passwords: explicitly in dev mode, or it would not start.
+    assert serving.environment == migrating.environment == "dev"
+    check_roles(service, serving, migrating)
 
-    mounted = [
-        volume.split(":")[0]
-        for volume in compose["services"]["postgres"]["volumes"]
-        if "/docker-entrypoint-initdb.d/" in volume
-    ]
-    scripts = " ".join((DEPLOY / source).read_text() for source in mounted)
-    assert re.search(rf"CREATE DATABASE {database}\b", scripts)
+
+def postgres_init_files(compose: dict[str, Any]) -> dict[str, str]:
+    """What the postgres service's /docker-entrypoint-initdb.d holds: path in it -> text."""
+    files = {}
+    for volume in compose["services"]["postgres"]["volumes"]:
+        source, target = volume.split(":")[:2]
+        inside = target.removeprefix("/docker-entrypoint-initdb.d/")
+        if inside == target:
+            continue
+        origin = DEPLOY / source
+        if origin.is_dir():
+            files.update({f"{inside}/{f.name}": f.read_text() for f in origin.glob("*.sql")})
+        else:
+            files[inside] = origin.read_text()
+    return files
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_the_postgres_init_creates_the_roles_and_the_database_of_each_service(
+    compose: dict[str, Any], service: str, settings_from_env: SettingsFromEnv
+) -> None:
+    serving: Any = settings_from_env(service, environment_of(compose, service))
+    migrating: Any = settings_from_env(service, environment_of(compose, f"{service}-migrate"))
+    database, owner, runtime = check_roles(service, serving, migrating)
+    assert url(serving.database_url).host == "postgres"
+
+    roles, databases = init_creates(postgres_init_files(compose))
+    assert {owner, runtime} <= roles
+    assert (database, owner, runtime) in databases
 
 
 def test_the_notifier_can_be_scaled(compose: dict[str, Any]) -> None:
@@ -123,8 +154,7 @@ def test_the_notifier_can_be_scaled(compose: dict[str, Any]) -> None:
 def test_the_notifier_sends_to_the_mail_catcher(
     compose: dict[str, Any], settings_from_env: SettingsFromEnv
 ) -> None:
-    environment = compose["services"]["notifier"]["environment"]
-    settings: Any = settings_from_env("notifier", {k: str(v) for k, v in environment.items()})
+    settings: Any = settings_from_env("notifier", environment_of(compose, "notifier"))
     assert settings.smtp_host == "mailpit"
     assert compose["services"]["notifier"]["depends_on"]["mailpit"]["condition"] == (
         "service_healthy"

@@ -6,7 +6,6 @@ with the services: their settings, ports, topics, consumer groups, images and da
 from __future__ import annotations
 
 import base64
-import re
 import subprocess
 from functools import cached_property
 from pathlib import Path
@@ -25,10 +24,14 @@ from tests.deploy.conftest import (
     DEPLOY,
     SERVICES,
     SettingsFromEnv,
+    check_roles,
     dockerfile,
     env_names,
+    env_prefix,
+    init_creates,
     load_yaml_documents,
     topics_of_script,
+    url,
 )
 
 pytestmark = pytest.mark.deploy
@@ -229,8 +232,42 @@ def test_a_service_has_a_pod_disruption_budget_a_service_and_a_migration_job(
     migration = build.service_container("Job", f"{service}-migrate", service)
     assert migration["args"] == ["migrate"]
     assert migration["image"] == container["image"], "the same image migrates and serves"
-    database = next(v for v in container["env"] if v["name"].endswith("_DATABASE_URL"))
-    assert database in migration["env"], "both use the same database"
+
+
+def secret_refs(container: Object) -> dict[str, str]:
+    """Variable name -> the Secret it comes from."""
+    return {
+        v["name"]: v["valueFrom"]["secretKeyRef"]["name"]
+        for v in container.get("env", [])
+        if "secretKeyRef" in v.get("valueFrom", {})
+    }
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_the_migration_job_gets_the_owner_url_and_the_service_only_the_runtime_url(
+    build: Build, service: str
+) -> None:
+    runtime_url = f"{env_prefix(service)}DATABASE_URL"
+    owner_url = f"{env_prefix(service)}MIGRATION_DATABASE_URL"
+    serving = secret_refs(build.service_container("Deployment", service, service))
+    migrating = secret_refs(build.service_container("Job", f"{service}-migrate", service))
+    assert owner_url not in serving, "only the migration gets the owner's password"
+    assert runtime_url in serving
+    # The runtime URL names the role the migrations grant to.
+    assert migrating[runtime_url] == serving[runtime_url]
+    assert migrating[owner_url] != serving[runtime_url], "the owner's URL is a Secret of its own"
+
+
+def test_the_base_refers_to_secrets_without_values_and_runs_in_production_mode(
+    kustomize: Path, settings_from_env: SettingsFromEnv
+) -> None:
+    base = kustomize_build(kustomize, "base")
+    assert not base.all("Secret"), "credentials come from the overlay or the platform"
+    for service in SERVICES:
+        for kind, name in (("Deployment", service), ("Job", f"{service}-migrate")):
+            known, _ = base.resolve_env(base.service_container(kind, name, service))
+            settings: Any = settings_from_env(service, known)
+            assert settings.environment == "production", f"{kind} {name}"
 
 
 @pytest.mark.parametrize("service", sorted(CONSUMED_TOPICS))
@@ -281,22 +318,44 @@ def test_the_local_overlay_brings_everything_the_base_refers_to(local: Build) ->
 
 
 @pytest.mark.parametrize("service", SERVICES)
-def test_the_local_postgres_creates_each_service_database(
+def test_the_local_postgres_creates_the_roles_and_the_database_of_each_service_in_dev_mode(
     local: Build, service: str, settings_from_env: SettingsFromEnv
 ) -> None:
     known, _ = local.resolve_env(local.service_container("Deployment", service, service))
-    settings: Any = settings_from_env(service, known)
-    host_and_database = re.search(r"@([^:/]+)(?::\d+)?/(\w+)$", settings.database_url)
-    assert host_and_database, settings.database_url
-    host, database = host_and_database.groups()
+    serving: Any = settings_from_env(service, known)
+    known, _ = local.resolve_env(local.service_container("Job", f"{service}-migrate", service))
+    migrating: Any = settings_from_env(service, known)
+    # The overlay's Secrets hold the published dev passwords: it must run in dev mode.
+    assert serving.environment == migrating.environment == "dev"
+    database, owner, runtime = check_roles(service, serving, migrating)
+    host = url(serving.database_url).host
+    assert host
     assert local.find("Service", host), f"no Service {host} for the database"
-    init = local.get("ConfigMap", init_config_map(local))["data"]
-    assert any(re.search(rf"CREATE DATABASE {database}\b", sql) for sql in init.values())
+
+    roles, databases = init_creates(local_postgres_init_files(local))
+    assert {owner, runtime} <= roles
+    assert (database, owner, runtime) in databases
 
 
-def init_config_map(local: Build) -> str:
+def local_postgres_init_files(local: Build) -> dict[str, str]:
+    """What the local postgres's /docker-entrypoint-initdb.d holds: path in it -> text."""
     volumes = local.get("StatefulSet", "postgres")["spec"]["template"]["spec"]["volumes"]
-    return str(next(v["configMap"]["name"] for v in volumes if v["name"] == "init"))
+    volume = next(v["configMap"] for v in volumes if v["name"] == "init")
+    data = local.get("ConfigMap", volume["name"])["data"]
+    items = volume.get("items") or [{"key": key, "path": key} for key in data]
+    return {item["path"]: data[item["key"]] for item in items}
+
+
+def test_the_local_postgres_init_is_the_one_compose_and_deploy_local_run() -> None:
+    copies = DEPLOY / "k8s" / "overlays" / "local" / "postgres"
+    originals = {
+        "create-databases.sql": DEPLOY / "docker" / "postgres",
+        "roles.sql": DEPLOY / "local" / "postgres",
+        "database.sql": DEPLOY / "local" / "postgres",
+    }
+    assert {f.name for f in copies.iterdir()} == set(originals)
+    for name, directory in originals.items():
+        assert (copies / name).read_text() == (directory / name).read_text(), name
 
 
 def test_the_local_kafka_advertises_the_address_services_and_keda_use(local: Build) -> None:
