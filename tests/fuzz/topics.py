@@ -4,53 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from contracts import ORDERS_COMMANDS
-from devstack.waiting import wait_until
-
-
-async def partitions_of(bootstrap: str, topic: str) -> list[TopicPartition]:
-    """The topic's partitions, once each has a leader (a topic just created has none yet, and
-    clients leave such partitions out)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-
-        async def described() -> dict[str, Any]:
-            (description,) = await admin.describe_topics([topic])
-            return description  # type: ignore[no-any-return]
-
-        description = await wait_until(
-            described,
-            lambda d: (
-                not d["error_code"]
-                and bool(d["partitions"])
-                and all(p["leader"] >= 0 for p in d["partitions"])
-            ),
-            within=30,
-            what=f"a leader for every partition of {topic}",
-        )
-    finally:
-        await admin.close()
-    return [TopicPartition(topic, p["partition"]) for p in description["partitions"]]
+from devstack import infra
 
 
 async def group_at_end(bootstrap: str, group: str, topic: str = ORDERS_COMMANDS) -> str:
-    """Commits `group`'s offsets at the current end of `topic`, so a consumer started in it
-    sees only what comes next, not every earlier test's messages."""
-    partitions = await partitions_of(bootstrap, topic)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        consumer.assign(partitions)
-        await consumer.commit(await consumer.end_offsets(partitions))
-    finally:
-        await consumer.stop()
-    return group
+    """`group` positioned at the end of `topic` (orders.commands unless told)."""
+    return await infra.commit_group_at_end(bootstrap, group, topic)
 
 
 class TopicTail:
@@ -62,7 +25,7 @@ class TopicTail:
 
     @classmethod
     async def open(cls, bootstrap: str, topic: str) -> TopicTail:
-        partitions = await partitions_of(bootstrap, topic)
+        partitions = await infra.partitions_of(bootstrap, topic)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=2**21
         )

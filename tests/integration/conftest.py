@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
 from contracts import ORDERS_EVENTS
 from devstack import infra
@@ -207,20 +207,5 @@ async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
 async def consumer_group_at_end(
     kafka_bootstrap: str, group: str, topic: str = ORDERS_EVENTS
 ) -> str:
-    """Commits `group`'s offsets at the current end of `topic` and returns the group: a
-    consumer started in it then sees only what the test publishes, not every earlier test's
-    events (consumers of a new group start at the earliest offset)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=kafka_bootstrap, group_id=group, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        # The session's topics were created with this many partitions (infra.ensure_topics);
-        # partitions_for_topic would answer from metadata this consumer has not fetched.
-        partitions = [TopicPartition(topic, p) for p in range(infra.TOPIC_PARTITIONS)]
-        ends = await consumer.end_offsets(partitions)
-        consumer.assign(partitions)
-        await consumer.commit(ends)
-    finally:
-        await consumer.stop()
-    return group
+    """`group` positioned at the end of `topic` (orders.events unless told)."""
+    return await infra.commit_group_at_end(kafka_bootstrap, group, topic)

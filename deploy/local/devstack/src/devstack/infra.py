@@ -12,12 +12,15 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from contracts import ALL_TOPICS, dlq_topic
 from devstack.processes import port_answers
+from devstack.waiting import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[5]
 SCRIPTS = REPO_ROOT / "deploy" / "local"
@@ -113,6 +116,49 @@ async def ensure_topics(bootstrap_servers: str, partitions: int = TOPIC_PARTITIO
             )
     finally:
         await admin.close()
+
+
+async def partitions_of(bootstrap_servers: str, topic: str) -> list[TopicPartition]:
+    """The topic's partitions, once each has a leader (a topic just created has none yet, and
+    clients leave such partitions out)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+
+        async def described() -> dict[str, Any]:
+            (description,) = await admin.describe_topics([topic])
+            return description  # type: ignore[no-any-return]
+
+        description = await wait_until(
+            described,
+            lambda d: (
+                not d["error_code"]
+                and bool(d["partitions"])
+                and all(p["leader"] >= 0 for p in d["partitions"])
+            ),
+            within=30,
+            what=f"a leader for every partition of {topic}",
+        )
+    finally:
+        await admin.close()
+    return [TopicPartition(topic, p["partition"]) for p in description["partitions"]]
+
+
+async def commit_group_at_end(bootstrap_servers: str, group: str, topic: str) -> str:
+    """Commits `group`'s offsets at the current end of `topic` and returns the group: a
+    consumer started in it sees only what comes next, not every earlier test's messages
+    (a new group would start at the earliest offset)."""
+    partitions = await partitions_of(bootstrap_servers, topic)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        await consumer.commit(await consumer.end_offsets(partitions))
+    finally:
+        await consumer.stop()
+    return group
 
 
 SERVICE_DATABASES = {"order": "orders", "notifier": "notifier", "audit": "audit"}
