@@ -1,5 +1,6 @@
 """The outbox relay against real Kafka and PostgreSQL: nothing lost while the broker is down,
-per-order order kept, one publication per row with two relays."""
+per-order order kept, one publication per row with two relays, a row Kafka refuses holding up
+only its own order."""
 
 from __future__ import annotations
 
@@ -7,15 +8,21 @@ import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import pytest
 from faststream.kafka import KafkaBroker
+from sqlalchemy import func, insert, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts import Actor
+from contracts.statuses import OrderStatus
 from devstack import infra
+from devstack.waiting import wait_until
 from order import service
-from order.adapters.outbox_relay import OutboxRelay
+from order.adapters.broker import BrokerConnection
+from order.adapters.outbox_relay import OutboxRelay, Relayed
+from order.adapters.tables import outbox
 from order.adapters.unit_of_work import UnitOfWork
 from order.app import build_engine, migrate
 from order.config import Settings
@@ -87,22 +94,17 @@ async def test_two_relays_publish_each_row_once(
             )
             created.append(order.id)
     brokers = [KafkaBroker(kafka_bootstrap, enable_idempotence=True, acks="all") for _ in range(2)]
-    relays = []
-    for broker in brokers:
-        await broker.start()
-        connected = asyncio.Event()
-        connected.set()
-        relays.append(
-            OutboxRelay(
-                engine,
-                broker,
-                connected,
-                database_url=own_order_database,
-                batch_size=7,
-                poll_interval=0.2,
-                retry_interval=0.2,
-            )
+    relays = [
+        OutboxRelay(
+            engine,
+            BrokerConnection(broker, retry_interval=0.2),
+            database_url=own_order_database,
+            batch_size=7,
+            poll_interval=0.2,
+            retry_interval=0.2,
         )
+        for broker in brokers
+    ]
     tasks = [asyncio.create_task(relay.run()) for relay in relays]
     try:
         await order_events.wait_for_keys({str(order_id) for order_id in created})
@@ -111,8 +113,6 @@ async def test_two_relays_publish_each_row_once(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for broker in brokers:
-            await broker.stop()
         await engine.dispose()
 
     keys = Counter(r.key.decode() for r in order_events.records)
@@ -129,14 +129,13 @@ async def test_published_rows_are_purged_after_the_retention(
             await service.create_order_in(
                 uow, customer=Customer("P", None, None), actor=Actor(id="p")
             )
-    broker = KafkaBroker(kafka_bootstrap, enable_idempotence=True, acks="all")
-    await broker.start()
-    connected = asyncio.Event()
-    connected.set()
+    kafka = BrokerConnection(
+        KafkaBroker(kafka_bootstrap, enable_idempotence=True, acks="all"), retry_interval=0.2
+    )
+    await kafka.connect()
     relay = OutboxRelay(
         engine,
-        broker,
-        connected,
+        kafka,
         database_url=own_order_database,
         batch_size=10,
         poll_interval=0.2,
@@ -145,9 +144,161 @@ async def test_published_rows_are_purged_after_the_retention(
     )
     try:
         assert await relay.purge_published() == 0  # nothing published yet: nothing to purge
-        assert await relay.publish_batch() == 3
+        assert await relay.publish_batch() == Relayed(acknowledged=3, failed=0)
         assert await relay.purge_published() == 3
-        assert await relay.publish_batch() == 0
+        assert await relay.publish_batch() == Relayed(acknowledged=0, failed=0)
     finally:
-        await broker.stop()
+        await kafka.broker.stop()
         await engine.dispose()
+
+
+async def started_relay(
+    engine: AsyncEngine, kafka_bootstrap: str, database_url: str
+) -> tuple[OutboxRelay, BrokerConnection]:
+    kafka = BrokerConnection(
+        KafkaBroker(kafka_bootstrap, enable_idempotence=True, acks="all"), retry_interval=0.2
+    )
+    await kafka.connect()
+    relay = OutboxRelay(
+        engine,
+        kafka,
+        database_url=database_url,
+        batch_size=10,
+        poll_interval=0.2,
+        retry_interval=0.2,
+    )
+    return relay, kafka
+
+
+async def test_an_orders_next_event_waits_until_the_one_before_is_acknowledged(
+    kafka_bootstrap: str, own_order_database: str, order_events: TopicReader
+) -> None:
+    engine = build_engine(
+        Settings(database_url=own_order_database, kafka_bootstrap_servers=kafka_bootstrap)
+    )
+    async with UnitOfWork(engine) as uow:
+        order = await service.create_order_in(
+            uow, customer=Customer("Q", None, None), actor=Actor(id="q")
+        )
+        await service.create_order_in(uow, customer=Customer("O", None, None), actor=Actor(id="q"))
+    for status in (OrderStatus.CONFIRMED, OrderStatus.PREPARING):
+        async with UnitOfWork(engine) as uow:
+            await service.change_order_status_in(uow, order.id, status, actor=Actor(id="q"))
+    relay, kafka = await started_relay(engine, kafka_bootstrap, own_order_database)
+    try:
+        # One row of each order per batch: three of `order`, one of `other`.
+        assert await relay.publish_batch() == Relayed(acknowledged=2, failed=0)
+        assert await relay.publish_batch() == Relayed(acknowledged=1, failed=0)
+        assert await relay.publish_batch() == Relayed(acknowledged=1, failed=0)
+        assert await relay.publish_batch() == Relayed(acknowledged=0, failed=0)
+    finally:
+        await kafka.broker.stop()
+        await engine.dispose()
+    events = await order_events.values_for(str(order.id), 3)
+    assert [e["version"] for e in events] == [1, 2, 3]
+
+
+async def test_a_row_kafka_refuses_holds_up_only_its_own_order(
+    kafka_bootstrap: str, own_order_database: str, order_events: TopicReader
+) -> None:
+    engine = build_engine(
+        Settings(database_url=own_order_database, kafka_bootstrap_servers=kafka_bootstrap)
+    )
+    refused_key = str(uuid4())
+    async with engine.begin() as connection:
+        # Over the producer's request size limit: aiokafka refuses it before sending.
+        await connection.execute(
+            insert(outbox).values(
+                event_id=uuid4(),
+                topic="orders.events",
+                key=refused_key,
+                event_type="Oversized",
+                payload={"pad": "x" * 2_000_000},
+                headers={},
+            )
+        )
+    async with UnitOfWork(engine) as uow:
+        order = await service.create_order_in(
+            uow, customer=Customer("R", None, None), actor=Actor(id="r")
+        )
+    relay, _ = await started_relay(engine, kafka_bootstrap, own_order_database)
+    relaying = asyncio.create_task(relay.run())
+    try:
+        await order_events.wait_for_keys({str(order.id)})
+        # The relay replaced its producer after the refusal and goes on relaying other orders.
+        async with UnitOfWork(engine) as uow:
+            later = await service.create_order_in(
+                uow, customer=Customer("L", None, None), actor=Actor(id="r")
+            )
+        await order_events.wait_for_keys({str(later.id)})
+        await wait_until(
+            lambda: unpublished_keys(engine),
+            lambda keys: keys == [refused_key],
+            within=30,
+            what="every row but the refused one marked published",
+        )
+    finally:
+        relaying.cancel()
+        await asyncio.gather(relaying, return_exceptions=True)
+        await engine.dispose()
+    assert Counter(r.key.decode() for r in order_events.records)[str(order.id)] == 1
+
+
+async def test_stopping_lets_the_batch_in_flight_be_acknowledged_and_marked(
+    kafka: infra.Kafka, kafka_bootstrap: str, own_order_database: str, order_events: TopicReader
+) -> None:
+    if not kafka.managed:
+        pytest.skip("the broker is external; this test stops and restarts its own")
+    engine = build_engine(
+        Settings(database_url=own_order_database, kafka_bootstrap_servers=kafka_bootstrap)
+    )
+    relay, _ = await started_relay(engine, kafka_bootstrap, own_order_database)
+    relaying = asyncio.create_task(relay.run())
+    await asyncio.to_thread(kafka.stop)
+    try:
+        async with UnitOfWork(engine) as uow:
+            orders = [
+                await service.create_order_in(
+                    uow, customer=Customer("S", None, None), actor=Actor(id="s")
+                )
+                for _ in range(5)
+            ]
+        # The relay holds its lock while it has a batch in hand, waiting for Kafka.
+        await wait_until(
+            lambda: relay_lock_holders(engine),
+            lambda holders: holders == 1,
+            within=30,
+            what="the relay to take a batch",
+        )
+        stopping = asyncio.create_task(relay.stop(relaying, grace=120))
+    finally:
+        await asyncio.to_thread(kafka.start)
+    await stopping
+    assert not relaying.cancelled()
+    async with engine.connect() as connection:
+        waiting = await connection.scalar(
+            select(func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))
+        )
+    await engine.dispose()
+    assert waiting == 0
+    await order_events.wait_for_keys({str(order.id) for order in orders})
+
+
+async def relay_lock_holders(engine: AsyncEngine) -> int:
+    async with engine.connect() as connection:
+        return int(
+            await connection.scalar(
+                text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                    " AND database = (SELECT oid FROM pg_database"
+                    " WHERE datname = current_database())"
+                )
+            )
+            or 0
+        )
+
+
+async def unpublished_keys(engine: AsyncEngine) -> list[str]:
+    async with engine.connect() as connection:
+        query = select(outbox.c.key).where(outbox.c.published_at.is_(None))
+        return list((await connection.execute(query)).scalars())

@@ -73,6 +73,8 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         enable_idempotence=True,
         acks="all",
         client_id="audit",
+        # On stop, the batch in hand may finish (and commit its offsets) for this long.
+        graceful_timeout=settings.shutdown_grace_seconds,
         middlewares=(KafkaTelemetryMiddleware(), *metrics.broker_middlewares()),
         logger=logging.getLogger("faststream.access.kafka"),
     )

@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=500, ge=1)
     # Pause before a transiently failing batch is redelivered, and between reconnects.
     retry_seconds: float = 1.0
+    # On SIGTERM: how long the batch in hand may take to finish.
+    shutdown_grace_seconds: float = Field(default=15.0, ge=0)
     # How often the consumer lag is read for the metrics.
     metrics_interval_seconds: float = Field(default=15.0, gt=0)
     # "json": one JSON object per line (for log collectors); "text" for reading locally.

@@ -167,10 +167,11 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     metrics = NotifierMetrics()
     broker = build_broker(settings, metrics)
     connection = BrokerConnection(broker, settings.retry_seconds)
+    # The relay has a Kafka client of its own: it replaces its producer after a failed send,
+    # which must not restart the consumer.
     relay = OutboxRelay(
         engine,
-        broker,
-        connection.connected,
+        BrokerConnection(build_broker(settings, metrics), settings.retry_seconds),
         batch_size=settings.outbox_batch_size,
         poll_interval=settings.outbox_poll_interval_seconds,
         retry_interval=settings.retry_seconds,
@@ -224,8 +225,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
             await asyncio.gather(connect, return_exceptions=True)
             await broker.stop()
             await worker.stop(dispatching, settings.shutdown_grace_seconds)
-            relaying.cancel()
-            await asyncio.gather(relaying, return_exceptions=True)
+            await relay.stop(relaying, settings.shutdown_grace_seconds)
             await token_verifier.aclose()
             await engine.dispose()
             log.info("notifier stopped")

@@ -57,18 +57,20 @@ def build_broker(settings: Settings, metrics: OrderMetrics) -> KafkaBroker:
         acks="all",
         linger_ms=5,
         client_id="order-service",
+        # On stop, the command in hand may finish (and commit its offset) for this long.
+        graceful_timeout=settings.shutdown_grace_seconds,
         middlewares=(KafkaTelemetryMiddleware(), *metrics.broker_middlewares()),
         logger=logging.getLogger("faststream.access.kafka"),
     )
 
 
-def build_relay(
-    settings: Settings, engine: AsyncEngine, connection: BrokerConnection, metrics: OrderMetrics
-) -> OutboxRelay:
+def build_relay(settings: Settings, engine: AsyncEngine, metrics: OrderMetrics) -> OutboxRelay:
+    # A client of the relay's own: it replaces its producer after a failed send, which must not
+    # restart the command consumer.
+    kafka = BrokerConnection(build_broker(settings, metrics), settings.relay_retry_seconds)
     return OutboxRelay(
         engine,
-        connection.broker,
-        connection.connected,
+        kafka,
         database_url=settings.database_url.get_secret_value(),
         batch_size=settings.relay_batch_size,
         poll_interval=settings.relay_poll_interval_seconds,
@@ -113,7 +115,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     register_command_handlers(broker, uow_factory, settings)
     declare_publications(broker)
     connection = BrokerConnection(broker, settings.relay_retry_seconds)
-    relay = build_relay(settings, engine, connection, metrics)
+    relay = build_relay(settings, engine, metrics)
     sampler = build_sampler(settings, metrics, connection, relay)
 
     @contextlib.asynccontextmanager
@@ -125,15 +127,22 @@ def build_app(settings: Settings | None = None) -> FastAPI:
             asyncio.create_task(connection.connect(), name="kafka-connect"),
             asyncio.create_task(sampler.run(), name="metrics-sampler"),
         ]
-        if settings.relay_in_process:
-            tasks.append(asyncio.create_task(relay.run(), name="outbox-relay"))
+        relaying = (
+            asyncio.create_task(relay.run(), name="outbox-relay")
+            if settings.relay_in_process
+            else None
+        )
         try:
             yield
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            # Stop consuming (the command in hand finishes and commits its offset), then let
+            # the relay mark the batch it has in flight.
             await broker.stop()
+            if relaying is not None:
+                await relay.stop(relaying, settings.shutdown_grace_seconds)
             await engine.dispose()
 
     app = FastAPI(
@@ -160,21 +169,15 @@ async def run_relay(settings: Settings) -> None:
     engine = build_engine(settings)
     # Its counters go nowhere: this process serves no /metrics (the API's process reports the
     # outbox backlog from the database either way).
-    metrics = OrderMetrics()
-    broker = build_broker(settings, metrics)
-    connection = BrokerConnection(broker, settings.relay_retry_seconds)
-    relay = build_relay(settings, engine, connection, metrics)
+    relay = build_relay(settings, engine, OrderMetrics())
     await assert_schema_current(engine)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    tasks = [asyncio.create_task(connection.connect()), asyncio.create_task(relay.run())]
+    relaying = asyncio.create_task(relay.run())
     try:
         await stop.wait()
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await broker.stop()
+        await relay.stop(relaying, settings.shutdown_grace_seconds)
         await engine.dispose()

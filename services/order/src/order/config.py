@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     relay_retry_seconds: float = 1.0
     # False when the relay runs as its own process (`python -m order relay`).
     relay_in_process: bool = True
+    # On SIGTERM: how long the command in hand and the relay's batch in flight may take.
+    shutdown_grace_seconds: float = Field(default=15.0, ge=0)
     outbox_retention_hours: float = Field(default=24.0, ge=0)
     # How often the sampled metrics (outbox backlog, Kafka reachability, consumer lag) are
     # refreshed, and how long one Kafka check may take.

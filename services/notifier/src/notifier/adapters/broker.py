@@ -16,6 +16,10 @@ from faststream.message import StreamMessage
 
 log = logging.getLogger(__name__)
 
+# Stopping flushes what the producer still holds; a publisher renews only after every send of
+# its batch was settled, so this is a bound for the unexpected, not a wait that happens.
+STOP_TIMEOUT_SECONDS = 10.0
+
 
 class BrokerConnection:
     def __init__(self, broker: KafkaBroker, retry_interval: float) -> None:
@@ -37,6 +41,18 @@ class BrokerConnection:
                 continue
             self.connected.set()
             return
+
+    async def renew(self) -> None:
+        """Replace the clients with fresh ones. For a publisher whose send failed: aiokafka's
+        idempotent producer can keep sequence numbers the broker refuses from then on
+        (aio-libs/aiokafka#1017); a new producer gets a new producer id and starts them anew."""
+        self.connected.clear()
+        try:
+            async with asyncio.timeout(STOP_TIMEOUT_SECONDS):
+                await self.broker.stop()
+        except Exception:
+            log.warning("kafka client did not stop cleanly; replacing it anyway", exc_info=True)
+        await self.connect()
 
 
 Record: TypeAlias = "ConsumerRecord[Any, Any]"

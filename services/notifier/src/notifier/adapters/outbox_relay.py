@@ -2,9 +2,13 @@
 
 Rows are written in the same transaction as the communication change they announce, so an
 outcome is never lost and never announced for a change that rolled back. One relay publishes
-at a time (a transaction-scoped advisory lock), in `id` order; a crash between the ack and the
-mark re-sends a row, which the audit service deduplicates by event id. Published rows are
-deleted once older than the retention. Each row is published in the trace it was written in.
+at a time (a transaction-scoped advisory lock), in `id` order, at most one row per key in a
+batch (a key's next row waits for the ack of the one before, whatever the producer does). Every
+acknowledged row is marked, also when others in its batch failed; after a failed send the
+producer is replaced, as aiokafka's idempotent producer can be left refusing a partition for
+good (aio-libs/aiokafka#1017). A crash between the ack and the mark re-sends a row, which the
+audit service deduplicates by event id. Published rows are deleted once older than the
+retention. Each row is published in the trace it was written in.
 """
 
 from __future__ import annotations
@@ -15,14 +19,16 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
-from faststream.kafka import KafkaBroker
+from aiokafka.errors import MessageSizeTooLargeError
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from notifier.adapters.broker import BrokerConnection
 from notifier.adapters.tables import outbox
 from notifier.adapters.telemetry import attached
 
@@ -30,6 +36,14 @@ log = logging.getLogger(__name__)
 
 # An arbitrary constant naming "the notifier outbox relay" among advisory locks.
 RELAY_LOCK_KEY = 0x6E6F7469666965_01
+
+
+@dataclass(frozen=True)
+class Relayed:
+    """What one batch did."""
+
+    acknowledged: int
+    failed: int  # sends Kafka did not acknowledge; they stay in the outbox for the next batch
 
 
 @dataclass(frozen=True)
@@ -42,8 +56,7 @@ class OutboxRelay:
     def __init__(
         self,
         engine: AsyncEngine,
-        broker: KafkaBroker,
-        connected: asyncio.Event,
+        kafka: BrokerConnection,
         *,
         batch_size: int,
         poll_interval: float,
@@ -53,38 +66,61 @@ class OutboxRelay:
         on_acknowledged: Callable[[str, int], None] = lambda topic, count: None,
     ) -> None:
         self._engine = engine
-        self._broker = broker
-        self._connected = connected
+        self._kafka = kafka
         self._batch_size = batch_size
         self._poll_interval = poll_interval
         self._retry_interval = retry_interval
         self._retention = retention
         self._purge_interval = purge_interval
         self._next_purge = 0.0
+        self._stopping = False
         self.wake = asyncio.Event()
         self._on_acknowledged = on_acknowledged
 
     async def run(self) -> None:
         """Publish forever; cancel the task to stop. Kafka or database faults never end it:
-        rows wait in the outbox until both are back."""
-        while True:
-            await self._connected.wait()
-            try:
-                published = await self.publish_batch()
-                await self._purge_when_due()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("notifier outbox: publishing failed; retrying", exc_info=True)
-                await asyncio.sleep(self._retry_interval)
-                continue
-            if published < self._batch_size:
-                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
-                # racing with the wake-up, and the relay would outlive shutdown.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._poll_interval):
-                        await self.wake.wait()
-                self.wake.clear()
+        rows wait in the outbox until both are back. Connects and closes its client."""
+        connecting = asyncio.create_task(self._kafka.connect(), name="outbox-kafka-connect")
+        try:
+            while not self._stopping:
+                await self._kafka.connected.wait()
+                try:
+                    relayed = await self.publish_batch()
+                    await self._purge_when_due()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.warning("notifier outbox: publishing failed; retrying", exc_info=True)
+                    await asyncio.sleep(self._retry_interval)
+                    continue
+                if relayed.failed:
+                    await self._kafka.renew()
+                    await asyncio.sleep(self._retry_interval)
+                elif not relayed.acknowledged:
+                    await self._wait_for_work()
+        finally:
+            connecting.cancel()
+            await asyncio.gather(connecting, return_exceptions=True)
+            await self._kafka.broker.stop()
+
+    async def stop(self, running: asyncio.Task[None], grace: float) -> None:
+        """End `running` (this relay's `run`) after the batch in hand: its acknowledged rows are
+        marked, so a restart does not send them again. Cancelled if that takes over `grace` s."""
+        self._stopping = True
+        self.wake.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await asyncio.shield(running)
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+
+    async def _wait_for_work(self) -> None:
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation racing
+        # with the wake-up, and the relay would outlive shutdown.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._poll_interval):
+                await self.wake.wait()
+        self.wake.clear()
 
     async def _purge_when_due(self) -> None:
         now = time.monotonic()
@@ -105,48 +141,38 @@ class OutboxRelay:
             rows, oldest = (await connection.execute(query)).one()
         return Backlog(int(rows), float(oldest or 0.0))
 
-    async def publish_batch(self) -> int:
-        """Publish up to one batch of unpublished rows; return how many Kafka acknowledged."""
+    async def publish_batch(self) -> Relayed:
+        """Publish up to one batch of unpublished rows, at most one per key, and mark what
+        Kafka acknowledged."""
         async with self._engine.begin() as connection:
             locked = await connection.scalar(select(func.pg_try_advisory_xact_lock(RELAY_LOCK_KEY)))
             if not locked:
-                return 0
-            rows = (
-                await connection.execute(
-                    select(
-                        outbox.c.id,
-                        outbox.c.topic,
-                        outbox.c.key,
-                        outbox.c.payload,
-                        outbox.c.headers,
-                    )
-                    .where(outbox.c.published_at.is_(None))
-                    .order_by(outbox.c.id)
-                    .limit(self._batch_size)
-                )
-            ).all()
-            if not rows:
-                return 0
-            # Send the whole batch before awaiting any ack, so the producer can batch them.
-            pending = []
-            for row in rows:
-                with attached(row.headers):
-                    pending.append(
-                        await self._broker.publish(
-                            json.dumps(row.payload, separators=(",", ":")).encode(),
-                            row.topic,
-                            key=row.key.encode(),
-                            headers={"content-type": "application/json"},
-                            no_confirm=True,
+                return Relayed(0, 0)
+            rows = first_per_key(
+                (
+                    await connection.execute(
+                        select(
+                            outbox.c.id,
+                            outbox.c.topic,
+                            outbox.c.key,
+                            outbox.c.payload,
+                            outbox.c.headers,
                         )
+                        .where(outbox.c.published_at.is_(None))
+                        .order_by(outbox.c.id)
+                        .limit(self._batch_size)
                     )
-            results = await asyncio.gather(*pending, return_exceptions=True)
+                ).all()
+            )
+            if not rows:
+                return Relayed(0, 0)
+            results = await self._send(rows)
             acknowledged: list[int] = []
             topics: Counter[str] = Counter()
             for row, result in zip(rows, results, strict=True):
                 if isinstance(result, BaseException):
                     log.warning("outbox row %s not acknowledged (%r); will retry", row.id, result)
-                    break
+                    continue
                 acknowledged.append(row.id)
                 topics[row.topic] += 1
             if acknowledged:
@@ -157,4 +183,47 @@ class OutboxRelay:
                 )
         for topic, count in topics.items():
             self._on_acknowledged(topic, count)
-        return len(acknowledged)
+        return Relayed(len(acknowledged), len(rows) - len(acknowledged))
+
+    async def _send(self, rows: Sequence[Any]) -> list[object]:
+        """Each row's acknowledgement or the error that stopped it, in the rows' order. The
+        whole batch is handed to the producer before any ack is awaited, so it can batch them."""
+        pending: list[asyncio.Future[Any]] = []
+        refused: BaseException | None = None
+        for row in rows:
+            try:
+                with attached(row.headers):
+                    pending.append(
+                        await self._kafka.broker.publish(
+                            json.dumps(row.payload, separators=(",", ":")).encode(),
+                            row.topic,
+                            key=row.key.encode(),
+                            headers={"content-type": "application/json"},
+                            no_confirm=True,
+                        )
+                    )
+            except MessageSizeTooLargeError as error:  # this row only; the others can go
+                pending.append(settled(error))
+            except Exception as error:  # the rows already handed over still count
+                refused = error
+                break
+        results: list[object] = list(await asyncio.gather(*pending, return_exceptions=True))
+        return results + [refused] * (len(rows) - len(pending))
+
+
+def settled(error: BaseException) -> asyncio.Future[Any]:
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    future.set_exception(error)
+    return future
+
+
+def first_per_key(rows: Sequence[Any]) -> list[Any]:
+    """The earliest row of each key, in id order: a key's next row waits until Kafka has
+    acknowledged the one before it."""
+    seen: set[str] = set()
+    firsts = []
+    for row in rows:
+        if row.key not in seen:
+            seen.add(row.key)
+            firsts.append(row)
+    return firsts

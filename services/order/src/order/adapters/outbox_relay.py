@@ -3,8 +3,13 @@
 - Woken by LISTEN/NOTIFY on commit, with a polling fallback for lost notifications.
 - One relay publishes at a time: each batch runs under a transaction-scoped advisory lock,
   so replicas of the service never publish the same rows concurrently.
-- Rows go out in `id` order, which for one order is the order of its changes; the producer is
-  idempotent with acks=all, so a retried send cannot reorder or duplicate within a partition.
+- Rows go out in `id` order, which for one order is the order of its changes. A batch carries
+  at most one row per key (order): a later change is sent only once the earlier one is
+  acknowledged, so no failure of the producer can put an order's events out of order.
+- Every acknowledged row is marked published, also when others in its batch failed, so a retry
+  re-sends only what Kafka did not take. After any failed send the producer is replaced: an
+  idempotent aiokafka producer can be left with sequence numbers the broker refuses for good
+  (aio-libs/aiokafka#1017), and a fresh producer id starts them anew.
 - Published rows are deleted once older than the retention setting.
 - A row is marked published only after its send is acknowledged. A crash between the ack and
   the mark re-sends the row: consumers deduplicate by event id (at-least-once delivery).
@@ -19,16 +24,17 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import asyncpg
-from faststream.kafka import KafkaBroker
+from aiokafka.errors import MessageSizeTooLargeError
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from order.adapters.broker import BrokerConnection
 from order.adapters.tables import OUTBOX_CHANNEL, outbox
 from order.adapters.telemetry import attached
 
@@ -43,6 +49,14 @@ def asyncpg_dsn(sqlalchemy_url: str) -> str:
 
 
 @dataclass(frozen=True)
+class Relayed:
+    """What one batch did."""
+
+    acknowledged: int
+    failed: int  # sends Kafka did not acknowledge; they stay in the outbox for the next batch
+
+
+@dataclass(frozen=True)
 class Backlog:
     rows: int  # not yet acknowledged by Kafka
     oldest_age_seconds: float  # 0 when there are none
@@ -52,8 +66,7 @@ class OutboxRelay:
     def __init__(
         self,
         engine: AsyncEngine,
-        broker: KafkaBroker,
-        connected: asyncio.Event,
+        kafka: BrokerConnection,
         *,
         database_url: str,
         batch_size: int,
@@ -64,27 +77,28 @@ class OutboxRelay:
         on_acknowledged: Callable[[str, int], None] = lambda topic, count: None,
     ) -> None:
         self._engine = engine
-        self._broker = broker
+        self._kafka = kafka
         self._dsn = asyncpg_dsn(database_url)
         self._batch_size = batch_size
         self._poll_interval = poll_interval
         self._retry_interval = retry_interval
-        self._connected = connected
         self._retention = retention
         self._purge_interval = purge_interval
         self._next_purge = 0.0
+        self._stopping = False
         self._wake = asyncio.Event()
         self._on_acknowledged = on_acknowledged
 
     async def run(self) -> None:
         """Publish forever; cancel the task to stop. Never raises for Kafka or database faults:
-        rows simply wait in the outbox until both are back."""
+        rows simply wait in the outbox until both are back. Connects and closes its client."""
         listener = asyncio.create_task(self._listen(), name="outbox-listener")
+        connecting = asyncio.create_task(self._kafka.connect(), name="outbox-kafka-connect")
         try:
-            while True:
-                await self._connected.wait()
+            while not self._stopping:
+                await self._kafka.connected.wait()
                 try:
-                    published = await self.publish_batch()
+                    relayed = await self.publish_batch()
                     await self._purge_when_due()
                 except asyncio.CancelledError:
                     raise
@@ -92,12 +106,27 @@ class OutboxRelay:
                     log.warning("outbox relay: publishing failed; retrying", exc_info=True)
                     await asyncio.sleep(self._retry_interval)
                     continue
-                if published < self._batch_size:
+                if relayed.failed:
+                    await self._kafka.renew()
+                    await asyncio.sleep(self._retry_interval)
+                elif not relayed.acknowledged:
                     await self._wait_for_work()
         finally:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
+            for task in (listener, connecting):
+                task.cancel()
+            await asyncio.gather(listener, connecting, return_exceptions=True)
+            await self._kafka.broker.stop()
+
+    async def stop(self, running: asyncio.Task[None], grace: float) -> None:
+        """End `running` (this relay's `run`) after the batch in hand: its acknowledged rows are
+        marked, so a restart does not send them again. Cancelled if that takes over `grace` s."""
+        self._stopping = True
+        self._wake.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await asyncio.shield(running)
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
 
     async def _wait_for_work(self) -> None:
         # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
@@ -155,48 +184,38 @@ class OutboxRelay:
             rows, oldest = (await connection.execute(query)).one()
         return Backlog(int(rows), float(oldest or 0.0))
 
-    async def publish_batch(self) -> int:
-        """Publish up to one batch of unpublished rows; return how many Kafka acknowledged."""
+    async def publish_batch(self) -> Relayed:
+        """Publish up to one batch of unpublished rows, at most one per key, and mark what
+        Kafka acknowledged."""
         async with self._engine.begin() as connection:
             locked = await connection.scalar(select(func.pg_try_advisory_xact_lock(RELAY_LOCK_KEY)))
             if not locked:
-                return 0
-            rows = (
-                await connection.execute(
-                    select(
-                        outbox.c.id,
-                        outbox.c.topic,
-                        outbox.c.key,
-                        outbox.c.payload,
-                        outbox.c.headers,
-                    )
-                    .where(outbox.c.published_at.is_(None))
-                    .order_by(outbox.c.id)
-                    .limit(self._batch_size)
-                )
-            ).all()
-            if not rows:
-                return 0
-            # Send the whole batch before awaiting any ack, so the producer can batch them.
-            pending = []
-            for row in rows:
-                with attached(row.headers):
-                    pending.append(
-                        await self._broker.publish(
-                            json.dumps(row.payload, separators=(",", ":")).encode(),
-                            row.topic,
-                            key=row.key.encode(),
-                            headers={"content-type": "application/json", **row.headers},
-                            no_confirm=True,
+                return Relayed(0, 0)
+            rows = first_per_key(
+                (
+                    await connection.execute(
+                        select(
+                            outbox.c.id,
+                            outbox.c.topic,
+                            outbox.c.key,
+                            outbox.c.payload,
+                            outbox.c.headers,
                         )
+                        .where(outbox.c.published_at.is_(None))
+                        .order_by(outbox.c.id)
+                        .limit(self._batch_size)
                     )
-            results = await asyncio.gather(*pending, return_exceptions=True)
+                ).all()
+            )
+            if not rows:
+                return Relayed(0, 0)
+            results = await self._send(rows)
             acknowledged: list[int] = []
             topics: Counter[str] = Counter()
             for row, result in zip(rows, results, strict=True):
                 if isinstance(result, BaseException):
                     log.warning("outbox row %s not acknowledged (%r); will retry", row.id, result)
-                    break
+                    continue
                 acknowledged.append(row.id)
                 topics[row.topic] += 1
             if acknowledged:
@@ -207,4 +226,47 @@ class OutboxRelay:
                 )
         for topic, count in topics.items():
             self._on_acknowledged(topic, count)
-        return len(acknowledged)
+        return Relayed(len(acknowledged), len(rows) - len(acknowledged))
+
+    async def _send(self, rows: Sequence[Any]) -> list[object]:
+        """Each row's acknowledgement or the error that stopped it, in the rows' order. The
+        whole batch is handed to the producer before any ack is awaited, so it can batch them."""
+        pending: list[asyncio.Future[Any]] = []
+        refused: BaseException | None = None
+        for row in rows:
+            try:
+                with attached(row.headers):
+                    pending.append(
+                        await self._kafka.broker.publish(
+                            json.dumps(row.payload, separators=(",", ":")).encode(),
+                            row.topic,
+                            key=row.key.encode(),
+                            headers={"content-type": "application/json", **row.headers},
+                            no_confirm=True,
+                        )
+                    )
+            except MessageSizeTooLargeError as error:  # this row only; the others can go
+                pending.append(settled(error))
+            except Exception as error:  # the rows already handed over still count
+                refused = error
+                break
+        results: list[object] = list(await asyncio.gather(*pending, return_exceptions=True))
+        return results + [refused] * (len(rows) - len(pending))
+
+
+def settled(error: BaseException) -> asyncio.Future[Any]:
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    future.set_exception(error)
+    return future
+
+
+def first_per_key(rows: Sequence[Any]) -> list[Any]:
+    """The earliest row of each key, in id order: an order's next event waits until Kafka has
+    acknowledged the one before it."""
+    seen: set[str] = set()
+    firsts = []
+    for row in rows:
+        if row.key not in seen:
+            seen.add(row.key)
+            firsts.append(row)
+    return firsts
