@@ -88,6 +88,16 @@ class SteadyLoad:
             await asyncio.sleep(1 / self.rate)
         await asyncio.gather(*in_flight)
 
+    async def until_accepted(self, count: int, within: float = 60) -> None:
+        """Wait until `count` changes were accepted, so a fault hits a system under load."""
+
+        async def accepted() -> int:
+            return len(self.accepted)
+
+        await wait_until(
+            accepted, lambda n: n >= count, within=within, what=f"{count} accepted changes"
+        )
+
     @property
     def accepted(self) -> list[Answer]:
         return [a for a in self.answers if a.status_code == 200]

@@ -46,7 +46,7 @@ async def test_smtp_down_for_60_seconds(
 ) -> None:
     load = SteadyLoad(order_client, RATE)
     running = asyncio.create_task(load.run(80))
-    await asyncio.sleep(10)
+    await load.until_accepted(int(10 * RATE * 0.9))
     chaos_stack.processes["smtp-sink"].stop()
     await asyncio.sleep(60)
     chaos_stack.start_smtp_sink()
@@ -66,7 +66,7 @@ async def test_kafka_stopped_for_30_seconds(
         pytest.skip("the broker is external")
     load = SteadyLoad(order_client, RATE)
     running = asyncio.create_task(load.run(50))
-    await asyncio.sleep(10)
+    await load.until_accepted(int(10 * RATE * 0.9))
     await asyncio.to_thread(kafka.stop)
     await asyncio.sleep(30)
     await asyncio.to_thread(kafka.start)
@@ -84,7 +84,7 @@ async def test_postgres_restarted(
 ) -> None:
     load = SteadyLoad(order_client, RATE)
     running = asyncio.create_task(load.run(40))
-    await asyncio.sleep(10)
+    await load.until_accepted(int(10 * RATE * 0.9))
     went_away = time.monotonic()
     await asyncio.to_thread(chaos_postgres.stop)
     await asyncio.to_thread(chaos_postgres.start)
@@ -175,7 +175,7 @@ async def test_a_notifier_replica_killed_mid_load_then_restarted(
     try:
         load = SteadyLoad(order_client, RATE)
         running = asyncio.create_task(load.run(40))
-        await asyncio.sleep(15)
+        await load.until_accepted(int(15 * RATE * 0.9))
         chaos_stack.processes["notifier"].kill()
         await asyncio.sleep(5)
         chaos_stack.launch_service("notifier").wait_ready(60)
@@ -192,7 +192,7 @@ async def test_the_audit_service_killed_mid_load_then_restarted(
 ) -> None:
     load = SteadyLoad(order_client, RATE)
     running = asyncio.create_task(load.run(40))
-    await asyncio.sleep(15)
+    await load.until_accepted(int(15 * RATE * 0.9))
     chaos_stack.processes["audit"].kill()
     await asyncio.sleep(5)
     chaos_stack.launch_service("audit").wait_ready(60)
@@ -264,7 +264,7 @@ async def test_the_outbox_relay_killed_mid_publish_then_restarted(
     try:
         load = SteadyLoad(order_client, RATE)
         running = asyncio.create_task(load.run(40))
-        await asyncio.sleep(15)
+        await load.until_accepted(int(15 * RATE * 0.9))
         relay.kill()
         await asyncio.sleep(5)
         relay.start()

@@ -3,6 +3,7 @@ with a real SMTP sink. The stack is shared by the e2e tests of one session."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -10,10 +11,17 @@ from pathlib import Path
 import httpx
 import pytest
 
+from audit.entrypoints.consumer import AUDITED_TOPICS
+from contracts.topics import ORDERS_COMMANDS, ORDERS_EVENTS
 from devstack import infra
 from devstack.processes import free_port
 from devstack.stack import SERVICES, Stack
 
+CONSUMED = {
+    "order-commands": [ORDERS_COMMANDS],
+    "notifier": [ORDERS_EVENTS],
+    "audit": list(AUDITED_TOPICS),
+}
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "e2e"
 
 # Spans as JSON lines in each service's log (exported within 0.2 s), metrics sampled each second.
@@ -38,6 +46,7 @@ def stack(kafka_bootstrap: str, e2e_databases: infra.TestDatabases) -> Iterator[
     ports = {name: free_port() for name in (*SERVICES, "smtp")}
     shutil.rmtree(ARTIFACTS, ignore_errors=True)  # a fresh maildir and fresh logs per module
     system = Stack(kafka_bootstrap, e2e_databases.services, ports, ARTIFACTS, common_env=TELEMETRY)
+    asyncio.run(start_groups_at_end(kafka_bootstrap))
     try:
         system.start()
         yield system
@@ -46,6 +55,14 @@ def stack(kafka_bootstrap: str, e2e_databases: infra.TestDatabases) -> Iterator[
         raise
     finally:
         system.stop()
+
+
+async def start_groups_at_end(kafka_bootstrap: str) -> None:
+    """The services' consumer groups begin after what other layers' tests left on the
+    session's broker: the stack handles only the messages its tests cause."""
+    for group, topics in CONSUMED.items():
+        for topic in topics:
+            await infra.commit_group_at_end(kafka_bootstrap, group, topic)
 
 
 @pytest.fixture
