@@ -386,3 +386,22 @@ async def test_a_value_the_database_cannot_store_is_422_not_500(
 
     assert response.status_code == 422, response.text
     assert response.json()["error"]["code"] == "unstorable_value"
+
+
+async def test_a_correlation_id_longer_than_the_events_carry_is_422(
+    order_service_app: OrderService,
+) -> None:
+    svc = order_service_app
+    body = {"customer": {"name": "Cid"}}
+    too_long = {**svc.as_admin(), "X-Correlation-Id": "c" * 201}
+    refused = await svc.client.post("/orders", json=body, headers=too_long)
+    assert refused.status_code == 422, refused.text
+    assert set(refused.json()["error"]) == {"code", "message", "details"}
+
+    longest = {**svc.as_admin(), "X-Correlation-Id": "c" * 200}
+    created = await svc.client.post("/orders", json=body, headers=longest)
+    assert created.status_code == 201, created.text
+    changed = await svc.client.post(
+        f"/orders/{created.json()['id']}/status", json={"status": "confirmed"}, headers=too_long
+    )
+    assert changed.status_code == 422, changed.text

@@ -225,6 +225,14 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
+CorrelationId = Annotated[
+    str | None,
+    Header(
+        max_length=MAX_CORRELATION_ID,
+        description="Carried into the events and logs of this change, to follow it across "
+        "services.",
+    ),
+]
 IdempotencyKey = Annotated[
     str | None,
     Header(
@@ -260,7 +268,7 @@ async def create_order(
     uow: Uow,
     who: Changer,
     idempotency_key: IdempotencyKey = None,
-    x_correlation_id: Annotated[str | None, Header()] = None,
+    x_correlation_id: CorrelationId = None,
 ) -> JSONResponse:
     async def create(unit: UnitOfWork) -> dict[str, Any]:
         order = await service.create_order_in(
@@ -325,7 +333,7 @@ async def change_status(
     if_match: Annotated[
         str | None, Header(description="The order version the change is based on")
     ] = None,
-    x_correlation_id: Annotated[str | None, Header()] = None,
+    x_correlation_id: CorrelationId = None,
 ) -> JSONResponse:
     try:
         target = OrderStatus(body.status)
