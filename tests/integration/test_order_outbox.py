@@ -12,7 +12,7 @@ from uuid import UUID, uuid4
 
 import pytest
 from faststream.kafka import KafkaBroker
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts import Actor
@@ -22,7 +22,8 @@ from devstack.waiting import wait_until
 from order import service
 from order.adapters.broker import BrokerConnection
 from order.adapters.outbox_relay import OutboxRelay, Relayed
-from order.adapters.tables import outbox
+from order.adapters.published_records import PublishedRecords
+from order.adapters.tables import outbox, relay_positions
 from order.adapters.unit_of_work import UnitOfWork
 from order.app import build_engine, migrate
 from order.config import Settings
@@ -98,6 +99,7 @@ async def test_two_relays_publish_each_row_once(
         OutboxRelay(
             engine,
             BrokerConnection(broker, retry_interval=0.2),
+            PublishedRecords(kafka_bootstrap, timeout=30),
             database_url=own_order_database,
             batch_size=7,
             poll_interval=0.2,
@@ -136,6 +138,7 @@ async def test_published_rows_are_purged_after_the_retention(
     relay = OutboxRelay(
         engine,
         kafka,
+        PublishedRecords(kafka_bootstrap, timeout=30),
         database_url=own_order_database,
         batch_size=10,
         poll_interval=0.2,
@@ -162,6 +165,7 @@ async def started_relay(
     relay = OutboxRelay(
         engine,
         kafka,
+        PublishedRecords(kafka_bootstrap, timeout=30),
         database_url=database_url,
         batch_size=10,
         poll_interval=0.2,
@@ -254,6 +258,12 @@ async def test_stopping_lets_the_batch_in_flight_be_acknowledged_and_marked(
     )
     relay, _ = await started_relay(engine, kafka_bootstrap, own_order_database)
     relaying = asyncio.create_task(relay.run())
+    async with UnitOfWork(engine) as uow:
+        await service.create_order_in(uow, customer=Customer("F", None, None), actor=Actor(id="s"))
+    # Relayed while Kafka is up: the relay's look at what was on Kafka before it is done.
+    await wait_until(
+        lambda: unpublished_keys(engine), lambda keys: keys == [], within=30, what="the first row"
+    )
     await asyncio.to_thread(kafka.stop)
     try:
         async with UnitOfWork(engine) as uow:
@@ -302,3 +312,58 @@ async def unpublished_keys(engine: AsyncEngine) -> list[str]:
     async with engine.connect() as connection:
         query = select(outbox.c.key).where(outbox.c.published_at.is_(None))
         return list((await connection.execute(query)).scalars())
+
+
+async def test_rows_a_stopped_relay_sent_but_did_not_mark_are_marked_not_sent_again(
+    kafka_bootstrap: str, own_order_database: str, order_events: TopicReader
+) -> None:
+    engine = build_engine(
+        Settings(database_url=own_order_database, kafka_bootstrap_servers=kafka_bootstrap)
+    )
+
+    async def create_orders(count: int) -> list[UUID]:
+        async with UnitOfWork(engine) as uow:
+            return [
+                (
+                    await service.create_order_in(
+                        uow, customer=Customer("K", None, None), actor=Actor(id="k")
+                    )
+                ).id
+                for _ in range(count)
+            ]
+
+    earlier = await create_orders(2)
+    first, first_kafka = await started_relay(engine, kafka_bootstrap, own_order_database)
+    try:
+        assert await first.publish_batch() == Relayed(acknowledged=2, failed=0)
+        async with engine.connect() as connection:
+            positions = [
+                dict(r._mapping) for r in await connection.execute(select(relay_positions))
+            ]
+        assert positions, "acknowledged records move the relay's positions"
+        unmarked = await create_orders(3)
+        assert await first.publish_batch() == Relayed(acknowledged=3, failed=0)
+    finally:
+        await first_kafka.broker.stop()
+    # What a relay killed between the acks and its commit leaves: records on Kafka, rows and
+    # positions as before the batch.
+    async with engine.begin() as connection:
+        await connection.execute(
+            update(outbox)
+            .where(outbox.c.key.in_([str(o) for o in unmarked]))
+            .values(published_at=None)
+        )
+        await connection.execute(delete(relay_positions))
+        await connection.execute(insert(relay_positions).values(positions))
+
+    second, second_kafka = await started_relay(engine, kafka_bootstrap, own_order_database)
+    try:
+        assert await second.publish_batch() == Relayed(acknowledged=0, failed=0)
+        assert await unpublished_keys(engine) == []
+    finally:
+        await second_kafka.broker.stop()
+        await engine.dispose()
+    await order_events.wait_for_keys({str(o) for o in earlier + unmarked})
+    await order_events.all_values(settle=1.0)
+    keys = Counter(r.key.decode() for r in order_events.records)
+    assert all(keys[str(o)] == 1 for o in earlier + unmarked), keys

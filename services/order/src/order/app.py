@@ -19,6 +19,7 @@ from order.adapters.broker import BrokerConnection
 from order.adapters.consumer_lag import ConsumerLagReader
 from order.adapters.metrics import PREFIX, MetricsSampler, OrderMetrics
 from order.adapters.outbox_relay import OutboxRelay
+from order.adapters.published_records import PublishedRecords
 from order.adapters.schema import assert_schema_current, upgrade_to_head
 from order.adapters.unit_of_work import UnitOfWorkFactory
 from order.config import Settings, database_role, refuse_dev_secrets
@@ -68,9 +69,13 @@ def build_relay(settings: Settings, engine: AsyncEngine, metrics: OrderMetrics) 
     # A client of the relay's own: it replaces its producer after a failed send, which must not
     # restart the command consumer.
     kafka = BrokerConnection(build_broker(settings, metrics), settings.relay_retry_seconds)
+    published = PublishedRecords(
+        settings.kafka_bootstrap_servers, timeout=settings.relay_read_back_timeout_seconds
+    )
     return OutboxRelay(
         engine,
         kafka,
+        published,
         database_url=settings.database_url.get_secret_value(),
         batch_size=settings.relay_batch_size,
         poll_interval=settings.relay_poll_interval_seconds,

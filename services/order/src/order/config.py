@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     relay_poll_interval_seconds: float = 1.0
     relay_batch_size: int = Field(default=500, ge=1)
     relay_retry_seconds: float = 1.0
+    # How long reading the topics back (after a start or a failure) may take before the batch
+    # counts as failed and is retried.
+    relay_read_back_timeout_seconds: float = Field(default=30.0, gt=0)
     # False when the relay runs as its own process (`python -m order relay`).
     relay_in_process: bool = True
     # On SIGTERM: how long the command in hand and the relay's batch in flight may take.

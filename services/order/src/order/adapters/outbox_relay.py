@@ -11,8 +11,12 @@
   idempotent aiokafka producer can be left with sequence numbers the broker refuses for good
   (aio-libs/aiokafka#1017), and a fresh producer id starts them anew.
 - Published rows are deleted once older than the retention setting.
-- A row is marked published only after its send is acknowledged. A crash between the ack and
-  the mark re-sends the row: consumers deduplicate by event id (at-least-once delivery).
+- A row is marked published only after its send is acknowledged. A relay that stops between
+  the ack and the mark (SIGKILL, database gone) leaves records on Kafka with unmarked rows; the
+  next batch after a start, a failure, or a row waiting suspiciously long first reads the
+  topics back past the last known positions and marks the rows it finds there (records carry
+  their event id in a header), so they are not sent twice. Consumers still deduplicate by
+  event id, should a record land after its read-back.
 - Each row is published in the trace of the change that wrote it (its stored `traceparent`).
 """
 
@@ -31,17 +35,25 @@ from typing import Any
 
 import asyncpg
 from aiokafka.errors import MessageSizeTooLargeError
+from aiokafka.structs import RecordMetadata
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from order.adapters.broker import BrokerConnection
-from order.adapters.tables import OUTBOX_CHANNEL, outbox
+from order.adapters.published_records import EVENT_ID_HEADER, PublishedRecords
+from order.adapters.tables import OUTBOX_CHANNEL, outbox, relay_positions
 from order.adapters.telemetry import attached
 
 log = logging.getLogger(__name__)
 
 # An arbitrary constant naming "the order outbox relay" among advisory locks.
 RELAY_LOCK_KEY = 0x6F72646572_01
+
+# A row waiting longer than this may have been sent by a relay that died before marking it.
+STALE_SECONDS = 5.0
+# Records are timestamped by the relay's clock, rows by the database's: a margin for the skew.
+CLOCK_SKEW = timedelta(minutes=1)
 
 
 def asyncpg_dsn(sqlalchemy_url: str) -> str:
@@ -67,6 +79,7 @@ class OutboxRelay:
         self,
         engine: AsyncEngine,
         kafka: BrokerConnection,
+        published: PublishedRecords,
         *,
         database_url: str,
         batch_size: int,
@@ -78,6 +91,9 @@ class OutboxRelay:
     ) -> None:
         self._engine = engine
         self._kafka = kafka
+        self._published = published
+        self._read_back_due = True  # what a relay before this one sent is unknown
+        self._next_stale_read_back = 0.0
         self._dsn = asyncpg_dsn(database_url)
         self._batch_size = batch_size
         self._poll_interval = poll_interval
@@ -107,6 +123,7 @@ class OutboxRelay:
                     await asyncio.sleep(self._retry_interval)
                     continue
                 if relayed.failed:
+                    self._read_back_due = True
                     await self._kafka.renew()
                     await asyncio.sleep(self._retry_interval)
                 elif not relayed.acknowledged:
@@ -116,6 +133,7 @@ class OutboxRelay:
                 task.cancel()
             await asyncio.gather(listener, connecting, return_exceptions=True)
             await self._kafka.broker.stop()
+            await self._published.close()
 
     async def stop(self, running: asyncio.Task[None], grace: float) -> None:
         """End `running` (this relay's `run`) after the batch in hand: its acknowledged rows are
@@ -191,22 +209,10 @@ class OutboxRelay:
             locked = await connection.scalar(select(func.pg_try_advisory_xact_lock(RELAY_LOCK_KEY)))
             if not locked:
                 return Relayed(0, 0)
-            rows = first_per_key(
-                (
-                    await connection.execute(
-                        select(
-                            outbox.c.id,
-                            outbox.c.topic,
-                            outbox.c.key,
-                            outbox.c.payload,
-                            outbox.c.headers,
-                        )
-                        .where(outbox.c.published_at.is_(None))
-                        .order_by(outbox.c.id)
-                        .limit(self._batch_size)
-                    )
-                ).all()
-            )
+            rows = await self._next_rows(connection)
+            if rows and self._read_back_needed(rows[0]):
+                await self._mark_sent_by_an_earlier_relay(connection)
+                rows = await self._next_rows(connection)
             if not rows:
                 return Relayed(0, 0)
             results = await self._send(rows)
@@ -224,9 +230,66 @@ class OutboxRelay:
                     .where(outbox.c.id.in_(acknowledged))
                     .values(published_at=func.now())
                 )
+                await _advance_positions(connection, _ends_of(results))
         for topic, count in topics.items():
             self._on_acknowledged(topic, count)
         return Relayed(len(acknowledged), len(rows) - len(acknowledged))
+
+    async def _next_rows(self, connection: AsyncConnection) -> list[Any]:
+        waited = func.extract("epoch", func.now() - outbox.c.created_at)
+        query = (
+            select(
+                outbox.c.id,
+                outbox.c.event_id,
+                outbox.c.topic,
+                outbox.c.key,
+                outbox.c.payload,
+                outbox.c.headers,
+                waited.label("waited_seconds"),
+            )
+            .where(outbox.c.published_at.is_(None))
+            .order_by(outbox.c.id)
+            .limit(self._batch_size)
+        )
+        return first_per_key((await connection.execute(query)).all())
+
+    def _read_back_needed(self, oldest: Any) -> bool:
+        now = time.monotonic()
+        if self._read_back_due:
+            return True
+        # Another replica's relay may have died mid-batch; looked at once per STALE_SECONDS.
+        if oldest.waited_seconds > STALE_SECONDS and now >= self._next_stale_read_back:
+            self._next_stale_read_back = now + STALE_SECONDS
+            return True
+        return False
+
+    async def _mark_sent_by_an_earlier_relay(self, connection: AsyncConnection) -> None:
+        """Mark the waiting rows whose records are already on Kafka past the known positions."""
+        waiting = (
+            await connection.execute(
+                select(outbox.c.event_id, outbox.c.topic, outbox.c.created_at)
+                .where(outbox.c.published_at.is_(None))
+                .order_by(outbox.c.id)
+                .limit(self._batch_size)
+            )
+        ).all()
+        topics = {row.topic for row in waiting}
+        known = {
+            (row.topic, row.partition): row.next_offset
+            for row in await connection.execute(
+                select(relay_positions).where(relay_positions.c.topic.in_(topics))
+            )
+        }
+        since = min(row.created_at for row in waiting) - CLOCK_SKEW
+        found = await self._published.read_past(topics, known, since)
+        sent = [row.event_id for row in waiting if str(row.event_id) in found.event_ids]
+        if sent:
+            log.warning("outbox: %d rows were on Kafka already; marked, not re-sent", len(sent))
+            await connection.execute(
+                update(outbox).where(outbox.c.event_id.in_(sent)).values(published_at=func.now())
+            )
+        await _advance_positions(connection, found.ends)
+        self._read_back_due = False
 
     async def _send(self, rows: Sequence[Any]) -> list[object]:
         """Each row's acknowledgement or the error that stopped it, in the rows' order. The
@@ -241,7 +304,11 @@ class OutboxRelay:
                             json.dumps(row.payload, separators=(",", ":")).encode(),
                             row.topic,
                             key=row.key.encode(),
-                            headers={"content-type": "application/json", **row.headers},
+                            headers={
+                                "content-type": "application/json",
+                                **row.headers,
+                                EVENT_ID_HEADER: str(row.event_id),
+                            },
                             no_confirm=True,
                         )
                     )
@@ -252,6 +319,33 @@ class OutboxRelay:
                 break
         results: list[object] = list(await asyncio.gather(*pending, return_exceptions=True))
         return results + [refused] * (len(rows) - len(pending))
+
+
+def _ends_of(results: list[object]) -> dict[tuple[str, int], int]:
+    """Per topic partition, the offset after the last acknowledged record."""
+    ends: dict[tuple[str, int], int] = {}
+    for result in results:
+        if isinstance(result, RecordMetadata):
+            position = (result.topic, result.partition)
+            ends[position] = max(ends.get(position, 0), result.offset + 1)
+    return ends
+
+
+async def _advance_positions(connection: AsyncConnection, ends: dict[tuple[str, int], int]) -> None:
+    if not ends:
+        return
+    rows = [{"topic": t, "partition": p, "next_offset": o} for (t, p), o in ends.items()]
+    upsert = insert(relay_positions).values(rows)
+    await connection.execute(
+        upsert.on_conflict_do_update(
+            index_elements=[relay_positions.c.topic, relay_positions.c.partition],
+            set_={
+                "next_offset": func.greatest(
+                    relay_positions.c.next_offset, upsert.excluded.next_offset
+                )
+            },
+        )
+    )
 
 
 def settled(error: BaseException) -> asyncio.Future[Any]:

@@ -96,3 +96,15 @@ idempotency_keys = Table(
     Column("response", JSONB),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
 )
+
+
+# Per topic partition, the offset after the last record the relay saw acknowledged and marked.
+# Records past it on Kafka whose outbox rows are unmarked were sent by a relay that stopped
+# before marking them; the relay marks those instead of sending them again.
+relay_positions = Table(
+    "relay_positions",
+    metadata,
+    Column("topic", String(200), primary_key=True),
+    Column("partition", Integer, primary_key=True),
+    Column("next_offset", BigInteger, nullable=False),
+)
