@@ -117,8 +117,9 @@ class UnitOfWork:
             raise DatabaseUnavailable(str(exc).splitlines()[0]) from exc
 
     async def _connect(self) -> AsyncConnection:
-        """A pooled connection (checked with a ping), waiting up to `wait_for_database`
-        seconds while the database cannot be reached, e.g. through a restart."""
+        """A pooled connection, waiting up to `wait_for_database` seconds while the database
+        cannot be reached, e.g. through a restart. It is not pinged first: a connection that
+        died in the pool fails its first statement, and `UnitOfWorkFactory.run` starts over."""
         try:
             async for attempt in _backoff(self._wait_for_database, _CONNECT_AGAIN):
                 with attempt:
