@@ -185,6 +185,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         uow_factory,
         build_rules(settings),
         consumer_group=settings.consumer_group,
+        batch_size=settings.consume_batch_size,
         retry_seconds=settings.retry_seconds,
         on_queued=worker.wake,
     )
