@@ -27,10 +27,10 @@ from contracts import (
     Message,
     describe_invalid,
     order_command_adapter,
-    order_event_adapter,
 )
 from notifier.adapters import broker as notifier_broker
 from notifier.adapters import dead_letters as notifier_dead_letters
+from notifier.entrypoints import consumer as notifier_consumer
 from order.adapters import broker as order_broker
 from order.adapters import dead_letters as order_dead_letters
 from tests.fuzz.cases import (
@@ -67,12 +67,14 @@ async def order_takes(record: Record) -> Message | DeadLetter:
 
 
 async def notifier_takes(record: Record) -> Message | DeadLetter:
-    message = await notifier_broker.parse_with_text_headers(record, PARSER.parse_message)
-    assert isinstance(message, KafkaMessage)
-    try:
-        event: Message = order_event_adapter.validate_json(notifier_broker.undecoded(message))
-    except ValidationError as error:
-        return notifier_dead_letters.letter_for(message, describe_invalid(error), "notifier")
+    """The record's outcome as the notifier's batch handler sees it, in a batch of its own."""
+    message = await notifier_broker.parse_with_text_headers((record,), BATCH_PARSER.parse_batch)
+    assert notifier_broker.undecoded(message) == [record.value or b""]
+    parsed, rejected = notifier_consumer.parse(message.raw_message)
+    if rejected:
+        ((taken, reason),) = rejected
+        return notifier_dead_letters.letter_for(taken, reason, "notifier")
+    ((_, event),) = parsed
     return event
 
 

@@ -115,11 +115,14 @@ def build_senders(settings: Settings) -> dict[Channel, Sender]:
 
 
 def build_dispatcher(
-    settings: Settings, uow_factory: UnitOfWorkFactory, metrics: NotifierMetrics
+    settings: Settings,
+    uow_factory: UnitOfWorkFactory,
+    metrics: NotifierMetrics,
+    senders: dict[Channel, Sender],
 ) -> Dispatcher:
     return Dispatcher(
         uow_factory=uow_factory,
-        senders=build_senders(settings),
+        senders=senders,
         policy=RetryPolicy(
             settings.max_attempts, settings.backoff_base_seconds, settings.backoff_max_seconds
         ),
@@ -180,8 +183,9 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     )
     uow_factory = UnitOfWorkFactory(engine, on_outbox_commit=relay.wake.set)
     sampler = build_sampler(settings, metrics, uow_factory, relay)
+    senders = build_senders(settings)
     worker = DispatchWorker(
-        build_dispatcher(settings, uow_factory, metrics),
+        build_dispatcher(settings, uow_factory, metrics, senders),
         poll_interval=settings.dispatch_poll_interval_seconds,
         retry_interval=settings.retry_seconds,
     )
@@ -195,10 +199,17 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         uow_factory,
         build_rules(settings),
         consumer_group=settings.consumer_group,
+        batch_size=settings.consume_batch_size,
         retry_seconds=settings.retry_seconds,
         on_queued=worker.wake,
     )
     declare_publications(broker)
+
+    async def close_clients() -> None:
+        await token_verifier.aclose()
+        for sender in senders.values():
+            if isinstance(sender, HttpSmsSender):
+                await sender.aclose()
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -207,7 +218,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
             refuse_dev_secrets(settings)
             await assert_schema_current(engine)
         except Exception:
-            await token_verifier.aclose()
+            await close_clients()
             await engine.dispose()
             raise
         connect = asyncio.create_task(connection.connect(), name="kafka-connect")
@@ -226,7 +237,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
             await broker.stop()
             await worker.stop(dispatching, settings.shutdown_grace_seconds)
             await relay.stop(relaying, settings.shutdown_grace_seconds)
-            await token_verifier.aclose()
+            await close_clients()
             await engine.dispose()
             log.info("notifier stopped")
 

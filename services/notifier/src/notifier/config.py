@@ -66,6 +66,8 @@ class Settings(BaseSettings):
         ),
     )
     consumer_group: str = "notifier"
+    # Up to this many orders.events records per transaction and per offset commit.
+    consume_batch_size: int = Field(default=200, ge=1)
     http_host: str = "127.0.0.1"
     http_port: int = 8001
 

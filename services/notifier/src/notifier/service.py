@@ -10,7 +10,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4
 
@@ -29,7 +29,7 @@ from contracts import (
     dlq_topic,
 )
 from notifier.adapters.telemetry import attached, current_trace_context, tracer
-from notifier.adapters.unit_of_work import UnitOfWork
+from notifier.adapters.unit_of_work import UnitOfWork, Unstorable
 from notifier.domain.communication import Communication, CommunicationStatus, RetryPolicy
 from notifier.domain.dedupe import normalise_recipient
 from notifier.domain.delivery import DeliveryFailed, Sender, Undeliverable
@@ -105,12 +105,12 @@ def dead_letter(communication: Communication, consumer_group: str) -> DeadLetter
     )
 
 
-async def record_communications(
-    uow_factory: UnitOfWorkFactory, event: OrderEvent, rules: NotificationRules
+async def _record_in(
+    uow: UnitOfWork, event: OrderEvent, rules: NotificationRules
 ) -> list[Communication]:
-    """Record what `event` asks for, in one transaction; returns the newly queued ones. A
-    recipient who opted out of the channel gets a `skipped` communication instead. Recording
-    the same event again records nothing: its dedupe keys are already taken."""
+    """Record what `event` asks for; returns the newly queued ones. A recipient who opted out
+    of the channel gets a `skipped` communication instead. Recording the same event again
+    records nothing: its dedupe keys are already taken."""
     planned = plan_communications(event, rules)
     if not planned:
         return []
@@ -118,34 +118,79 @@ async def record_communications(
     trace_context = current_trace_context()
     now = _now()
     queued = []
-    async with uow_factory() as uow:
-        addressed: dict[Channel, list[str]] = {}
-        for plan in planned:
-            addressed.setdefault(plan.channel, []).append(
-                normalise_recipient(plan.channel, plan.recipient)
-            )
-        opted_out = {
-            channel: await uow.opt_outs.opted_out(channel, recipients)
-            for channel, recipients in addressed.items()
-        }
-        for plan in planned:
-            communication = Communication.queue(
-                event_id=event.event_id,
-                order_id=event.order_id,
-                channel=plan.channel,
-                template=plan.template,
-                recipient=plan.recipient,
-                context=context,
-                now=now,
-                trace_context=trace_context,
-            )
-            if normalise_recipient(plan.channel, plan.recipient) in opted_out[plan.channel]:
-                communication.skip(OPTED_OUT, now)
-            if await uow.communications.add_if_new(communication):
-                await _announce(uow, communication)
-                if communication.status is CommunicationStatus.QUEUED:
-                    queued.append(communication)
+    addressed: dict[Channel, list[str]] = {}
+    for plan in planned:
+        addressed.setdefault(plan.channel, []).append(
+            normalise_recipient(plan.channel, plan.recipient)
+        )
+    opted_out = {
+        channel: await uow.opt_outs.opted_out(channel, recipients)
+        for channel, recipients in addressed.items()
+    }
+    for plan in planned:
+        communication = Communication.queue(
+            event_id=event.event_id,
+            order_id=event.order_id,
+            channel=plan.channel,
+            template=plan.template,
+            recipient=plan.recipient,
+            context=context,
+            now=now,
+            trace_context=trace_context,
+        )
+        if normalise_recipient(plan.channel, plan.recipient) in opted_out[plan.channel]:
+            communication.skip(OPTED_OUT, now)
+        if await uow.communications.add_if_new(communication):
+            await _announce(uow, communication)
+            if communication.status is CommunicationStatus.QUEUED:
+                queued.append(communication)
     return queued
+
+
+# An event, and the trace its communications and their announcements continue (W3C headers).
+TracedEvent = tuple[OrderEvent, dict[str, str]]
+
+
+async def _record_all(
+    uow_factory: UnitOfWorkFactory, events: Sequence[TracedEvent], rules: NotificationRules
+) -> list[Communication]:
+    queued: list[Communication] = []
+    async with uow_factory() as uow:
+        for event, trace_context in events:
+            with attached(trace_context), correlated(event.correlation_id):
+                queued += await _record_in(uow, event, rules)
+    return queued
+
+
+@dataclass(frozen=True)
+class Recorded:
+    queued: list[Communication]  # newly queued, for the dispatcher
+    # Position in the given events → why the database refused that event's communications.
+    refused: dict[int, str] = field(default_factory=dict)
+
+
+async def record_communications(
+    uow_factory: UnitOfWorkFactory, events: Sequence[TracedEvent], rules: NotificationRules
+) -> Recorded:
+    """Record what each event asks for, all of them in one transaction.
+
+    If the database refuses some event's content, the events are recorded again one per
+    transaction so the others still get in, and the refused ones are returned with the reason
+    (for the dead-letter topic). Any other failure propagates: the caller retries them all,
+    which is safe because the dedupe keys of those recorded are taken."""
+    try:
+        return Recorded(await _record_all(uow_factory, events, rules))
+    except Unstorable as error:
+        if len(events) == 1:
+            return Recorded([], {0: str(error)})
+    queued: list[Communication] = []
+    refused: dict[int, str] = {}
+    for position, traced in enumerate(events):
+        try:
+            queued += await _record_all(uow_factory, [traced], rules)
+        except Unstorable as error:
+            refused[position] = str(error)
+    return Recorded(queued, refused)
 
 
 @dataclass(frozen=True)

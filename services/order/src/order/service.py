@@ -262,7 +262,7 @@ async def answer_change(
 
 
 async def get_order(uow_factory: UnitOfWorkFactory, order_id: UUID) -> Order:
-    order = await uow_factory.run(lambda uow: uow.orders.get(order_id))
+    order = await uow_factory.read(lambda uow: uow.orders.get(order_id))
     if order is None:
         raise OrderNotFound(order_id)
     return order
@@ -275,7 +275,7 @@ async def list_orders(
     limit: int,
     after: tuple[datetime, UUID] | None,
 ) -> list[Order]:
-    return await uow_factory.run(
+    return await uow_factory.read(
         lambda uow: uow.orders.page(status=status, limit=limit, after=after)
     )
 
@@ -286,7 +286,7 @@ async def order_history(uow_factory: UnitOfWorkFactory, order_id: UUID) -> list[
             raise OrderNotFound(order_id)
         return await uow.orders.history(order_id)
 
-    return await uow_factory.run(read)
+    return await uow_factory.read(read)
 
 
 async def issue_token(
@@ -344,20 +344,16 @@ async def authorize(
 ) -> Identity:
     """The identity behind `token` if it may do `permission` (None: any valid token).
 
-    A refusal is announced on orders.command-results, in the small transaction of the token
-    lookup, so that every refused request reaches the audit trail; then it is raised."""
-
-    async def decide(uow: UnitOfWork) -> Identity | AccessRefused:
-        stored = await uow.tokens.lookup(token) if token else None
-        try:
-            return check_access(token is not None, stored, permission)
-        except AccessRefused as refusal:
-            rejection = access_rejection(refusal, attempt)
-            key = rejection.order_id or rejection.command_id
-            await uow.outbox.add(ORDERS_COMMAND_RESULTS, str(key), rejection)
-            return refusal
-
-    decision = await uow_factory.run(decide)
-    if isinstance(decision, AccessRefused):
-        raise decision
-    return decision
+    The lookup reads outside a transaction (nothing cached, so a revocation holds at once); a
+    refusal is then announced on orders.command-results in a transaction of its own, so that
+    every refused request reaches the audit trail, and raised."""
+    stored = await uow_factory.read(lambda uow: uow.tokens.lookup(token)) if token else None
+    try:
+        return check_access(token is not None, stored, permission)
+    except AccessRefused as refusal:
+        rejection = access_rejection(refusal, attempt)
+        key = rejection.order_id or rejection.command_id
+        await uow_factory.run(
+            lambda uow: uow.outbox.add(ORDERS_COMMAND_RESULTS, str(key), rejection)
+        )
+        raise

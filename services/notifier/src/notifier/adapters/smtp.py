@@ -5,6 +5,7 @@ record of it), every mail system sees one message twice rather than two messages
 from __future__ import annotations
 
 import asyncio
+import socket
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate
@@ -40,6 +41,8 @@ class SmtpEmailSender:
     def __init__(self, settings: SmtpSettings, templates: EmailTemplates) -> None:
         self._settings = settings
         self._templates = templates
+        # The EHLO name, looked up once: aiosmtplib would otherwise call getfqdn() per email.
+        self._local_hostname = socket.getfqdn()
 
     def build(self, communication: Communication) -> EmailMessage:
         try:
@@ -87,6 +90,7 @@ class SmtpEmailSender:
                     start_tls=s.starttls,
                     use_tls=s.use_tls,
                     timeout=s.timeout,
+                    local_hostname=self._local_hostname,
                 )
         except aiosmtplib.SMTPRecipientsRefused as error:
             if all(refusal.code >= 500 for refusal in error.recipients):

@@ -17,15 +17,16 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from aiokafka import ConsumerRecord
 from opentelemetry import context, propagate, trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-from opentelemetry.trace import SpanContext
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind, StatusCode
 
 EXPORTERS_VARIABLE = "OTEL_TRACES_EXPORTER"
 
@@ -138,3 +139,56 @@ def attached(headers: Mapping[str, str]) -> Iterator[None]:
 
 def tracer() -> trace.Tracer:
     return trace.get_tracer("notifier")
+
+
+def trace_context_of(span: Span | None) -> dict[str, str]:
+    """`span`'s trace context as W3C headers; without a span, the current one's."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=trace.set_span_in_context(span) if span else None)
+    return carrier
+
+
+RecordKey = tuple[str, int, int]  # topic, partition, offset
+
+
+def record_key(record: ConsumerRecord[Any, Any]) -> RecordKey:
+    return record.topic, record.partition, record.offset
+
+
+@contextlib.contextmanager
+def span_per_record(
+    records: Sequence[ConsumerRecord[Any, Any]],
+) -> Iterator[dict[RecordKey, Span]]:
+    """A span for each record that carries a trace context, in that trace (linked to the
+    batch's own span), ended when the block ends; a failing block marks them all failed.
+    Records without a trace context are left to the batch's span."""
+    batch = trace.get_current_span().get_span_context()
+    spans: dict[RecordKey, Span] = {}
+    for record in records:
+        parent = propagate.extract(
+            {name: (value or b"").decode("utf-8", "replace") for name, value in record.headers}
+        )
+        if not trace.get_current_span(parent).get_span_context().is_valid:
+            continue
+        spans[record_key(record)] = tracer().start_span(
+            f"{record.topic} process",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            links=[Link(batch)] if batch.is_valid else None,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.destination.name": record.topic,
+                "messaging.kafka.destination.partition": record.partition,
+                "messaging.kafka.message.offset": record.offset,
+            },
+        )
+    try:
+        yield spans
+    except BaseException as error:
+        for span in spans.values():
+            span.record_exception(error)
+            span.set_status(StatusCode.ERROR, str(error))
+        raise
+    finally:
+        for span in spans.values():
+            span.end()

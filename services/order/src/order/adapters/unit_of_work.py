@@ -1,5 +1,6 @@
 """The one place a transaction is opened: a use case runs inside `async with uow:` and the
-unit of work commits when the block succeeds, or rolls back when it raises."""
+unit of work commits when the block succeeds, or rolls back when it raises. A read-only unit
+of work opens none: each of its statements is its own, one round trip instead of three."""
 
 from __future__ import annotations
 
@@ -78,14 +79,21 @@ class UnitOfWork:
     tokens: TokenRepository
     idempotency: IdempotencyRepository
 
-    def __init__(self, engine: AsyncEngine, wait_for_database: float = 0.0) -> None:
+    def __init__(
+        self, engine: AsyncEngine, wait_for_database: float = 0.0, *, read_only: bool = False
+    ) -> None:
         self._engine = engine
         self._wait_for_database = wait_for_database
+        self._read_only = read_only
         self._connection: AsyncConnection | None = None
 
     async def __aenter__(self) -> UnitOfWork:
         self._connection = await self._connect()
-        await self._connection.begin()
+        if self._read_only:
+            # No BEGIN/COMMIT around reads; the pool restores the isolation level on return.
+            await self._connection.execution_options(isolation_level="AUTOCOMMIT")
+        else:
+            await self._connection.begin()
         self.orders = OrderRepository(self._connection)
         self.outbox = Outbox(self._connection)
         self.tokens = TokenRepository(self._connection)
@@ -117,8 +125,9 @@ class UnitOfWork:
             raise DatabaseUnavailable(str(exc).splitlines()[0]) from exc
 
     async def _connect(self) -> AsyncConnection:
-        """A pooled connection (checked with a ping), waiting up to `wait_for_database`
-        seconds while the database cannot be reached, e.g. through a restart."""
+        """A pooled connection, waiting up to `wait_for_database` seconds while the database
+        cannot be reached, e.g. through a restart. It is not pinged first: a connection that
+        died in the pool fails its first statement, and `UnitOfWorkFactory.run` starts over."""
         try:
             async for attempt in _backoff(self._wait_for_database, _CONNECT_AGAIN):
                 with attempt:
@@ -137,15 +146,22 @@ class UnitOfWorkFactory:
         self.engine = engine
         self.wait_for_database = wait_for_database
 
-    def __call__(self) -> UnitOfWork:
-        return UnitOfWork(self.engine, self.wait_for_database)
+    def __call__(self, *, read_only: bool = False) -> UnitOfWork:
+        return UnitOfWork(self.engine, self.wait_for_database, read_only=read_only)
 
     async def run(self, work: Callable[[UnitOfWork], Awaitable[T]]) -> T:
         """`work` in one unit of work, run again from the start when the database went away
         mid-way (for up to `wait_for_database` seconds), so a restart delays it instead of
         failing it."""
+        return await self._run(work, read_only=False)
+
+    async def read(self, work: Callable[[UnitOfWork], Awaitable[T]]) -> T:
+        """`run` for work that only reads: no transaction, each statement on its own."""
+        return await self._run(work, read_only=True)
+
+    async def _run(self, work: Callable[[UnitOfWork], Awaitable[T]], *, read_only: bool) -> T:
         async for attempt in _backoff(self.wait_for_database, _RUN_AGAIN):
             with attempt:
-                async with self() as uow:
+                async with self(read_only=read_only) as uow:
                     return await work(uow)
         raise AssertionError("tenacity either returns or raises")

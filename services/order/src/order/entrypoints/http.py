@@ -151,7 +151,8 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
 
-def uow_factory(request: Request) -> UnitOfWorkFactory:
+# async: FastAPI runs a plain `def` dependency in its threadpool, a thread hop per request.
+async def uow_factory(request: Request) -> UnitOfWorkFactory:
     factory: UnitOfWorkFactory = request.app.state.uow_factory
     return factory
 
