@@ -5,6 +5,7 @@ record of it), every mail system sees one message twice rather than two messages
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -79,19 +80,38 @@ class SmtpEmailSender:
 
     async def _send(self, message: EmailMessage) -> None:
         s = self._settings
+        client = aiosmtplib.SMTP(
+            hostname=s.host,
+            port=s.port,
+            username=s.username,
+            password=s.password.get_secret_value() if s.password else None,
+            start_tls=s.starttls,
+            use_tls=s.use_tls,
+            timeout=s.timeout,
+            local_hostname=self._local_hostname,
+        )
+        # One deadline for the whole send, goodbye included (the lease allows for that long).
+        deadline = asyncio.get_running_loop().time() + s.timeout
         try:
-            async with asyncio.timeout(s.timeout):
-                await aiosmtplib.send(
-                    message,
-                    hostname=s.host,
-                    port=s.port,
-                    username=s.username,
-                    password=s.password.get_secret_value() if s.password else None,
-                    start_tls=s.starttls,
-                    use_tls=s.use_tls,
-                    timeout=s.timeout,
-                    local_hostname=self._local_hostname,
-                )
+            await self._deliver(client, message, deadline)
+            # The message is accepted: saying goodbye is a courtesy, and a server that fails
+            # at it must not turn a sent email into a failed one (sent again later).
+            with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    await client.quit()
+        finally:
+            # After a failure or a cancellation (a shutdown past its grace), hang up at once:
+            # aiosmtplib's own exit would first wait for a stuck server to answer QUIT, up to
+            # the whole timeout.
+            client.close()
+
+    async def _deliver(
+        self, client: aiosmtplib.SMTP, message: EmailMessage, deadline: float
+    ) -> None:
+        try:
+            async with asyncio.timeout_at(deadline):
+                await client.connect()
+                await client.send_message(message)
         except aiosmtplib.SMTPRecipientsRefused as error:
             if all(refusal.code >= 500 for refusal in error.recipients):
                 raise Undeliverable(f"recipient refused: {error}") from error

@@ -47,6 +47,7 @@ class DispatchWorker:
     async def stop(self, task: asyncio.Task[None], grace: float) -> None:
         """Let the round in progress finish (its sends and their outcomes) for up to `grace`
         seconds, cancel it past that, then release whatever is still claimed."""
+        log.info("dispatcher stopping: the sends in flight may finish within %.1f s", grace)
         self._stopping.set()
         self._wake.set()
         try:
