@@ -14,6 +14,9 @@ const state = {
   order: null,
   pollTimer: null,
   changing: false,
+  signedIn: false,
+  // Counts the orders opened: an answer for an order opened before the latest one is dropped.
+  opened: 0,
 };
 
 const $ = (id) => document.getElementById(id);
@@ -95,21 +98,22 @@ async function signIn(token) {
   }
   sessionStorage.setItem(TOKEN_KEY, token);
   state.role = answer.body.role;
-  $("whoami").textContent = `${answer.body.id} (${answer.body.role})`;
-  document.body.dataset.role = state.role;
   for (const node of document.querySelectorAll(".admin-only")) show(node, state.role === "admin");
   show($("sign-in"), false);
-  show($("session"), true);
   show($("workspace"), true);
   await Promise.all([loadStatuses(), loadOrders(true)]);
+  // Routes from here on follow the address; this one reads it as it is now.
+  state.signedIn = true;
   await route();
+  $("whoami").textContent = `${answer.body.id} (${answer.body.role})`;
+  show($("session"), true);
   return null;
 }
 
 function signOut() {
   sessionStorage.removeItem(TOKEN_KEY);
   stopPolling();
-  Object.assign(state, { token: null, role: null, order: null, nextCursor: null });
+  Object.assign(state, { token: null, role: null, order: null, nextCursor: null, signedIn: false });
   location.hash = "";
   location.reload();
 }
@@ -195,8 +199,10 @@ async function route() {
 
 async function openOrder(id) {
   stopPolling();
+  const ticket = ++state.opened;
   $("change-error").hidden = true;
   const answer = await api(`/orders/${id}`);
+  if (ticket !== state.opened) return;
   if (!answer.ok) {
     show($("order"), false);
     notify(describeError(answer));
@@ -207,7 +213,7 @@ async function openOrder(id) {
   show($("order"), true);
   for (const name of ["history", "communications", "audit"]) $(name).tBodies[0].replaceChildren();
   await Promise.all([loadHistory(), loadConsequences()]);
-  state.pollTimer = setInterval(loadConsequences, CONSEQUENCES_POLL_MS);
+  if (ticket === state.opened) state.pollTimer = setInterval(loadConsequences, CONSEQUENCES_POLL_MS);
 }
 
 function stopPolling() {
@@ -326,6 +332,8 @@ async function loadRelayed(id, path, name, toRow) {
         ? `Unavailable: ${error.message}`
         : describeError(answer);
     stateLine.dataset.state = answer.status === 503 ? "unavailable" : "error";
+    // Rows read earlier would pass for the current state; none is better than stale ones.
+    body.replaceChildren();
     return;
   }
   stateLine.dataset.state = "ok";
@@ -388,7 +396,7 @@ document.addEventListener("DOMContentLoaded", async () => {
     createOrder(event.target);
   });
   window.addEventListener("hashchange", () => {
-    if (state.token) route();
+    if (state.signedIn) route();
   });
 
   const saved = sessionStorage.getItem(TOKEN_KEY);
