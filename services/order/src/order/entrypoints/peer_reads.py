@@ -60,8 +60,8 @@ def _errors(peer: str) -> dict[int | str, dict[str, Any]]:
 
 
 def _peer(request: Request, peer: str) -> PeerReadApi:
-    api: PeerReadApi = getattr(request.app.state, f"{peer}_reads")
-    return api
+    apis: dict[str, PeerReadApi] = request.app.state.peer_reads
+    return apis[peer]
 
 
 async def _relay(
@@ -124,8 +124,7 @@ async def audit_timeline(
 
 
 def install(app: FastAPI, *, notifier: PeerReadApi, audit: PeerReadApi) -> None:
-    app.state.notifier_reads = notifier
-    app.state.audit_reads = audit
+    app.state.peer_reads = {"notifier": notifier, "audit": audit}
 
     @app.exception_handler(PeerUnavailable)
     async def on_peer_unavailable(_: Request, error: PeerUnavailable) -> JSONResponse:
