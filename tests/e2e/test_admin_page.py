@@ -250,6 +250,7 @@ async def test_a_viewer_sees_the_order_but_no_change_buttons(
     await expect(page.locator("#order-status")).to_have_text("pending")
     await expect(page.locator("#read-only")).to_be_visible()
     await expect(page.locator("#next-statuses button")).to_have_count(0)
+    await expect(page.get_by_label("Reason")).to_be_hidden()
     await expect(page.locator("#create")).to_be_hidden()
     await expect(page.locator("#history tbody tr")).to_have_count(1)
     await expect(page.locator("#communications-state")).to_have_attribute("data-state", "ok")
