@@ -43,6 +43,14 @@ REFUSE_DEV_SECRETS: dict[str, Callable[..., None]] = {
 
 # Every topic of the contracts and its dead-letter topic: what the topic jobs must create.
 ALL_TOPICS_WITH_DLQS = frozenset({*ALL_TOPICS, *(dlq_topic(topic) for topic in ALL_TOPICS)})
+# (service, its setting, the service whose HTTP API that setting names): the notifier and the
+# audit service check tokens with the order service, which relays their reads to its admin page.
+PEER_URLS = (
+    ("order", "notifier_service_url", "notifier"),
+    ("order", "audit_service_url", "audit"),
+    ("notifier", "order_service_url", "order"),
+    ("audit", "order_service_url", "order"),
+)
 
 
 def env_prefix(service: str) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -15,6 +16,7 @@ from devstack.infra import TOPIC_PARTITIONS
 from tests.deploy.conftest import (
     ALL_TOPICS_WITH_DLQS,
     DEPLOY,
+    PEER_URLS,
     REPO,
     SERVICES,
     SettingsFromEnv,
@@ -142,6 +144,20 @@ def test_the_postgres_init_creates_the_roles_and_the_database_of_each_service(
     roles, databases = init_creates(postgres_init_files(compose))
     assert {owner, runtime} <= roles
     assert (database, owner, runtime) in databases
+
+
+@pytest.mark.parametrize(("service", "setting", "peer"), PEER_URLS)
+def test_a_service_reaches_another_by_its_compose_name_and_port(
+    compose: dict[str, Any],
+    settings_from_env: SettingsFromEnv,
+    service: str,
+    setting: str,
+    peer: str,
+) -> None:
+    settings: Any = settings_from_env(service, environment_of(compose, service))
+    peer_settings: Any = settings_from_env(peer, environment_of(compose, peer))
+    target = urlsplit(getattr(settings, setting))
+    assert (target.hostname, target.port) == (peer, peer_settings.http_port)
 
 
 def test_the_notifier_can_be_scaled(compose: dict[str, Any]) -> None:

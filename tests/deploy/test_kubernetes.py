@@ -10,6 +10,7 @@ import subprocess
 from functools import cached_property
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
@@ -22,6 +23,7 @@ from devstack.infra import TOPIC_PARTITIONS
 from tests.deploy.conftest import (
     ALL_TOPICS_WITH_DLQS,
     DEPLOY,
+    PEER_URLS,
     SERVICES,
     SettingsFromEnv,
     check_roles,
@@ -232,6 +234,19 @@ def test_a_service_has_a_pod_disruption_budget_a_service_and_a_migration_job(
     migration = build.service_container("Job", f"{service}-migrate", service)
     assert migration["args"] == ["migrate"]
     assert migration["image"] == container["image"], "the same image migrates and serves"
+
+
+@pytest.mark.parametrize(("service", "setting", "peer"), PEER_URLS)
+def test_a_service_reaches_another_by_its_kubernetes_service(
+    build: Build, settings_from_env: SettingsFromEnv, service: str, setting: str, peer: str
+) -> None:
+    known, _ = build.resolve_env(build.service_container("Deployment", service, service))
+    settings: Any = settings_from_env(service, known)
+    target = urlsplit(getattr(settings, setting))
+    # A Service's short name resolves within the namespace everything is deployed to.
+    assert target.hostname == peer
+    ports = {p["port"]: p["targetPort"] for p in build.get("Service", peer)["spec"]["ports"]}
+    assert ports.get(target.port) == "http", (target.port, ports)
 
 
 def secret_refs(container: Object) -> dict[str, str]:

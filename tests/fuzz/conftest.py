@@ -36,6 +36,12 @@ def order_api_url(kafka_bootstrap: str, fuzz_databases: infra.TestDatabases) -> 
         database=fuzz_databases.services["order"],
         kafka_bootstrap_servers=kafka_bootstrap,
         http_port=port,
+        # The notifier and the audit service, whose reads the order API relays, do not run
+        # here: ports nothing listens on (never the local stack's defaults).
+        extra={
+            f"ORDER_{peer}_SERVICE_URL": f"http://127.0.0.1:{free_port()}"
+            for peer in ("NOTIFIER", "AUDIT")
+        },
     )
     migrate("order", env)
     process = service_process("order", env, port, ARTIFACTS)

@@ -19,11 +19,12 @@ from order.adapters.broker import BrokerConnection
 from order.adapters.consumer_lag import ConsumerLagReader
 from order.adapters.metrics import PREFIX, MetricsSampler, OrderMetrics
 from order.adapters.outbox_relay import OutboxRelay
+from order.adapters.peer_reads import PeerReadApi
 from order.adapters.published_records import PublishedRecords
 from order.adapters.schema import assert_schema_current, upgrade_to_head
 from order.adapters.unit_of_work import UnitOfWorkFactory
 from order.config import Settings, database_role, refuse_dev_secrets
-from order.entrypoints import http, observability
+from order.entrypoints import admin_page, http, observability, peer_reads
 from order.entrypoints.commands import register_command_handlers
 from order.entrypoints.publications import declare_publications
 
@@ -126,6 +127,12 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     connection = BrokerConnection(broker, settings.relay_retry_seconds)
     relay = build_relay(settings, engine, metrics)
     sampler = build_sampler(settings, metrics, connection, relay)
+    notifier_reads = PeerReadApi(
+        "notifier", settings.notifier_service_url, timeout=settings.peer_timeout_seconds
+    )
+    audit_reads = PeerReadApi(
+        "audit", settings.audit_service_url, timeout=settings.peer_timeout_seconds
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -152,6 +159,8 @@ def build_app(settings: Settings | None = None) -> FastAPI:
             await broker.stop()
             if relaying is not None:
                 await relay.stop(relaying, settings.shutdown_grace_seconds)
+            await notifier_reads.aclose()
+            await audit_reads.aclose()
             await engine.dispose()
 
     app = FastAPI(
@@ -167,6 +176,8 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     http.install_error_handlers(app)
     app.include_router(http.router)
+    peer_reads.install(app, notifier=notifier_reads, audit=audit_reads)
+    admin_page.install(app)
     observability.install(app, metrics.registry, PREFIX)
     return app
 

@@ -86,6 +86,13 @@ class Settings(BaseSettings):
     # refreshed, and how long one Kafka check may take.
     metrics_interval_seconds: float = Field(default=15.0, gt=0)
     kafka_check_seconds: float = Field(default=1.0, gt=0)
+    # The admin page reads an order's communications and audit timeline through this service
+    # (same origin, so the browser needs no CORS): the notifier's and the audit service's read
+    # APIs, asked with the caller's token. Only those reads go there; a change never does.
+    notifier_service_url: str = "http://127.0.0.1:8001"
+    audit_service_url: str = "http://127.0.0.1:8002"
+    # How long such a read may take before it is answered 503 (`<service>_unavailable`).
+    peer_timeout_seconds: float = Field(default=5.0, gt=0)
     # "json": one JSON object per line (for log collectors); "text" for reading locally.
     log_format: Literal["json", "text"] = "json"
     log_level: str = "INFO"

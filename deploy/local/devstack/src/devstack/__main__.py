@@ -56,6 +56,7 @@ def _announce(stack: Stack) -> None:
         f"kafka     {stack.kafka_bootstrap_servers}",
         f"logs      {relative / 'logs'}",
         f"admin token: {stack.admin_token}",
+        f"admin page  {stack.url('order')}/admin (paste the admin token)",
         "",
         "try it:",
         f"  TOKEN={stack.admin_token}",

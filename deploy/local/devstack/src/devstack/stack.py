@@ -55,6 +55,12 @@ class Stack:
         if service in ("notifier", "audit"):
             # Their read APIs check bearer tokens with the order service that issues them.
             extra[f"{service.upper()}_ORDER_SERVICE_URL"] = self.url("order")
+        if service == "order":
+            # The admin page reads communications and the audit timeline through the order
+            # service (a stack of the order service alone has neither).
+            for peer in ("notifier", "audit"):
+                if peer in self.ports:
+                    extra[f"ORDER_{peer.upper()}_SERVICE_URL"] = self.url(peer)
         if service == "notifier":
             extra |= {
                 "NOTIFIER_SMTP_HOST": "127.0.0.1",
