@@ -120,6 +120,8 @@ class OutboxRelay:
                     raise
                 except Exception:
                     log.warning("outbox relay: publishing failed; retrying", exc_info=True)
+                    # Sends of the failed batch may be on Kafka with their marks rolled back.
+                    self._read_back_due = True
                     await asyncio.sleep(self._retry_interval)
                     continue
                 if relayed.failed:
