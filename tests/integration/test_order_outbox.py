@@ -131,19 +131,8 @@ async def test_published_rows_are_purged_after_the_retention(
             await service.create_order_in(
                 uow, customer=Customer("P", None, None), actor=Actor(id="p")
             )
-    kafka = BrokerConnection(
-        KafkaBroker(kafka_bootstrap, enable_idempotence=True, acks="all"), retry_interval=0.2
-    )
-    await kafka.connect()
-    relay = OutboxRelay(
-        engine,
-        kafka,
-        PublishedRecords(kafka_bootstrap, timeout=30),
-        database_url=own_order_database,
-        batch_size=10,
-        poll_interval=0.2,
-        retry_interval=0.2,
-        retention=timedelta(0),
+    relay, kafka = await started_relay(
+        engine, kafka_bootstrap, own_order_database, retention=timedelta(0)
     )
     try:
         assert await relay.purge_published() == 0  # nothing published yet: nothing to purge
@@ -156,7 +145,10 @@ async def test_published_rows_are_purged_after_the_retention(
 
 
 async def started_relay(
-    engine: AsyncEngine, kafka_bootstrap: str, database_url: str
+    engine: AsyncEngine,
+    kafka_bootstrap: str,
+    database_url: str,
+    retention: timedelta = timedelta(days=1),
 ) -> tuple[OutboxRelay, BrokerConnection]:
     kafka = BrokerConnection(
         KafkaBroker(kafka_bootstrap, enable_idempotence=True, acks="all"), retry_interval=0.2
@@ -170,6 +162,7 @@ async def started_relay(
         batch_size=10,
         poll_interval=0.2,
         retry_interval=0.2,
+        retention=retention,
     )
     return relay, kafka
 
