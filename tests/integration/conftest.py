@@ -167,6 +167,31 @@ class TopicReader:
         return [r.value for r in self.records]
 
 
+async def values_on_topic(bootstrap_servers: str, topic: str, key: str) -> list[dict[str, Any]]:
+    """The JSON values of every record with `key` on `topic`, read once from the beginning to
+    the current end by a fresh consumer: an exact count (a subscribed reader may be reset to
+    the beginning by a metadata change and see records again)."""
+    partitions = await infra.partitions_of(bootstrap_servers, topic)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        values: list[dict[str, Any]] = []
+        reading = {tp for tp in partitions if ends[tp] > 0}
+        while reading:
+            for tp, records in (await consumer.getmany(*reading, timeout_ms=500)).items():
+                values += [json.loads(r.value) for r in records if r.key == key.encode()]
+                if records and records[-1].offset >= ends[tp] - 1:
+                    reading.discard(tp)
+        return values
+    finally:
+        await consumer.stop()
+
+
 @pytest.fixture
 async def read_topic(
     kafka_bootstrap: str,

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import email
 import email.policy
+import json
 import logging
 import signal
 import time
@@ -55,7 +56,7 @@ from notifier.app import migrate as migrate_notifier
 from notifier.config import Settings as NotifierSettings
 from order.app import migrate as migrate_order
 from order.config import Settings as OrderSettings
-from tests.integration.conftest import TopicReader, consumer_group_at_end
+from tests.integration.conftest import TopicReader, consumer_group_at_end, values_on_topic
 from tests.integration.test_notifier import (
     MESSAGE_ID_DOMAIN,
     customer_for,
@@ -601,10 +602,27 @@ async def test_a_command_in_hand_at_sigterm_is_applied_answered_and_committed_on
         # is out, anything the confirmation could have caused again is out too.
         marker = change_command(order_id, OrderStatus.PREPARING)
         await send(producer, order_id, marker)
-        answered = await results.values_for(str(order_id), 3)
+        await results.values_for(str(order_id), 3)
         await asyncio.to_thread(restarted.stop)
     finally:
         restarted.kill()
+    # Other order services of the session consume orders.commands too (in groups of their
+    # own) and answer on the same topic: this service's answers are its outbox rows.
+    connection = await asyncpg.connect(dsn)
+    try:
+        rows = await connection.fetch(
+            "SELECT event_id, payload FROM outbox WHERE topic = $1 AND key = $2 ORDER BY id",
+            ORDERS_COMMAND_RESULTS,
+            str(order_id),
+        )
+    finally:
+        await connection.close()
+    on_topic = Counter(
+        r["event_id"]
+        for r in await values_on_topic(kafka_bootstrap, ORDERS_COMMAND_RESULTS, str(order_id))
+    )
+    assert [on_topic[str(row["event_id"])] for row in rows] == [1, 1, 1]
+    answered = [json.loads(row["payload"]) for row in rows]
     assert [(r["type"], r["command_id"], r["version"]) for r in answered] == [
         ("CommandAccepted", str(create.command_id), 1),
         ("CommandAccepted", str(confirm.command_id), 2),
