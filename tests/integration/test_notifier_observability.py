@@ -124,7 +124,7 @@ async def test_an_events_trace_continues_through_the_smtp_send_to_the_announceme
         }
 
     await wait_until(
-        lambda: asyncio.sleep(0, names_in_trace()),
+        names_in_trace,
         lambda names: (
             {
                 f"{ORDERS_EVENTS} process",

@@ -85,9 +85,7 @@ async def test_changes_during_a_postgres_restart_wait_and_all_succeed_once(
                     await asyncio.sleep(0.1)  # a steady pace, so changes span the restart
 
         walking = asyncio.gather(*(walk(orders[n::8]) for n in range(8)))
-        await wait_until(
-            lambda: asyncio.sleep(0, len(answers)), lambda n: n >= 16, within=30, what="load"
-        )
+        await wait_until(lambda: len(answers), lambda n: n >= 16, within=30, what="load")
         went_away = time.monotonic()
         await asyncio.to_thread(cluster.stop)
         await asyncio.to_thread(cluster.start)

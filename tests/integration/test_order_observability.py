@@ -4,7 +4,6 @@ consumer lag is read from the broker, and a change's trace reaches its Kafka rec
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from uuid import UUID, uuid4
 
@@ -225,7 +224,7 @@ async def test_a_change_is_published_in_the_trace_of_its_request(
         }
 
     await wait_until(
-        lambda: asyncio.sleep(0, names_in_trace()),
+        names_in_trace,
         lambda names: {"POST /orders/{order_id}/status", f"{ORDERS_EVENTS} publish"} <= names,
         within=10,
         what="the request's and the publication's spans in the caller's trace",
