@@ -39,8 +39,9 @@ from devstack.processes import free_port, migrate, run_checked, service_env, ser
 from devstack.smtp_sink import MaildirHandler, read_messages
 from devstack.waiting import wait_until
 from notifier.adapters.schema import SchemaBehind
+from notifier.adapters.smtp import SmtpEmailSender
 from notifier.adapters.unit_of_work import UnitOfWorkFactory
-from notifier.app import build_app, build_engine
+from notifier.app import build_app, build_engine, build_senders
 from notifier.app import migrate as migrate_in_process
 from notifier.config import Settings
 from notifier.domain.communication import Communication, CommunicationStatus
@@ -762,3 +763,37 @@ async def test_with_the_order_service_unreachable_reading_is_503_not_500(
 
 def test_the_openapi_document_declares_the_bearer_scheme_on_every_read() -> None:
     check_openapi(build_app(Settings()).openapi(), {"/communications"})
+
+
+@pytest.mark.parametrize(("idle_seconds", "sessions"), [(30.0, 1), (0.0, 3)])
+async def test_smtp_sessions_carry_one_email_after_another_while_not_idle_too_long(
+    tmp_path: Path, idle_seconds: float, sessions: int
+) -> None:
+    handler = MaildirHandler(tmp_path)
+    server = Controller(handler, hostname="127.0.0.1", port=free_port())
+    server.start()
+    settings = Settings(
+        smtp_port=server.port, smtp_timeout_seconds=2.0, smtp_idle_seconds=idle_seconds
+    )
+    sender = build_senders(settings)[Channel.EMAIL]
+    assert isinstance(sender, SmtpEmailSender)
+    recipients = [f"session-{number}@example.com" for number in range(3)]
+    try:
+        for recipient in recipients:
+            order_id = uuid4()
+            email = Communication.queue(
+                event_id=uuid4(),
+                order_id=order_id,
+                channel=Channel.EMAIL,
+                template="order_confirmed",
+                recipient=recipient,
+                context=template_context(status_changed(order_id, OrderStatus.CONFIRMED, 2)),
+                now=datetime.now(UTC),
+            )
+            await sender.send(email)
+    finally:
+        await sender.aclose()
+        server.stop()
+
+    assert [m["To"] for m in read_messages(tmp_path)] == recipients
+    assert len(set(handler.peers)) == sessions

@@ -176,3 +176,33 @@ async def test_a_command_the_database_cannot_store_is_dead_lettered(
     assert letter["reason"].startswith("unstorable:")
     answered = await results.values_for(str(key), 1)
     assert answered[0]["type"] == "CommandAccepted"
+
+
+async def test_a_command_the_database_refuses_holds_up_none_consumed_with_it(
+    order_service_app: OrderService,
+    producer: AIOKafkaProducer,
+    read_topic: Callable[[str], Awaitable[TopicReader]],
+) -> None:
+    dlq = await read_topic("orders.commands.dlq")
+    results = await read_topic("orders.command-results")
+    key = uuid4()
+    create = create_command(key)
+    unstorable = CreateOrder(
+        command_id=uuid4(), order_id=key, customer=Customer(name="Nul\u0000Byte"), actor=UPSTREAM
+    )
+    confirm = change_command(key, OrderStatus.CONFIRMED, expected_version=1)
+    # Sent together, so that they are likely consumed in one batch (one transaction).
+    for command in (create, unstorable, confirm):
+        await producer.send(
+            "orders.commands", command.model_dump_json().encode(), key=str(key).encode()
+        )
+    await producer.flush()
+
+    (letter,) = await dlq.values_for(str(key), 1)
+    assert letter["reason"].startswith("unstorable:")
+    assert str(unstorable.command_id) in letter["payload"]
+    answered = await results.values_for(str(key), 2)
+    assert [(r["type"], r["command_id"]) for r in answered] == [
+        ("CommandAccepted", str(create.command_id)),
+        ("CommandAccepted", str(confirm.command_id)),
+    ]

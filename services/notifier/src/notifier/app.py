@@ -97,6 +97,7 @@ def build_senders(settings: Settings) -> dict[Channel, Sender]:
         timeout=settings.smtp_timeout_seconds,
         mail_from=settings.mail_from,
         message_id_domain=settings.message_id_domain,
+        idle_seconds=settings.smtp_idle_seconds,
     )
     senders: dict[Channel, Sender] = {Channel.EMAIL: SmtpEmailSender(smtp, EmailTemplates())}
     if settings.sms_url:
@@ -208,7 +209,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     async def close_clients() -> None:
         await token_verifier.aclose()
         for sender in senders.values():
-            if isinstance(sender, HttpSmsSender):
+            if isinstance(sender, HttpSmsSender | SmtpEmailSender):
                 await sender.aclose()
 
     @contextlib.asynccontextmanager

@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     smtp_use_tls: bool = False
     # Bounds one whole send (connect, dialogue, data); a slower send counts as failed.
     smtp_timeout_seconds: float = Field(default=10.0, gt=0)
+    # SMTP sessions are reused; one idle longer than this is closed instead (keep it below the
+    # server's idle timeout).
+    smtp_idle_seconds: float = Field(default=30.0, ge=0)
     mail_from: str = "Order Backbone <orders@backbone.local>"
     message_id_domain: str = "backbone.local"
 

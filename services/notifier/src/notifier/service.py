@@ -149,6 +149,8 @@ async def _record_in(
 
 # An event, and the trace its communications and their announcements continue (W3C headers).
 TracedEvent = tuple[OrderEvent, dict[str, str]]
+# An attempted communication, and the trace of its attempt (its announcement continues it).
+Attempted = tuple[Communication, dict[str, str]]
 
 
 async def _record_all(
@@ -212,19 +214,34 @@ class Dispatcher:
 
     async def dispatch_due(self) -> int:
         """One round: claim up to a batch and attempt them all concurrently; returns how many
-        were attempted."""
+        were attempted. Outcomes are stored as the attempts finish, those that finished together
+        in one transaction."""
         # Taken before the claim, so it never outlasts the lease the database records.
         deadline = time.monotonic() + self.lease.total_seconds()
         async with self.uow_factory() as uow:
             claimed = await uow.communications.claim_due(
                 self.owner, _now(), self.batch_size, self.lease
             )
-        await asyncio.gather(*(self.deliver(c, deadline) for c in claimed))
+        finished: asyncio.Queue[Attempted] = asyncio.Queue()
+
+        async def attempt(communication: Communication) -> None:
+            finished.put_nowait(await self.deliver(communication))
+
+        async with asyncio.TaskGroup() as attempts:
+            for communication in claimed:
+                attempts.create_task(attempt(communication))
+            stored = 0
+            while stored < len(claimed):
+                outcomes = [await finished.get()]
+                while not finished.empty():
+                    outcomes.append(finished.get_nowait())
+                await self._record_outcomes(outcomes, deadline)
+                stored += len(outcomes)
         return len(claimed)
 
-    async def deliver(self, communication: Communication, lease_deadline: float) -> None:
-        """Attempt one claimed communication and record the outcome, in the trace of the event
-        that asked for it and under that event's correlation id."""
+    async def deliver(self, communication: Communication) -> Attempted:
+        """Attempt one claimed communication, in the trace of the event that asked for it and
+        under that event's correlation id."""
         with (
             attached(communication.trace_context),
             correlated(communication.context.get("correlation_id")),
@@ -242,7 +259,7 @@ class Dispatcher:
             span.set_attribute("notifier.outcome", communication.status.value)
             if communication.status is not CommunicationStatus.SENT:
                 span.set_status(StatusCode.ERROR, communication.last_error)
-            await self._record_outcome(communication, lease_deadline)
+            return communication, current_trace_context()
 
     async def _attempt(self, communication: Communication) -> None:
         sender = self.senders.get(communication.channel)
@@ -273,40 +290,45 @@ class Dispatcher:
         elif communication.status is CommunicationStatus.DEAD:
             log.warning("communication %s is dead: %s", communication.id, communication.last_error)
 
-    async def _record_outcome(self, communication: Communication, lease_deadline: float) -> None:
-        """Store the outcome, retrying while the lease lasts: an outcome that is not stored
-        means the communication is attempted again once the lease expires (for a sent email, a
-        second copy with the same Message-ID)."""
+    async def _record_outcomes(self, outcomes: Sequence[Attempted], lease_deadline: float) -> None:
+        """Store the outcomes, each announced in its attempt's trace, retrying while the lease
+        lasts: an outcome that is not stored means the communication is attempted again once
+        the lease expires (for a sent email, a second copy with the same Message-ID)."""
         while True:
             try:
                 async with self.uow_factory() as uow:
-                    if await uow.communications.save_outcome(communication, self.owner):
-                        await _announce(uow, communication)
-                        if communication.status is CommunicationStatus.DEAD:
-                            letter = dead_letter(communication, self.consumer_group)
-                            await uow.outbox.add_message(
-                                dlq_topic(NOTIFICATIONS_EVENTS),
-                                str(communication.order_id),
-                                letter,
-                                uuid4(),
-                            )
-                    else:
-                        log.warning(
-                            "communication %s: lease lost before its outcome (%s) was stored",
-                            communication.id,
-                            communication.status,
-                        )
+                    for communication, trace_context in outcomes:
+                        with (
+                            attached(trace_context),
+                            correlated(communication.context.get("correlation_id")),
+                        ):
+                            await self._record_outcome(uow, communication)
                 return
             except Exception:
                 if time.monotonic() + self.retry_interval >= lease_deadline:
                     log.exception(
-                        "the outcome of %s could not be stored; it is retried once its lease "
-                        "expires",
-                        communication.id,
+                        "the outcomes of %s could not be stored; they are retried once their "
+                        "lease expires",
+                        ", ".join(str(communication.id) for communication, _ in outcomes),
                     )
                     return
-                log.warning("storing the outcome of %s failed; retrying", communication.id)
+                log.warning("storing %d outcomes failed; retrying", len(outcomes))
                 await asyncio.sleep(self.retry_interval)
+
+    async def _record_outcome(self, uow: UnitOfWork, communication: Communication) -> None:
+        if not await uow.communications.save_outcome(communication, self.owner):
+            log.warning(
+                "communication %s: lease lost before its outcome (%s) was stored",
+                communication.id,
+                communication.status,
+            )
+            return
+        await _announce(uow, communication)
+        if communication.status is CommunicationStatus.DEAD:
+            letter = dead_letter(communication, self.consumer_group)
+            await uow.outbox.add_message(
+                dlq_topic(NOTIFICATIONS_EVENTS), str(communication.order_id), letter, uuid4()
+            )
 
     async def release_claims(self) -> int:
         """Hand back whatever this dispatcher claimed and did not finish (at shutdown)."""

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("ORDER_KAFKA_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"),
     )
     commands_consumer_group: str = "order-commands"
+    # Commands consumed together are applied in one transaction and committed with one offset
+    # commit.
+    commands_batch_size: int = Field(default=200, ge=1)
     # How long a command whose handling failed for a transient reason (database down) waits
     # before it is redelivered.
     command_retry_seconds: float = 1.0

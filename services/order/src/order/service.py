@@ -4,8 +4,9 @@ and its outbox row commit together or not at all."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -19,12 +20,19 @@ from contracts import (
     CommandAccepted,
     CommandRejected,
     CreateOrder,
+    OrderCommand,
     OrderCreated,
     OrderStatus,
     OrderStatusChanged,
 )
 from contracts import Customer as CustomerContract
-from order.adapters.unit_of_work import UnitOfWork, UnitOfWorkFactory
+from order.adapters.telemetry import attached
+from order.adapters.unit_of_work import (
+    DatabaseUnavailable,
+    UnitOfWork,
+    UnitOfWorkFactory,
+    Unstorable,
+)
 from order.domain.auth import AccessRefused, Identity, Permission, Role, check_access
 from order.domain.errors import (
     IdempotencyKeyReused,
@@ -34,6 +42,9 @@ from order.domain.errors import (
     TransitionNotAllowed,
 )
 from order.domain.model import Customer, Order
+from order.logging_config import correlated
+
+log = logging.getLogger(__name__)
 
 
 def _now() -> datetime:
@@ -191,55 +202,97 @@ def _rejection(command: CreateOrder | ChangeOrderStatus, error: OrderError) -> C
     )
 
 
-async def handle_command(
-    uow_factory: UnitOfWorkFactory, command: CreateOrder | ChangeOrderStatus
+async def _apply_command(
+    uow: UnitOfWork, command: OrderCommand
 ) -> CommandAccepted | CommandRejected | None:
     """Apply an upstream command once per `command_id`, and publish its result through the
-    outbox in the same transaction. Returns None for a duplicate, which changes nothing."""
+    outbox in the caller's transaction. Returns None for a duplicate, which changes nothing."""
     fingerprint = hashlib.sha256(command.model_dump_json().encode()).hexdigest()
-
-    async def attempt(uow: UnitOfWork) -> CommandAccepted | CommandRejected | None:
-        result: CommandAccepted | CommandRejected
-        if not await uow.idempotency.claim(COMMAND_SCOPE, str(command.command_id), fingerprint):
-            return None
-        try:
-            if isinstance(command, CreateOrder):
-                c = command.customer
-                order = await create_order_in(
-                    uow,
-                    customer=Customer(c.name, c.email, c.phone),
-                    actor=command.actor,
-                    order_id=command.order_id,
-                    correlation_id=command.correlation_id,
-                )
-            else:
-                order = await change_order_status_in(
-                    uow,
-                    command.order_id,
-                    command.status,
-                    actor=command.actor,
-                    reason=command.reason,
-                    expected_version=command.expected_version,
-                    correlation_id=command.correlation_id,
-                )
-            result = CommandAccepted(
-                command_id=command.command_id,
-                order_id=order.id,
+    result: CommandAccepted | CommandRejected
+    if not await uow.idempotency.claim(COMMAND_SCOPE, str(command.command_id), fingerprint):
+        return None
+    try:
+        if isinstance(command, CreateOrder):
+            c = command.customer
+            order = await create_order_in(
+                uow,
+                customer=Customer(c.name, c.email, c.phone),
                 actor=command.actor,
-                version=order.version,
+                order_id=command.order_id,
                 correlation_id=command.correlation_id,
             )
-        except OrderError as error:
-            # Domain rules raise before writing anything, so the transaction is still clean
-            # and the rejection is recorded and announced with the claimed command id.
-            result = _rejection(command, error)
-        await uow.outbox.add(ORDERS_COMMAND_RESULTS, str(command.order_id), result)
-        await uow.idempotency.record(
-            COMMAND_SCOPE, str(command.command_id), None, result.model_dump(mode="json")
+        else:
+            order = await change_order_status_in(
+                uow,
+                command.order_id,
+                command.status,
+                actor=command.actor,
+                reason=command.reason,
+                expected_version=command.expected_version,
+                correlation_id=command.correlation_id,
+            )
+        result = CommandAccepted(
+            command_id=command.command_id,
+            order_id=order.id,
+            actor=command.actor,
+            version=order.version,
+            correlation_id=command.correlation_id,
         )
-        return result
+    except OrderError as error:
+        # Domain rules raise before writing anything, so the transaction is still clean
+        # and the rejection is recorded and announced with the claimed command id.
+        result = _rejection(command, error)
+    await uow.outbox.add(ORDERS_COMMAND_RESULTS, str(command.order_id), result)
+    await uow.idempotency.record(
+        COMMAND_SCOPE, str(command.command_id), None, result.model_dump(mode="json")
+    )
+    return result
 
-    return await uow_factory.run(attempt)
+
+# A command, and the trace its result and events continue (W3C headers).
+TracedCommand = tuple[OrderCommand, dict[str, str]]
+
+
+async def handle_commands(
+    uow_factory: UnitOfWorkFactory, commands: Sequence[TracedCommand]
+) -> dict[int, str]:
+    """Apply consumed commands in their order, all in one transaction; returns the position
+    of each command the database refused to store, with the reason (for the dead-letter topic).
+
+    If the transaction fails for any reason but the database being away, the commands are
+    applied again one per transaction, so one that cannot be stored holds up no other. Any other
+    failure propagates: the caller has them all redelivered, which is safe because a command
+    applied before is not applied again (its `command_id` is claimed)."""
+
+    def applying(batch: Sequence[TracedCommand]) -> Callable[[UnitOfWork], Awaitable[None]]:
+        async def apply(uow: UnitOfWork) -> None:
+            for command, trace_context in batch:
+                with attached(trace_context), correlated(command.correlation_id):
+                    await _apply_command(uow, command)
+
+        return apply
+
+    if not commands:
+        return {}
+    try:
+        await uow_factory.run(applying(commands))
+        return {}
+    except DatabaseUnavailable:
+        raise
+    except Exception as error:
+        if len(commands) > 1:
+            log.warning("%d commands failed together; applying them one by one", len(commands))
+        elif isinstance(error, Unstorable):
+            return {0: str(error)}
+        else:
+            raise
+    refused: dict[int, str] = {}
+    for position, traced in enumerate(commands):
+        try:
+            await uow_factory.run(applying([traced]))
+        except Unstorable as error:
+            refused[position] = str(error)
+    return refused
 
 
 async def answer_change(

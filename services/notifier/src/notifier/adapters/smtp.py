@@ -1,12 +1,17 @@
 """Email over SMTP (aiosmtplib). The Message-ID derives from the dedupe key, so should the
 same communication ever be sent twice (a crash between the server's acceptance and our
-record of it), every mail system sees one message twice rather than two messages."""
+record of it), every mail system sees one message twice rather than two messages.
+
+Sessions are kept open and reused, one message at a time each: opening one (TCP, greeting,
+EHLO, maybe TLS and AUTH) and saying goodbye cost more than the message itself. aiosmtplib
+has no pool of its own."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import socket
+import time
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate
@@ -32,18 +37,78 @@ class SmtpSettings:
     timeout: float
     mail_from: str
     message_id_domain: str
+    # An idle session is reused only this long: servers hang up on idle clients (RFC 5321
+    # allows them to after 5 minutes; many do sooner).
+    idle_seconds: float = 30.0
 
 
 def message_id(dedupe_key: str, domain: str) -> str:
     return f"<{dedupe_key}@{domain}>"
 
 
+class SmtpSessions:
+    """Open SMTP sessions, each carrying one message at a time. A send takes an idle session
+    (the most recently used) or opens one, and hands it back only after the server accepted
+    the message: a session in which anything failed is in an unknown state and is closed."""
+
+    def __init__(self, settings: SmtpSettings) -> None:
+        self._settings = settings
+        # The EHLO name, looked up once: aiosmtplib would otherwise call getfqdn() per session.
+        self._local_hostname = socket.getfqdn()
+        self._idle: list[tuple[aiosmtplib.SMTP, float]] = []  # with when each was handed back
+
+    async def take(self) -> aiosmtplib.SMTP:
+        """An open session: an idle one still connected and not idle too long, else a new one
+        (the caller bounds the time this takes)."""
+        fresh_since = time.monotonic() - self._settings.idle_seconds
+        while self._idle:
+            client, idle_since = self._idle.pop()
+            if client.is_connected and idle_since >= fresh_since:
+                return client
+            client.close()
+        s = self._settings
+        client = aiosmtplib.SMTP(
+            hostname=s.host,
+            port=s.port,
+            username=s.username,
+            password=s.password.get_secret_value() if s.password else None,
+            start_tls=s.starttls,
+            use_tls=s.use_tls,
+            timeout=s.timeout,
+            local_hostname=self._local_hostname,
+        )
+        try:
+            await client.connect()
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    def give_back(self, client: aiosmtplib.SMTP) -> None:
+        self._idle.append((client, time.monotonic()))
+
+    @staticmethod
+    def discard(client: aiosmtplib.SMTP) -> None:
+        """Hang up at once: aiosmtplib's own exit would first wait for a stuck server to
+        answer QUIT, up to the whole timeout."""
+        client.close()
+
+    async def close(self) -> None:
+        """Say goodbye to the idle sessions (at shutdown); a server that does not answer is
+        hung up on."""
+        idle, self._idle = self._idle, []
+        for client, _ in idle:
+            with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
+                async with asyncio.timeout(self._settings.timeout):
+                    await client.quit()
+            client.close()
+
+
 class SmtpEmailSender:
     def __init__(self, settings: SmtpSettings, templates: EmailTemplates) -> None:
         self._settings = settings
         self._templates = templates
-        # The EHLO name, looked up once: aiosmtplib would otherwise call getfqdn() per email.
-        self._local_hostname = socket.getfqdn()
+        self._sessions = SmtpSessions(settings)
 
     def build(self, communication: Communication) -> EmailMessage:
         try:
@@ -78,43 +143,23 @@ class SmtpEmailSender:
             await self._send(message)
         return str(message["Message-ID"])
 
-    async def _send(self, message: EmailMessage) -> None:
-        s = self._settings
-        client = aiosmtplib.SMTP(
-            hostname=s.host,
-            port=s.port,
-            username=s.username,
-            password=s.password.get_secret_value() if s.password else None,
-            start_tls=s.starttls,
-            use_tls=s.use_tls,
-            timeout=s.timeout,
-            local_hostname=self._local_hostname,
-        )
-        # One deadline for the whole send, goodbye included (the lease allows for that long).
-        deadline = asyncio.get_running_loop().time() + s.timeout
-        try:
-            await self._deliver(client, message, deadline)
-            # The message is accepted: saying goodbye is a courtesy, and a server that fails
-            # at it must not turn a sent email into a failed one (sent again later).
-            with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
-                async with asyncio.timeout_at(deadline):
-                    await client.quit()
-        finally:
-            # After a failure or a cancellation (a shutdown past its grace), hang up at once:
-            # aiosmtplib's own exit would first wait for a stuck server to answer QUIT, up to
-            # the whole timeout.
-            client.close()
+    async def aclose(self) -> None:
+        await self._sessions.close()
 
-    async def _deliver(
-        self, client: aiosmtplib.SMTP, message: EmailMessage, deadline: float
-    ) -> None:
+    async def _send(self, message: EmailMessage) -> None:
         try:
-            async with asyncio.timeout_at(deadline):
-                await client.connect()
-                await client.send_message(message)
+            # One deadline for the whole send, opening a session included.
+            async with asyncio.timeout(self._settings.timeout):
+                client = await self._sessions.take()
+                try:
+                    await client.send_message(message)
+                except BaseException:  # a cancellation too (a shutdown past its grace)
+                    self._sessions.discard(client)
+                    raise
         except aiosmtplib.SMTPRecipientsRefused as error:
             if all(refusal.code >= 500 for refusal in error.recipients):
                 raise Undeliverable(f"recipient refused: {error}") from error
             raise DeliveryFailed(f"recipient deferred: {error}") from error
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
             raise DeliveryFailed(f"{type(error).__name__}: {str(error) or 'no details'}") from error
+        self._sessions.give_back(client)

@@ -63,22 +63,31 @@ class BrokerConnection:
 
 
 Record: TypeAlias = "ConsumerRecord[Any, Any]"
+Records: TypeAlias = tuple[Record, ...]
 
 
 async def parse_with_text_headers(
-    record: Record, parse: Callable[[Record], Awaitable[StreamMessage[Record]]]
-) -> StreamMessage[Record]:
-    """faststream's parser decodes header values as strict UTF-8 and, when that fails, drops
-    the message unseen (neither handled nor dead-lettered). Header values are made valid
-    UTF-8 first; the handlers do not rely on them."""
-    headers = [
-        (name, (value or b"").decode("utf-8", errors="replace").encode())
-        for name, value in record.headers
-    ]
-    return await parse(dataclasses.replace(record, headers=headers))
+    records: Records, parse: Callable[[Records], Awaitable[StreamMessage[Records]]]
+) -> StreamMessage[Records]:
+    """faststream's batch parser decodes every header value as strict UTF-8 and, when that
+    fails, drops the whole batch unseen (neither handled nor dead-lettered). Header values
+    are made valid UTF-8 first; the handler reads only the trace context from them."""
+    return await parse(
+        tuple(
+            dataclasses.replace(
+                record,
+                headers=[
+                    (name, (value or b"").decode("utf-8", errors="replace").encode())
+                    for name, value in record.headers
+                ],
+            )
+            for record in records
+        )
+    )
 
 
-def undecoded(message: StreamMessage[Record]) -> Any:
-    """The body as it came. faststream's own decoder parses JSON when the content-type header
-    says so and raises on a body that is not JSON, before the handler could dead-letter it."""
+def undecoded(message: StreamMessage[Records]) -> Any:
+    """The bodies as they came. faststream's own decoder parses JSON when the content-type
+    header says so and raises on a body that is not, before the handler could dead-letter
+    it; the handler parses the raw bytes itself."""
     return message.body

@@ -3,15 +3,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaBroker
-from faststream.kafka.message import KafkaMessage
 
 from contracts import DeadLetter, dlq_topic
 
 
-def letter_for(message: KafkaMessage, reason: str, consumer_group: str) -> DeadLetter:
-    record = message.raw_message
-    assert not isinstance(record, tuple), "dead-lettering is per message"
+def letter_for(record: ConsumerRecord[Any, Any], reason: str, consumer_group: str) -> DeadLetter:
     return DeadLetter.of_record(
         topic=record.topic,
         partition=record.partition,
@@ -25,9 +25,9 @@ def letter_for(message: KafkaMessage, reason: str, consumer_group: str) -> DeadL
 
 
 async def dead_letter(
-    broker: KafkaBroker, message: KafkaMessage, reason: str, consumer_group: str
+    broker: KafkaBroker, record: ConsumerRecord[Any, Any], reason: str, consumer_group: str
 ) -> None:
-    letter = letter_for(message, reason, consumer_group)
+    letter = letter_for(record, reason, consumer_group)
     await broker.publish(
         letter.model_dump_json().encode(),
         dlq_topic(letter.source_topic),

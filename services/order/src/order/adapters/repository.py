@@ -134,6 +134,7 @@ class Outbox:
 
     def __init__(self, connection: AsyncConnection) -> None:
         self._connection = connection
+        self._relay_woken = False
 
     async def add(self, topic: str, key: str, event: Envelope) -> None:
         await self._connection.execute(
@@ -146,8 +147,10 @@ class Outbox:
                 headers={"correlation_id": event.correlation_id or "", **current_trace_context()},
             )
         )
-        # Delivered at commit, and only if the transaction commits.
-        await self._connection.execute(select(func.pg_notify(OUTBOX_CHANNEL, "")))
+        # Delivered at commit, and only if the transaction commits: once per transaction.
+        if not self._relay_woken:
+            await self._connection.execute(select(func.pg_notify(OUTBOX_CHANNEL, "")))
+            self._relay_woken = True
 
 
 def token_digest(token: str) -> str:
