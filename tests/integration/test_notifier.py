@@ -21,6 +21,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from contracts import (
     NOTIFICATIONS_EVENTS,
@@ -765,11 +766,24 @@ def test_the_openapi_document_declares_the_bearer_scheme_on_every_read() -> None
     check_openapi(build_app(Settings()).openapi(), {"/communications"})
 
 
+class SessionsSeen(MaildirHandler):
+    """Also keeps the client's address and port of each accepted message: messages that came
+    over one SMTP session share them."""
+
+    def __init__(self, maildir: Path) -> None:
+        super().__init__(maildir)
+        self.peers: list[object] = []
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.peers.append(session.peer)
+        return await super().handle_DATA(server, session, envelope)
+
+
 @pytest.mark.parametrize(("idle_seconds", "sessions"), [(30.0, 1), (0.0, 3)])
 async def test_smtp_sessions_carry_one_email_after_another_while_not_idle_too_long(
     tmp_path: Path, idle_seconds: float, sessions: int
 ) -> None:
-    handler = MaildirHandler(tmp_path)
+    handler = SessionsSeen(tmp_path)
     server = Controller(handler, hostname="127.0.0.1", port=free_port())
     server.start()
     settings = Settings(

@@ -3,11 +3,14 @@ which events notify, and the email each status renders to."""
 
 from __future__ import annotations
 
+import email
+import email.policy
 import json
 import random
 import string
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
 from uuid import UUID, uuid4
 
 import pytest
@@ -15,7 +18,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from contracts import Actor, Channel, Customer, OrderCreated, OrderStatus, OrderStatusChanged
-from notifier.adapters.smtp import SmtpEmailSender, SmtpSettings
+from notifier.adapters.smtp import Email, SmtpEmailSender, SmtpSettings
 from notifier.adapters.templates import EmailTemplates, TextTemplates
 from notifier.config import Settings
 from notifier.domain.communication import (
@@ -349,6 +352,13 @@ def test_a_customer_without_an_address_on_a_channel_gets_nothing_there() -> None
 # --- the email --------------------------------------------------------------------------
 
 
+def on_the_wire(outgoing: Email) -> EmailMessage:
+    """The email as sent, read back as a mail client would."""
+    received = email.message_from_bytes(outgoing.content, policy=email.policy.default)
+    assert isinstance(received, EmailMessage)
+    return received
+
+
 def email_sender() -> SmtpEmailSender:
     settings = SmtpSettings(
         host="127.0.0.1",
@@ -373,9 +383,12 @@ def test_each_notifying_status_renders_a_text_and_an_html_email(status: OrderSta
     subject.template = f"order_{status.value}"
     subject.context = template_context(event)
 
-    message = email_sender().build(subject)
+    outgoing = email_sender().build(subject)
+    message = on_the_wire(outgoing)
 
     assert message["Message-ID"] == f"<{subject.dedupe_key}@backbone.local>"
+    # On one line, for whoever matches it as a plain string.
+    assert f"\r\nMessage-ID: {message['Message-ID']}\r\n".encode() in outgoing.content
     assert message["To"] == "ann@example.com"
     assert str(event.order_id) in message["Subject"]
     text = message.get_body(("plain",))
@@ -390,6 +403,38 @@ def test_each_notifying_status_renders_a_text_and_an_html_email(status: OrderSta
     assert "Ann &lt;O&#39;Neil&gt;" in markup  # HTML-escaped
     if status is OrderStatus.CANCELLED:
         assert "out of stock" in plain
+
+
+@pytest.mark.parametrize(
+    ("name", "recipient"),
+    [("Zoë Ærø", "zoe@example.com"), ("Jörg", "jörg@exämple.de"), ("Ann", "ann@example.com")],
+)
+def test_names_and_addresses_beyond_ascii_reach_the_wire_intact(name: str, recipient: str) -> None:
+    event = changed_to(OrderStatus.READY, Customer(name=name, email=recipient))
+    subject = communication(CommunicationStatus.SENDING)
+    subject.template, subject.context = "order_ready", template_context(event)
+    subject.recipient = recipient
+
+    outgoing = email_sender().build(subject)
+    message = on_the_wire(outgoing)
+
+    assert outgoing.smtputf8 is not recipient.isascii()
+    assert (outgoing.sender, outgoing.recipient) == ("orders@backbone.local", recipient)
+
+    assert message["To"] == recipient
+    assert str(event.order_id) in message["Subject"]
+    text = message.get_body(("plain",))
+    assert text is not None
+    assert name in text.get_content()
+
+
+def test_a_header_that_would_span_lines_makes_the_communication_undeliverable() -> None:
+    subject = communication(CommunicationStatus.SENDING)
+    subject.template = "order_ready"
+    subject.context = template_context(changed_to(OrderStatus.READY))
+    subject.recipient = "ann@example.com\r\nBcc: eve@example.com"
+    with pytest.raises(Undeliverable, match="spans lines"):
+        email_sender().build(subject)
 
 
 def test_a_template_that_cannot_render_makes_the_communication_undeliverable() -> None:

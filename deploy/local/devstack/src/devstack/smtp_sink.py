@@ -26,9 +26,6 @@ class MaildirHandler:
         self._numbers = itertools.count(start + 1)
         # Recipients refused for now with a 450 (mailbox unavailable): a failing address.
         self.refused: set[str] = set()
-        # The client's address and port of each accepted message, in order: messages that came
-        # over one SMTP session share them.
-        self.peers: list[object] = []
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -40,7 +37,6 @@ class MaildirHandler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         content = envelope.original_content or b""
-        self.peers.append(session.peer)
         number = next(self._numbers)
         tmp = self.maildir / f".{number}.tmp"
         tmp.write_bytes(content)
