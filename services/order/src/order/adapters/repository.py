@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid4
 
-from sqlalchemy import func, insert, select, tuple_, update
+from sqlalchemy import func, insert, literal, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -70,28 +70,42 @@ class OrderRepository:
         return bool(result.rowcount)
 
     async def save_status(self, order: Order, change: StatusChanged, event_id: UUID) -> bool:
-        """Store a status change if nobody changed the order since it was read (optimistic
-        concurrency: the UPDATE matches only the version the change was made from)."""
-        result = await self._connection.execute(
+        """Store a status change and its history row if nobody changed the order since it was
+        read (optimistic concurrency: the UPDATE matches only the version the change was made
+        from). One statement: the history row is inserted from what the UPDATE returned."""
+        changed = (
             update(orders)
             .where(orders.c.id == order.id, orders.c.version == change.version - 1)
             .values(status=order.status.value, version=order.version, updated_at=order.updated_at)
+            .returning(orders.c.id)
+            .cte("changed")
         )
-        if result.rowcount != 1:
-            return False
-        await self._connection.execute(
-            insert(order_status_history).values(
-                order_id=order.id,
-                event_id=event_id,
-                from_status=change.from_status.value,
-                to_status=change.to_status.value,
-                version=change.version,
-                actor=change.actor,
-                reason=change.reason,
-                occurred_at=change.occurred_at,
+        h = order_status_history.c
+        result = await self._connection.execute(
+            insert(order_status_history).from_select(
+                [
+                    h.order_id,
+                    h.event_id,
+                    h.from_status,
+                    h.to_status,
+                    h.version,
+                    h.actor,
+                    h.reason,
+                    h.occurred_at,
+                ],
+                select(
+                    changed.c.id,
+                    literal(event_id, h.event_id.type),
+                    literal(change.from_status.value, h.from_status.type),
+                    literal(change.to_status.value, h.to_status.type),
+                    literal(change.version, h.version.type),
+                    literal(change.actor, h.actor.type),
+                    literal(change.reason, h.reason.type),
+                    literal(change.occurred_at, h.occurred_at.type),
+                ),
             )
         )
-        return True
+        return result.rowcount == 1
 
     async def add_creation_history(self, order: Order, event_id: UUID, actor: str) -> None:
         await self._connection.execute(
@@ -134,11 +148,11 @@ class Outbox:
 
     def __init__(self, connection: AsyncConnection) -> None:
         self._connection = connection
-        self._relay_woken = False
 
     async def add(self, topic: str, key: str, event: Envelope) -> None:
         await self._connection.execute(
-            insert(outbox).values(
+            insert(outbox)
+            .values(
                 event_id=event.event_id,
                 topic=topic,
                 key=key,
@@ -146,11 +160,10 @@ class Outbox:
                 payload=event.model_dump(mode="json", by_alias=True),
                 headers={"correlation_id": event.correlation_id or "", **current_trace_context()},
             )
+            # Wakes the relay, in the same round trip. A notification is delivered at commit,
+            # only if the transaction commits, and once however often it was sent in it.
+            .returning(func.pg_notify(OUTBOX_CHANNEL, ""))
         )
-        # Delivered at commit, and only if the transaction commits: once per transaction.
-        if not self._relay_woken:
-            await self._connection.execute(select(func.pg_notify(OUTBOX_CHANNEL, "")))
-            self._relay_woken = True
 
 
 def token_digest(token: str) -> str:
