@@ -443,16 +443,18 @@ async def test_a_template_that_cannot_render_ends_dead_with_the_reason_and_a_dea
     engine = build_engine(Settings(database_url=databases.urls["notifier"]))
     try:
         async with UnitOfWorkFactory(engine, on_outbox_commit=lambda: None)() as uow:
-            await uow.communications.add_if_new(
-                Communication.queue(
-                    event_id=uuid4(),
-                    order_id=order_id,
-                    channel=Channel.EMAIL,
-                    template="order_teleported",
-                    recipient="ann@example.com",
-                    context={"order_id": str(order_id)},
-                    now=datetime.now(UTC),
-                )
+            await uow.communications.add_new(
+                [
+                    Communication.queue(
+                        event_id=uuid4(),
+                        order_id=order_id,
+                        channel=Channel.EMAIL,
+                        template="order_teleported",
+                        recipient="ann@example.com",
+                        context={"order_id": str(order_id)},
+                        now=datetime.now(UTC),
+                    )
+                ]
             )
     finally:
         await engine.dispose()
@@ -502,7 +504,7 @@ async def test_the_cli_lists_a_dead_communication_and_replays_it_once(
     engine = build_engine(Settings(database_url=databases.urls["notifier"]))
     try:
         async with UnitOfWorkFactory(engine, on_outbox_commit=lambda: None)() as uow:
-            await uow.communications.add_if_new(dead)
+            await uow.communications.add_new([dead])
     finally:
         await engine.dispose()
 

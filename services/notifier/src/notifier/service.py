@@ -105,63 +105,75 @@ def dead_letter(communication: Communication, consumer_group: str) -> DeadLetter
     )
 
 
-async def _record_in(
-    uow: UnitOfWork, event: OrderEvent, rules: NotificationRules
-) -> list[Communication]:
-    """Record what `event` asks for; returns the newly queued ones. A recipient who opted out
-    of the channel gets a `skipped` communication instead. Recording the same event again
-    records nothing: its dedupe keys are already taken."""
-    planned = plan_communications(event, rules)
-    if not planned:
-        return []
-    context = {**template_context(event), "correlation_id": event.correlation_id}
-    trace_context = current_trace_context()
-    now = _now()
-    queued = []
-    addressed: dict[Channel, list[str]] = {}
-    for plan in planned:
-        addressed.setdefault(plan.channel, []).append(
-            normalise_recipient(plan.channel, plan.recipient)
-        )
-    opted_out = {
-        channel: await uow.opt_outs.opted_out(channel, recipients)
-        for channel, recipients in addressed.items()
-    }
-    for plan in planned:
-        communication = Communication.queue(
-            event_id=event.event_id,
-            order_id=event.order_id,
-            channel=plan.channel,
-            template=plan.template,
-            recipient=plan.recipient,
-            context=context,
-            now=now,
-            trace_context=trace_context,
-        )
-        if normalise_recipient(plan.channel, plan.recipient) in opted_out[plan.channel]:
-            communication.skip(OPTED_OUT, now)
-        if await uow.communications.add_if_new(communication):
-            await _announce(uow, communication)
-            if communication.status is CommunicationStatus.QUEUED:
-                queued.append(communication)
-    return queued
-
-
 # An event, and the trace its communications and their announcements continue (W3C headers).
 TracedEvent = tuple[OrderEvent, dict[str, str]]
 # An attempted communication, and the trace of its attempt (its announcement continues it).
 Attempted = tuple[Communication, dict[str, str]]
 
 
+def _planned(events: Sequence[TracedEvent], rules: NotificationRules) -> list[Communication]:
+    """The communications the events ask for, each in the trace of its event."""
+    now = _now()
+    planned = []
+    for event, trace_context in events:
+        context = {**template_context(event), "correlation_id": event.correlation_id}
+        with attached(trace_context):
+            planned += [
+                Communication.queue(
+                    event_id=event.event_id,
+                    order_id=event.order_id,
+                    channel=plan.channel,
+                    template=plan.template,
+                    recipient=plan.recipient,
+                    context=context,
+                    now=now,
+                    trace_context=current_trace_context(),
+                )
+                for plan in plan_communications(event, rules)
+            ]
+    return planned
+
+
+async def _record_in(
+    uow: UnitOfWork, events: Sequence[TracedEvent], rules: NotificationRules
+) -> list[Communication]:
+    """Record what the events ask for, in a few statements whatever their number; returns the
+    newly queued ones. A recipient who opted out of the channel gets a `skipped` communication
+    instead. Recording an event again records nothing: its dedupe keys are already taken."""
+    planned = _planned(events, rules)
+    addressed: dict[Channel, set[str]] = {}
+    for communication in planned:
+        addressed.setdefault(communication.channel, set()).add(
+            normalise_recipient(communication.channel, communication.recipient)
+        )
+    opted_out = {
+        channel: await uow.opt_outs.opted_out(channel, recipients)
+        for channel, recipients in addressed.items()
+    }
+    for communication in planned:
+        recipient = normalise_recipient(communication.channel, communication.recipient)
+        if recipient in opted_out[communication.channel]:
+            communication.skip(OPTED_OUT, communication.created_at)
+    added = await uow.communications.add_new(planned)
+    queued = []
+    for communication in planned:
+        if communication.id not in added:
+            continue
+        with (
+            attached(communication.trace_context),
+            correlated(communication.context.get("correlation_id")),
+        ):
+            await _announce(uow, communication)
+        if communication.status is CommunicationStatus.QUEUED:
+            queued.append(communication)
+    return queued
+
+
 async def _record_all(
     uow_factory: UnitOfWorkFactory, events: Sequence[TracedEvent], rules: NotificationRules
 ) -> list[Communication]:
-    queued: list[Communication] = []
     async with uow_factory() as uow:
-        for event, trace_context in events:
-            with attached(trace_context), correlated(event.correlation_id):
-                queued += await _record_in(uow, event, rules)
-    return queued
+        return await _record_in(uow, events, rules)
 
 
 @dataclass(frozen=True)
@@ -297,12 +309,17 @@ class Dispatcher:
         while True:
             try:
                 async with self.uow_factory() as uow:
+                    stored = await uow.communications.save_outcomes(
+                        [communication for communication, _ in outcomes], self.owner
+                    )
                     for communication, trace_context in outcomes:
                         with (
                             attached(trace_context),
                             correlated(communication.context.get("correlation_id")),
                         ):
-                            await self._record_outcome(uow, communication)
+                            await self._announce_outcome(
+                                uow, communication, stored=communication.id in stored
+                            )
                 return
             except Exception:
                 if time.monotonic() + self.retry_interval >= lease_deadline:
@@ -315,8 +332,10 @@ class Dispatcher:
                 log.warning("storing %d outcomes failed; retrying", len(outcomes))
                 await asyncio.sleep(self.retry_interval)
 
-    async def _record_outcome(self, uow: UnitOfWork, communication: Communication) -> None:
-        if not await uow.communications.save_outcome(communication, self.owner):
+    async def _announce_outcome(
+        self, uow: UnitOfWork, communication: Communication, *, stored: bool
+    ) -> None:
+        if not stored:
             log.warning(
                 "communication %s: lease lost before its outcome (%s) was stored",
                 communication.id,

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import and_, delete, func, insert, or_, select, tuple_, update
+from sqlalchemy import and_, cast, column, delete, func, insert, or_, select, tuple_, update, values
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -46,32 +46,41 @@ class CommunicationRepository:
     def __init__(self, connection: AsyncConnection) -> None:
         self._connection = connection
 
-    async def add_if_new(self, communication: Communication) -> bool:
-        """Insert-first under the unique dedupe key: False when the communication already
-        exists (a redelivery, another replica, a restart), and then nothing is written. A
-        concurrent insert of the same key waits for the first transaction to finish."""
+    async def add_new(self, communications: Sequence[Communication]) -> set[UUID]:
+        """Insert-first under the unique dedupe key, all in one statement; returns the ids of
+        those inserted. One whose key is taken (a redelivery, another replica, a restart, or an
+        earlier one in the same call) is not written. A concurrent insert of the same key waits
+        for the first transaction to finish."""
+        if not communications:
+            return set()
         result = await self._connection.execute(
             pg_insert(communication_events)
             .values(
-                id=communication.id,
-                dedupe_key=communication.dedupe_key,
-                order_id=communication.order_id,
-                event_id=communication.event_id,
-                channel=communication.channel.value,
-                template=communication.template,
-                recipient=communication.recipient,
-                context=communication.context,
-                status=communication.status.value,
-                attempts=communication.attempts,
-                last_error=communication.last_error,
-                next_attempt_at=communication.next_attempt_at,
-                created_at=communication.created_at,
-                updated_at=communication.updated_at,
-                trace_context=communication.trace_context,
+                [
+                    {
+                        "id": c.id,
+                        "dedupe_key": c.dedupe_key,
+                        "order_id": c.order_id,
+                        "event_id": c.event_id,
+                        "channel": c.channel.value,
+                        "template": c.template,
+                        "recipient": c.recipient,
+                        "context": c.context,
+                        "status": c.status.value,
+                        "attempts": c.attempts,
+                        "last_error": c.last_error,
+                        "next_attempt_at": c.next_attempt_at,
+                        "created_at": c.created_at,
+                        "updated_at": c.updated_at,
+                        "trace_context": c.trace_context,
+                    }
+                    for c in communications
+                ]
             )
             .on_conflict_do_nothing(index_elements=[_c.dedupe_key])
+            .returning(_c.id)
         )
-        return bool(result.rowcount)
+        return set(result.scalars())
 
     async def claim_due(
         self, owner: str, now: datetime, limit: int, lease: timedelta
@@ -110,28 +119,59 @@ class CommunicationRepository:
         )
         return [_to_communication(row) for row in result.all()]
 
-    async def save_outcome(self, communication: Communication, owner: str) -> bool:
-        """Store an attempt's outcome and end the lease, if `owner` still holds it; False if the
-        lease was lost (it expired and another worker took the communication over)."""
+    async def save_outcomes(self, attempted: Sequence[Communication], owner: str) -> set[UUID]:
+        """Store attempts' outcomes and end their leases, where `owner` still holds them, in one
+        statement; returns the ids stored. One missing lost its lease: it expired and another
+        worker took the communication over."""
+        outcome = values(
+            *(
+                column(name, _c[name].type)
+                for name in (
+                    "id",
+                    "status",
+                    "last_error",
+                    "provider_message_id",
+                    "next_attempt_at",
+                    "sent_at",
+                    "updated_at",
+                )
+            ),
+            name="outcome",
+        ).data(
+            [
+                (
+                    c.id,
+                    c.status.value,
+                    c.last_error,
+                    c.provider_message_id,
+                    c.next_attempt_at,
+                    c.sent_at,
+                    c.updated_at,
+                )
+                for c in attempted
+            ]
+        )
         result = await self._connection.execute(
             update(communication_events)
             .where(
-                _c.id == communication.id,
+                _c.id == outcome.c.id,
                 _c.lease_owner == owner,
                 _c.status == CommunicationStatus.SENDING,
             )
             .values(
-                status=communication.status.value,
-                last_error=communication.last_error,
-                provider_message_id=communication.provider_message_id,
-                next_attempt_at=communication.next_attempt_at,
-                sent_at=communication.sent_at,
-                updated_at=communication.updated_at,
+                status=outcome.c.status,
+                last_error=outcome.c.last_error,
+                provider_message_id=outcome.c.provider_message_id,
+                # A NULL in VALUES is untyped (text): cast back to the column's type.
+                next_attempt_at=cast(outcome.c.next_attempt_at, _c.next_attempt_at.type),
+                sent_at=cast(outcome.c.sent_at, _c.sent_at.type),
+                updated_at=outcome.c.updated_at,
                 lease_owner=None,
                 lease_until=None,
             )
+            .returning(_c.id)
         )
-        return bool(result.rowcount)
+        return set(result.scalars())
 
     async def release_leases(self, owner: str, now: datetime) -> int:
         """Hand back what `owner` claimed but did not finish: due again at once. The interrupted
@@ -229,11 +269,13 @@ class OptOutRepository:
 
 
 class Outbox:
-    """Writes notifications.events messages in the caller's transaction, each with the trace
-    context it was written in (the relay publishes it in that trace)."""
+    """Collects notifications.events messages, each with the trace context it was added in (the
+    relay publishes it in that trace), and writes them in the caller's transaction in one
+    statement, in the order they were added, when the unit of work commits."""
 
     def __init__(self, connection: AsyncConnection) -> None:
         self._connection = connection
+        self._rows: list[dict[str, Any]] = []
         self.written = False
 
     async def add(self, topic: str, key: str, event: Envelope) -> None:
@@ -241,13 +283,19 @@ class Outbox:
 
     async def add_message(self, topic: str, key: str, message: Message, message_id: UUID) -> None:
         """A message that carries no event id of its own (a dead letter) under `message_id`."""
-        self.written = True
-        await self._connection.execute(
-            insert(outbox).values(
-                event_id=message_id,
-                topic=topic,
-                key=key,
-                payload=message.model_dump(mode="json", by_alias=True),
-                headers=current_trace_context(),
-            )
+        self._rows.append(
+            {
+                "event_id": message_id,
+                "topic": topic,
+                "key": key,
+                "payload": message.model_dump(mode="json", by_alias=True),
+                "headers": current_trace_context(),
+            }
         )
+
+    async def flush(self) -> None:
+        """Write what was added (the unit of work does, before it commits)."""
+        if self._rows:
+            rows, self._rows = self._rows, []
+            await self._connection.execute(insert(outbox).values(rows))
+            self.written = True

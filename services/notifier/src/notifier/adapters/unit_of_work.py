@@ -51,11 +51,16 @@ class UnitOfWork:
         assert self._connection is not None
         try:
             if exc_type is None:
+                await self.outbox.flush()
                 await self._connection.commit()
                 if self.outbox.written:
                     self._on_outbox_commit()
             else:
                 await self._connection.rollback()
+        except DBAPIError as error:  # writing the outbox, or committing
+            if _refused_content(error):
+                raise Unstorable(str(error.orig).splitlines()[0]) from error
+            raise
         finally:
             await self._connection.close()
             self._connection = None
