@@ -189,6 +189,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         build_dispatcher(settings, uow_factory, metrics, senders),
         poll_interval=settings.dispatch_poll_interval_seconds,
         retry_interval=settings.retry_seconds,
+        rounds=settings.dispatch_rounds,
     )
     token_verifier = TokenVerifier(
         settings.order_service_url,

@@ -115,6 +115,9 @@ class Settings(BaseSettings):
 
     # The dispatcher claims up to a batch of due communications and sends them concurrently.
     dispatch_batch_size: int = Field(default=20, ge=1)
+    # Rounds (claim, send, record) in flight at once: up to this many times the batch size of
+    # emails are sent concurrently, each over an SMTP session of its own.
+    dispatch_rounds: int = Field(default=4, ge=1)
     dispatch_poll_interval_seconds: float = Field(default=1.0, gt=0)
     # A claim expires after this; another worker then takes the communication over.
     lease_seconds: float = Field(default=60.0, gt=0)

@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import and_, cast, column, delete, func, insert, or_, select, tuple_, update, values
+from sqlalchemy import (
+    ARRAY,
+    Text,
+    and_,
+    cast,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.selectable import TableValuedAlias
 
 from contracts import Channel, Envelope, Message
 from notifier.adapters.tables import communication_events, opt_outs, outbox
@@ -42,6 +58,17 @@ def _to_communication(row: Any) -> Communication:
     )
 
 
+def _unnest(columns: dict[str, list[Any]]) -> TableValuedAlias:
+    """Rows given as one array per column of `communication_events` (JSONB ones as JSON text),
+    for statements on many rows at once. Unlike a VALUES list, the SQL is the same whatever the
+    number of rows, so it is compiled and prepared once."""
+    arrays = [
+        literal(values, ARRAY(Text if isinstance(_c[name].type, JSONB) else _c[name].type))
+        for name, values in columns.items()
+    ]
+    return func.unnest(*arrays).table_valued(*columns).render_derived()
+
+
 class CommunicationRepository:
     def __init__(self, connection: AsyncConnection) -> None:
         self._connection = connection
@@ -53,29 +80,35 @@ class CommunicationRepository:
         for the first transaction to finish."""
         if not communications:
             return set()
+        incoming = _unnest(
+            {
+                "id": [c.id for c in communications],
+                "dedupe_key": [c.dedupe_key for c in communications],
+                "order_id": [c.order_id for c in communications],
+                "event_id": [c.event_id for c in communications],
+                "channel": [c.channel.value for c in communications],
+                "template": [c.template for c in communications],
+                "recipient": [c.recipient for c in communications],
+                "context": [json.dumps(c.context) for c in communications],
+                "status": [c.status.value for c in communications],
+                "attempts": [c.attempts for c in communications],
+                "last_error": [c.last_error for c in communications],
+                "next_attempt_at": [c.next_attempt_at for c in communications],
+                "created_at": [c.created_at for c in communications],
+                "updated_at": [c.updated_at for c in communications],
+                "trace_context": [json.dumps(c.trace_context) for c in communications],
+            }
+        )
         result = await self._connection.execute(
             pg_insert(communication_events)
-            .values(
-                [
-                    {
-                        "id": c.id,
-                        "dedupe_key": c.dedupe_key,
-                        "order_id": c.order_id,
-                        "event_id": c.event_id,
-                        "channel": c.channel.value,
-                        "template": c.template,
-                        "recipient": c.recipient,
-                        "context": c.context,
-                        "status": c.status.value,
-                        "attempts": c.attempts,
-                        "last_error": c.last_error,
-                        "next_attempt_at": c.next_attempt_at,
-                        "created_at": c.created_at,
-                        "updated_at": c.updated_at,
-                        "trace_context": c.trace_context,
-                    }
-                    for c in communications
-                ]
+            .from_select(
+                list(incoming.c.keys()),
+                select(
+                    *(
+                        cast(column, JSONB) if name in ("context", "trace_context") else column
+                        for name, column in incoming.c.items()
+                    )
+                ),
             )
             .on_conflict_do_nothing(index_elements=[_c.dedupe_key])
             .returning(_c.id)
@@ -123,33 +156,16 @@ class CommunicationRepository:
         """Store attempts' outcomes and end their leases, where `owner` still holds them, in one
         statement; returns the ids stored. One missing lost its lease: it expired and another
         worker took the communication over."""
-        outcome = values(
-            *(
-                column(name, _c[name].type)
-                for name in (
-                    "id",
-                    "status",
-                    "last_error",
-                    "provider_message_id",
-                    "next_attempt_at",
-                    "sent_at",
-                    "updated_at",
-                )
-            ),
-            name="outcome",
-        ).data(
-            [
-                (
-                    c.id,
-                    c.status.value,
-                    c.last_error,
-                    c.provider_message_id,
-                    c.next_attempt_at,
-                    c.sent_at,
-                    c.updated_at,
-                )
-                for c in attempted
-            ]
+        outcome = _unnest(
+            {
+                "id": [c.id for c in attempted],
+                "status": [c.status.value for c in attempted],
+                "last_error": [c.last_error for c in attempted],
+                "provider_message_id": [c.provider_message_id for c in attempted],
+                "next_attempt_at": [c.next_attempt_at for c in attempted],
+                "sent_at": [c.sent_at for c in attempted],
+                "updated_at": [c.updated_at for c in attempted],
+            }
         )
         result = await self._connection.execute(
             update(communication_events)
@@ -162,9 +178,8 @@ class CommunicationRepository:
                 status=outcome.c.status,
                 last_error=outcome.c.last_error,
                 provider_message_id=outcome.c.provider_message_id,
-                # A NULL in VALUES is untyped (text): cast back to the column's type.
-                next_attempt_at=cast(outcome.c.next_attempt_at, _c.next_attempt_at.type),
-                sent_at=cast(outcome.c.sent_at, _c.sent_at.type),
+                next_attempt_at=outcome.c.next_attempt_at,
+                sent_at=outcome.c.sent_at,
                 updated_at=outcome.c.updated_at,
                 lease_owner=None,
                 lease_until=None,
@@ -271,7 +286,8 @@ class OptOutRepository:
 class Outbox:
     """Collects notifications.events messages, each with the trace context it was added in (the
     relay publishes it in that trace), and writes them in the caller's transaction in one
-    statement, in the order they were added, when the unit of work commits."""
+    executemany (a prepared statement, pipelined), in the order they were added, when the unit
+    of work commits."""
 
     def __init__(self, connection: AsyncConnection) -> None:
         self._connection = connection
@@ -297,5 +313,5 @@ class Outbox:
         """Write what was added (the unit of work does, before it commits)."""
         if self._rows:
             rows, self._rows = self._rows, []
-            await self._connection.execute(insert(outbox).values(rows))
+            await self._connection.execute(insert(outbox), rows)
             self.written = True

@@ -1,7 +1,9 @@
-"""The dispatch loop: sends due communications until asked to stop, then hands back its claims.
+"""The dispatch loops: send due communications until asked to stop, then hand back their claims.
 
-It wakes when the consumer queued something, and otherwise polls, so it also finds retries
-falling due and work queued by other replicas."""
+Several rounds run at once, so that one waiting on a slow send or on the database does not
+hold up the others (claims never overlap: SKIP LOCKED). Each wakes when the consumer queued
+something, and otherwise polls, so they also find retries falling due and work queued by other
+replicas."""
 
 from __future__ import annotations
 
@@ -15,8 +17,11 @@ log = logging.getLogger(__name__)
 
 
 class DispatchWorker:
-    def __init__(self, dispatcher: Dispatcher, poll_interval: float, retry_interval: float) -> None:
+    def __init__(
+        self, dispatcher: Dispatcher, poll_interval: float, retry_interval: float, rounds: int
+    ) -> None:
         self._dispatcher = dispatcher
+        self._rounds = rounds
         self._poll_interval = poll_interval
         self._retry_interval = retry_interval
         self._wake = asyncio.Event()
@@ -26,6 +31,11 @@ class DispatchWorker:
         self._wake.set()
 
     async def run(self) -> None:
+        async with asyncio.TaskGroup() as loops:
+            for _ in range(self._rounds):
+                loops.create_task(self._loop())
+
+    async def _loop(self) -> None:
         while not self._stopping.is_set():
             try:
                 attempted = await self._dispatcher.dispatch_due()
@@ -45,8 +55,8 @@ class DispatchWorker:
         self._wake.clear()
 
     async def stop(self, task: asyncio.Task[None], grace: float) -> None:
-        """Let the round in progress finish (its sends and their outcomes) for up to `grace`
-        seconds, cancel it past that, then release whatever is still claimed."""
+        """Let the rounds in progress finish (their sends and outcomes) for up to `grace`
+        seconds, cancel them past that, then release whatever is still claimed."""
         log.info("dispatcher stopping: the sends in flight may finish within %.1f s", grace)
         self._stopping.set()
         self._wake.set()
