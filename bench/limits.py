@@ -1,10 +1,11 @@
 """The two ceilings the system is measured against, on the same PostgreSQL and Kafka broker.
 
 Limit A: raw asyncpg running exactly the SQL the order service sends for one status change
-(as SQLAlchemy compiles it: row lock, versioned UPDATE, history and outbox INSERTs with their
-RETURNING, the NOTIFY that wakes the relay), one transaction per change, swept over the
-number of connections. Two more shapes add what an HTTP change (the token lookup, its own
-transaction) and a command (the idempotency claim, the result's outbox row, its record) add.
+(as SQLAlchemy compiles it: row lock; versioned UPDATE and history INSERT in one statement;
+outbox INSERT whose RETURNING sends the NOTIFY that wakes the relay), one transaction per
+change, swept over the number of connections. Two more shapes add what an HTTP change (the
+token lookup, its own transaction) and a command (the idempotency claim, the result's outbox
+row, its record) add.
 
 Limit B: raw aiokafka producing and consuming `OrderStatusChanged` payloads with the
 services' producer settings (idempotent, acks=all, linger 5 ms, the relay's 500-row batches)
@@ -37,22 +38,20 @@ LOCK_ORDER = (
     "orders.customer_email, orders.customer_phone, orders.created_at, orders.updated_at "
     "FROM orders WHERE orders.id = $1::UUID FOR UPDATE"
 )
-UPDATE_ORDER = (
-    "UPDATE orders SET status=$1::VARCHAR, version=$2::INTEGER, "
-    "updated_at=$3::TIMESTAMP WITH TIME ZONE "
-    "WHERE orders.id = $4::UUID AND orders.version = $5::INTEGER"
-)
-INSERT_HISTORY = (
-    "INSERT INTO order_status_history (order_id, event_id, from_status, to_status, version, "
-    "actor, reason, occurred_at) VALUES ($1::UUID, $2::UUID, $3::VARCHAR, $4::VARCHAR, "
-    "$5::INTEGER, $6::VARCHAR, $7::VARCHAR, $8::TIMESTAMP WITH TIME ZONE) "
-    "RETURNING order_status_history.id"
+SAVE_STATUS = (
+    "WITH changed AS \n(UPDATE orders SET status=$8::VARCHAR, version=$9::INTEGER, "
+    "updated_at=$10::TIMESTAMP WITH TIME ZONE WHERE orders.id = $11::UUID AND "
+    "orders.version = $12::INTEGER RETURNING orders.id)\n INSERT INTO order_status_history "
+    "(order_id, event_id, from_status, to_status, version, actor, reason, occurred_at) "
+    "SELECT changed.id, $1::UUID AS anon_1, $2::VARCHAR AS anon_2, $3::VARCHAR AS anon_3, "
+    "$4::INTEGER AS anon_4, $5::VARCHAR AS anon_5, $6::VARCHAR AS anon_6, "
+    "$7::TIMESTAMP WITH TIME ZONE AS anon_7 \nFROM changed"
 )
 INSERT_OUTBOX = (
     "INSERT INTO outbox (event_id, topic, key, event_type, payload, headers) VALUES "
-    "($1::UUID, $2::VARCHAR, $3::VARCHAR, $4::VARCHAR, $5::JSONB, $6::JSONB) RETURNING outbox.id"
+    "($1::UUID, $2::VARCHAR, $3::VARCHAR, $4::VARCHAR, $5::JSONB, $6::JSONB) "
+    "RETURNING pg_notify($7::VARCHAR, $8::VARCHAR) AS pg_notify_1"
 )
-NOTIFY_RELAY = "SELECT pg_notify($1::VARCHAR, $2::VARCHAR) AS pg_notify_1"
 AUTHENTICATE = (
     "SELECT api_tokens.name, api_tokens.role FROM api_tokens "
     "WHERE api_tokens.token_sha256 = $1::VARCHAR AND api_tokens.revoked_at IS NULL"
@@ -113,10 +112,8 @@ async def _change(connection: asyncpg.Connection, order: _Order, shape: str) -> 
             key = str(uuid4())
             await connection.execute(CLAIM_KEY, "orders.commands", key, "f" * 64)
         await connection.fetchrow(LOCK_ORDER, order.id)
-        await connection.execute(UPDATE_ORDER, event["to"], version, now, order.id, order.version)
-        await connection.fetchval(
-            INSERT_HISTORY,
-            order.id,
+        await connection.execute(
+            SAVE_STATUS,
             UUID(event["event_id"]),
             event["from"],
             event["to"],
@@ -124,6 +121,11 @@ async def _change(connection: asyncpg.Connection, order: _Order, shape: str) -> 
             BENCH_ACTOR.id,
             None,
             now,
+            event["to"],
+            version,
+            now,
+            order.id,
+            order.version,
         )
         await connection.fetchval(
             INSERT_OUTBOX,
@@ -133,8 +135,9 @@ async def _change(connection: asyncpg.Connection, order: _Order, shape: str) -> 
             "OrderStatusChanged",
             json.dumps(event),
             '{"correlation_id": ""}',
+            OUTBOX_CHANNEL,
+            "",
         )
-        await connection.fetchrow(NOTIFY_RELAY, OUTBOX_CHANNEL, "")
         if shape == "command":
             result = {"type": "CommandAccepted", "command_id": key, "version": version}
             await connection.fetchval(
@@ -145,8 +148,9 @@ async def _change(connection: asyncpg.Connection, order: _Order, shape: str) -> 
                 "CommandAccepted",
                 json.dumps(result),
                 '{"correlation_id": ""}',
+                OUTBOX_CHANNEL,
+                "",
             )
-            await connection.fetchrow(NOTIFY_RELAY, OUTBOX_CHANNEL, "")
             await connection.execute(
                 RECORD_ANSWER, None, json.dumps(result), "orders.commands", key
             )
@@ -229,9 +233,9 @@ async def limit_a(dsn: str, concurrencies: list[int], seconds: float) -> dict[st
         await pool.close()
     return {
         "statements": {
-            "change": [LOCK_ORDER, UPDATE_ORDER, INSERT_HISTORY, INSERT_OUTBOX, NOTIFY_RELAY],
+            "change": [LOCK_ORDER, SAVE_STATUS, INSERT_OUTBOX],
             "http": ["(own transaction) " + AUTHENTICATE, "then the change"],
-            "command": [CLAIM_KEY, "the change", INSERT_OUTBOX, NOTIFY_RELAY, RECORD_ANSWER],
+            "command": [CLAIM_KEY, "the change", INSERT_OUTBOX, RECORD_ANSWER],
         },
         "sweep": sweep,
         "best_concurrency": best["concurrency"],

@@ -1,0 +1,61 @@
+"""Limit A runs exactly the SQL the order service sends for a status change: the statements
+its repositories build, compiled as SQLAlchemy compiles them for asyncpg."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any, cast
+from uuid import uuid4
+
+from sqlalchemy.dialects.postgresql import asyncpg
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql import Executable
+
+from bench.limits import INSERT_OUTBOX, LOCK_ORDER, SAVE_STATUS
+from contracts import Actor, Customer, OrderStatus, OrderStatusChanged
+from order.adapters.repository import OrderRepository, Outbox
+from order.domain.model import Customer as OrderCustomer
+from order.domain.model import Order
+
+
+def words(sql: str) -> list[str]:
+    """The SQL, whitespace aside."""
+    return sql.split()
+
+
+class CompiledStatements:
+    """Stands in for a connection: keeps the SQL of each statement it is given."""
+
+    def __init__(self) -> None:
+        self.sql: list[str] = []
+
+    async def execute(self, statement: Executable) -> Any:
+        self.sql.append(str(statement.compile(dialect=asyncpg.dialect())))
+        return SimpleNamespace(rowcount=1, one_or_none=lambda: None)
+
+
+async def test_limit_a_sends_the_statements_of_a_status_change() -> None:
+    statements = CompiledStatements()
+    connection = cast(AsyncConnection, statements)
+    now = datetime.now(UTC)
+    order = Order.create(uuid4(), OrderCustomer("Ann", "ann@example.com", None), now)
+    change = order.change_status(OrderStatus.CONFIRMED, actor="shop", reason=None, now=now)
+    assert change is not None
+    event = OrderStatusChanged(
+        order_id=order.id,
+        from_status=change.from_status,
+        to_status=change.to_status,
+        version=change.version,
+        actor=Actor(id="shop", role="admin"),
+        customer=Customer(name="Ann"),
+        occurred_at=now,
+    )
+
+    await OrderRepository(connection).get(order.id, for_update=True)
+    await OrderRepository(connection).save_status(order, change, event.event_id)
+    await Outbox(connection).add("orders.events", str(order.id), event)
+
+    assert [words(sql) for sql in statements.sql] == [
+        words(sql) for sql in (LOCK_ORDER, SAVE_STATUS, INSERT_OUTBOX)
+    ]
