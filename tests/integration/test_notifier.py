@@ -781,35 +781,52 @@ class SessionsSeen(MaildirHandler):
         return await super().handle_DATA(server, session, envelope)
 
 
-@pytest.mark.parametrize(("idle_seconds", "sessions"), [(30.0, 1), (0.0, 3)])
-async def test_smtp_sessions_carry_one_email_after_another_while_not_idle_too_long(
-    tmp_path: Path, idle_seconds: float, sessions: int
+@pytest.mark.parametrize(
+    ("idle_seconds", "max_sessions", "at_once", "sessions"),
+    [
+        (30.0, 50, False, 1),  # one after another: one session carries them all
+        (0.0, 50, False, 3),  # a session idle too long is not reused
+        (30.0, 50, True, 3),  # sent at once: a session each
+        (30.0, 1, True, 1),  # sent at once, one session allowed: they wait for it in turn
+    ],
+)
+async def test_smtp_sessions_are_reused_while_fresh_and_never_more_than_allowed(
+    tmp_path: Path, idle_seconds: float, max_sessions: int, at_once: bool, sessions: int
 ) -> None:
     handler = SessionsSeen(tmp_path)
     server = Controller(handler, hostname="127.0.0.1", port=free_port())
     server.start()
     settings = Settings(
-        smtp_port=server.port, smtp_timeout_seconds=2.0, smtp_idle_seconds=idle_seconds
+        smtp_port=server.port,
+        smtp_timeout_seconds=2.0,
+        smtp_idle_seconds=idle_seconds,
+        smtp_max_sessions=max_sessions,
     )
     sender = build_senders(settings)[Channel.EMAIL]
     assert isinstance(sender, SmtpEmailSender)
+
+    def email_to(recipient: str) -> Communication:
+        order_id = uuid4()
+        return Communication.queue(
+            event_id=uuid4(),
+            order_id=order_id,
+            channel=Channel.EMAIL,
+            template="order_confirmed",
+            recipient=recipient,
+            context=template_context(status_changed(order_id, OrderStatus.CONFIRMED, 2)),
+            now=datetime.now(UTC),
+        )
+
     recipients = [f"session-{number}@example.com" for number in range(3)]
     try:
-        for recipient in recipients:
-            order_id = uuid4()
-            email = Communication.queue(
-                event_id=uuid4(),
-                order_id=order_id,
-                channel=Channel.EMAIL,
-                template="order_confirmed",
-                recipient=recipient,
-                context=template_context(status_changed(order_id, OrderStatus.CONFIRMED, 2)),
-                now=datetime.now(UTC),
-            )
-            await sender.send(email)
+        if at_once:
+            await asyncio.gather(*(sender.send(email_to(r)) for r in recipients))
+        else:
+            for recipient in recipients:
+                await sender.send(email_to(recipient))
     finally:
         await sender.aclose()
         server.stop()
 
-    assert [m["To"] for m in read_messages(tmp_path)] == recipients
+    assert sorted(m["To"] for m in read_messages(tmp_path)) == recipients
     assert len(set(handler.peers)) == sessions

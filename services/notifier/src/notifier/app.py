@@ -98,6 +98,7 @@ def build_senders(settings: Settings) -> dict[Channel, Sender]:
         mail_from=settings.mail_from,
         message_id_domain=settings.message_id_domain,
         idle_seconds=settings.smtp_idle_seconds,
+        max_sessions=settings.smtp_max_sessions,
     )
     senders: dict[Channel, Sender] = {Channel.EMAIL: SmtpEmailSender(smtp, EmailTemplates())}
     if settings.sms_url:

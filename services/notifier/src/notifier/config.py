@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     # SMTP sessions are reused; one idle longer than this is closed instead (keep it below the
     # server's idle timeout).
     smtp_idle_seconds: float = Field(default=30.0, ge=0)
+    # SMTP sessions open at once, at most (what the mail server allows a client); a send waits
+    # for a free one within its timeout.
+    smtp_max_sessions: int = Field(default=50, ge=1)
     mail_from: str = "Order Backbone <orders@backbone.local>"
     message_id_domain: str = "backbone.local"
 
@@ -114,9 +117,9 @@ class Settings(BaseSettings):
     sms_timeout_seconds: float = Field(default=10.0, gt=0)
 
     # The dispatcher claims up to a batch of due communications and sends them concurrently.
-    dispatch_batch_size: int = Field(default=20, ge=1)
-    # Rounds (claim, send, record) in flight at once: up to this many times the batch size of
-    # emails are sent concurrently, each over an SMTP session of its own.
+    dispatch_batch_size: int = Field(default=50, ge=1)
+    # Rounds (claim, send, record) in flight at once, so that one waiting on a slow send does
+    # not hold up the others (emails among them share smtp_max_sessions).
     dispatch_rounds: int = Field(default=4, ge=1)
     dispatch_poll_interval_seconds: float = Field(default=1.0, gt=0)
     # A claim expires after this; another worker then takes the communication over.

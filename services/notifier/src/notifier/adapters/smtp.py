@@ -44,6 +44,8 @@ class SmtpSettings:
     # An idle session is reused only this long: servers hang up on idle clients (RFC 5321
     # allows them to after 5 minutes; many do sooner).
     idle_seconds: float = 30.0
+    # Sessions open at once, at most: a send waits for one to be free (within its timeout).
+    max_sessions: int = 50
 
 
 def _internationalised(headers: dict[str, str], rendered: RenderedEmail) -> EmailMessage:
@@ -60,19 +62,29 @@ def message_id(dedupe_key: str, domain: str) -> str:
 
 
 class SmtpSessions:
-    """Open SMTP sessions, each carrying one message at a time. A send takes an idle session
-    (the most recently used) or opens one, and hands it back only after the server accepted
-    the message: a session in which anything failed is in an unknown state and is closed."""
+    """Open SMTP sessions, each carrying one message at a time, at most `max_sessions` at once.
+    A send takes an idle session (the most recently used) or opens one, and hands it back only
+    after the server accepted the message: a session in which anything failed is in an unknown
+    state and is closed."""
 
     def __init__(self, settings: SmtpSettings) -> None:
         self._settings = settings
         # The EHLO name, looked up once: aiosmtplib would otherwise call getfqdn() per session.
         self._local_hostname = socket.getfqdn()
         self._idle: list[tuple[aiosmtplib.SMTP, float]] = []  # with when each was handed back
+        self._free = asyncio.Semaphore(settings.max_sessions)
 
     async def take(self) -> aiosmtplib.SMTP:
-        """An open session: an idle one still connected and not idle too long, else a new one
-        (the caller bounds the time this takes)."""
+        """An open session: an idle one still connected and not idle too long, else a new one,
+        once fewer than `max_sessions` are in use (the caller bounds the time this takes)."""
+        await self._free.acquire()
+        try:
+            return await self._open()
+        except BaseException:
+            self._free.release()
+            raise
+
+    async def _open(self) -> aiosmtplib.SMTP:
         fresh_since = time.monotonic() - self._settings.idle_seconds
         while self._idle:
             client, idle_since = self._idle.pop()
@@ -99,12 +111,13 @@ class SmtpSessions:
 
     def give_back(self, client: aiosmtplib.SMTP) -> None:
         self._idle.append((client, time.monotonic()))
+        self._free.release()
 
-    @staticmethod
-    def discard(client: aiosmtplib.SMTP) -> None:
+    def discard(self, client: aiosmtplib.SMTP) -> None:
         """Hang up at once: aiosmtplib's own exit would first wait for a stuck server to
         answer QUIT, up to the whole timeout."""
         client.close()
+        self._free.release()
 
     async def close(self) -> None:
         """Say goodbye to the idle sessions (at shutdown); a server that does not answer is
