@@ -202,15 +202,13 @@ def _rejection(command: CreateOrder | ChangeOrderStatus, error: OrderError) -> C
     )
 
 
-async def _apply_command(
-    uow: UnitOfWork, command: OrderCommand
-) -> CommandAccepted | CommandRejected | None:
+async def _apply_command(uow: UnitOfWork, command: OrderCommand) -> None:
     """Apply an upstream command once per `command_id`, and publish its result through the
-    outbox in the caller's transaction. Returns None for a duplicate, which changes nothing."""
+    outbox in the caller's transaction. A duplicate changes nothing."""
     fingerprint = hashlib.sha256(command.model_dump_json().encode()).hexdigest()
     result: CommandAccepted | CommandRejected
     if not await uow.idempotency.claim(COMMAND_SCOPE, str(command.command_id), fingerprint):
-        return None
+        return
     try:
         if isinstance(command, CreateOrder):
             c = command.customer
@@ -246,7 +244,6 @@ async def _apply_command(
     await uow.idempotency.record(
         COMMAND_SCOPE, str(command.command_id), None, result.model_dump(mode="json")
     )
-    return result
 
 
 # A command, and the trace its result and events continue (W3C headers).
