@@ -35,6 +35,16 @@ def create_command(order_id: UUID) -> CreateOrder:
     )
 
 
+def unstorable_create(order_id: UUID) -> CreateOrder:
+    """A command PostgreSQL refuses to store: a NUL character in a text."""
+    return CreateOrder(
+        command_id=uuid4(),
+        order_id=order_id,
+        customer=Customer(name="Nul\u0000Byte"),
+        actor=UPSTREAM,
+    )
+
+
 def change_command(order_id: UUID, status: OrderStatus, **fields: Any) -> ChangeOrderStatus:
     return ChangeOrderStatus(
         command_id=uuid4(), order_id=order_id, status=status, actor=UPSTREAM, **fields
@@ -166,10 +176,7 @@ async def test_a_command_the_database_cannot_store_is_dead_lettered(
     dlq = await read_topic("orders.commands.dlq")
     results = await read_topic("orders.command-results")
     key = uuid4()
-    unstorable = CreateOrder(
-        command_id=uuid4(), order_id=key, customer=Customer(name="Nul\u0000Byte"), actor=UPSTREAM
-    )
-    await send(producer, key, unstorable)
+    await send(producer, key, unstorable_create(key))
     await send(producer, key, create_command(key))
 
     (letter,) = await dlq.values_for(str(key), 1)
@@ -187,9 +194,7 @@ async def test_a_command_the_database_refuses_holds_up_none_consumed_with_it(
     results = await read_topic("orders.command-results")
     key = uuid4()
     create = create_command(key)
-    unstorable = CreateOrder(
-        command_id=uuid4(), order_id=key, customer=Customer(name="Nul\u0000Byte"), actor=UPSTREAM
-    )
+    unstorable = unstorable_create(key)
     confirm = change_command(key, OrderStatus.CONFIRMED, expected_version=1)
     # Sent together, so that they are likely consumed in one batch (one transaction).
     for command in (create, unstorable, confirm):
