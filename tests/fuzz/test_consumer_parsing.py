@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from faststream.kafka.message import KafkaAckableMessage, KafkaMessage
-from faststream.kafka.parser import AioKafkaBatchParser, AioKafkaParser
+from faststream.kafka.message import KafkaAckableMessage
+from faststream.kafka.parser import AioKafkaBatchParser
 from hypothesis import example, given
 from hypothesis import strategies as st
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 
 from audit.adapters import broker as audit_broker
 from audit.adapters import dead_letters as audit_dead_letters
@@ -25,14 +25,13 @@ from contracts import (
     ORDERS_EVENTS,
     DeadLetter,
     Message,
-    describe_invalid,
-    order_command_adapter,
 )
 from notifier.adapters import broker as notifier_broker
 from notifier.adapters import dead_letters as notifier_dead_letters
 from notifier.entrypoints import consumer as notifier_consumer
 from order.adapters import broker as order_broker
 from order.adapters import dead_letters as order_dead_letters
+from order.entrypoints import commands as order_commands
 from tests.fuzz.cases import (
     HUGE_UNKNOWN_TYPE,
     NUL_FLOOD,
@@ -50,19 +49,21 @@ from tests.fuzz.cases import (
 )
 
 # What faststream builds for a subscriber with NACK_ON_ERROR (see its KafkaSubscriber).
-PARSER = AioKafkaParser(msg_class=KafkaAckableMessage, regex=None)
 BATCH_PARSER = AioKafkaBatchParser(msg_class=KafkaAckableMessage, regex=None)
 
 offsets = st.integers(min_value=0, max_value=2**40)
 
 
 async def order_takes(record: Record) -> Message | DeadLetter:
-    message = await order_broker.parse_with_text_headers(record, PARSER.parse_message)
-    assert isinstance(message, KafkaMessage)
-    try:
-        command: Message = order_command_adapter.validate_json(order_broker.undecoded(message))
-    except ValidationError as error:
-        return order_dead_letters.letter_for(message, describe_invalid(error), "order-commands")
+    """The record's outcome as the order service's command handler sees it, in a batch of its
+    own."""
+    message = await order_broker.parse_with_text_headers((record,), BATCH_PARSER.parse_batch)
+    assert order_broker.undecoded(message) == [record.value or b""]
+    parsed, rejected = order_commands.parse(message.raw_message)
+    if rejected:
+        ((taken, reason),) = rejected
+        return order_dead_letters.letter_for(taken, reason, "order-commands")
+    ((_, command),) = parsed
     return command
 
 
