@@ -9,6 +9,7 @@ the letter is left to the real-broker test next door."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from faststream.kafka.message import KafkaAckableMessage
@@ -54,29 +55,45 @@ BATCH_PARSER = AioKafkaBatchParser(msg_class=KafkaAckableMessage, regex=None)
 offsets = st.integers(min_value=0, max_value=2**40)
 
 
-async def order_takes(record: Record) -> Message | DeadLetter:
-    """The record's outcome as the order service's command handler sees it, in a batch of its
-    own."""
-    message = await order_broker.parse_with_text_headers((record,), BATCH_PARSER.parse_batch)
-    assert order_broker.undecoded(message) == [record.value or b""]
-    parsed, rejected = order_commands.parse(message.raw_message)
+async def taken_alone(
+    record: Record,
+    parse_with_text_headers: Callable[..., Awaitable[Any]],
+    undecoded: Callable[[Any], Any],
+    parse: Callable[[Any], tuple[list[tuple[Record, Message]], list[tuple[Record, str]]]],
+    letter_for: Callable[[Record, str, str], DeadLetter],
+    consumer_group: str,
+) -> Message | DeadLetter:
+    """The record's outcome as a service's batch handler sees it, in a batch of its own."""
+    message = await parse_with_text_headers((record,), BATCH_PARSER.parse_batch)
+    assert undecoded(message) == [record.value or b""]
+    parsed, rejected = parse(message.raw_message)
     if rejected:
         ((taken, reason),) = rejected
-        return order_dead_letters.letter_for(taken, reason, "order-commands")
-    ((_, command),) = parsed
-    return command
+        return letter_for(taken, reason, consumer_group)
+    ((_, taken_as),) = parsed
+    return taken_as
+
+
+async def order_takes(record: Record) -> Message | DeadLetter:
+    return await taken_alone(
+        record,
+        order_broker.parse_with_text_headers,
+        order_broker.undecoded,
+        order_commands.parse,
+        order_dead_letters.letter_for,
+        "order-commands",
+    )
 
 
 async def notifier_takes(record: Record) -> Message | DeadLetter:
-    """The record's outcome as the notifier's batch handler sees it, in a batch of its own."""
-    message = await notifier_broker.parse_with_text_headers((record,), BATCH_PARSER.parse_batch)
-    assert notifier_broker.undecoded(message) == [record.value or b""]
-    parsed, rejected = notifier_consumer.parse(message.raw_message)
-    if rejected:
-        ((taken, reason),) = rejected
-        return notifier_dead_letters.letter_for(taken, reason, "notifier")
-    ((_, event),) = parsed
-    return event
+    return await taken_alone(
+        record,
+        notifier_broker.parse_with_text_headers,
+        notifier_broker.undecoded,
+        notifier_consumer.parse,
+        notifier_dead_letters.letter_for,
+        "notifier",
+    )
 
 
 async def audit_takes(records: tuple[Record, ...]) -> dict[int, Message | DeadLetter]:
