@@ -9,7 +9,8 @@ row, its record) add.
 
 Limit B: raw aiokafka producing and consuming `OrderStatusChanged` payloads with the
 services' producer settings (idempotent, acks=all, linger 5 ms, the relay's 500-row batches)
-and a consumer committing after each fetched batch, the at-least-once rule of the services.
+and a consumer with the notifier's fetch settings committing after each fetched batch, the
+at-least-once rule of the services.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from bench.payloads import BENCH_ACTOR, CUSTOMER, previous_status, status_changed, status_of
 from bench.stats import Latency
 from contracts import ORDERS_COMMAND_RESULTS, ORDERS_EVENTS
+from notifier.adapters.broker import FETCH_MIN_BYTES
+from notifier.config import Settings as NotifierSettings
 
 # The order service's statements, verbatim as SQLAlchemy compiles them for asyncpg.
 LOCK_ORDER = (
@@ -301,6 +304,8 @@ async def _consume(
         group_id=group,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
+        fetch_min_bytes=FETCH_MIN_BYTES,
+        fetch_max_wait_ms=NotifierSettings.model_fields["consume_wait_ms"].default,
     )
     await consumer.start()
     try:

@@ -58,14 +58,14 @@ offsets = st.integers(min_value=0, max_value=2**40)
 async def taken_alone(
     record: Record,
     parse_with_text_headers: Callable[..., Awaitable[Any]],
-    undecoded: Callable[[Any], Any],
+    undecoded: Callable[[Any], Awaitable[Any]],
     parse: Callable[[Any], tuple[list[tuple[Record, Message]], list[tuple[Record, str]]]],
     letter_for: Callable[[Record, str, str], DeadLetter],
     consumer_group: str,
 ) -> Message | DeadLetter:
     """The record's outcome as a service's batch handler sees it, in a batch of its own."""
     message = await parse_with_text_headers((record,), BATCH_PARSER.parse_batch)
-    assert undecoded(message) == [record.value or b""]
+    assert await undecoded(message) == [record.value or b""]
     parsed, rejected = parse(message.raw_message)
     if rejected:
         ((taken, reason),) = rejected
@@ -99,7 +99,7 @@ async def notifier_takes(record: Record) -> Message | DeadLetter:
 async def audit_takes(records: tuple[Record, ...]) -> dict[int, Message | DeadLetter]:
     """Each record's outcome, by offset, as the audit's batch handler sees them."""
     message = await audit_broker.parse_with_text_headers(records, BATCH_PARSER.parse_batch)
-    assert audit_broker.undecoded(message) == [record.value or b"" for record in records]
+    assert await audit_broker.undecoded(message) == [record.value or b"" for record in records]
     parsed, rejected = audit_consumer._parse(message.raw_message)
     taken: dict[int, Message | DeadLetter] = {r.offset: m for r, m in parsed}
     for record, reason in rejected:

@@ -167,6 +167,26 @@ async def started_relay(
     return relay, kafka
 
 
+async def test_a_full_batch_says_more_rows_are_waiting(
+    kafka_bootstrap: str, own_order_database: str
+) -> None:
+    engine = build_engine(
+        Settings(database_url=own_order_database, kafka_bootstrap_servers=kafka_bootstrap)
+    )
+    async with UnitOfWork(engine) as uow:
+        for _ in range(12):
+            await service.create_order_in(
+                uow, customer=Customer("F", None, None), actor=Actor(id="f")
+            )
+    relay, kafka = await started_relay(engine, kafka_bootstrap, own_order_database)
+    try:
+        assert await relay.publish_batch() == Relayed(acknowledged=10, failed=0, more_waiting=True)
+        assert await relay.publish_batch() == Relayed(acknowledged=2, failed=0)
+    finally:
+        await kafka.broker.stop()
+        await engine.dispose()
+
+
 async def test_an_orders_next_event_waits_until_the_one_before_is_acknowledged(
     kafka_bootstrap: str, own_order_database: str, order_events: TopicReader
 ) -> None:
@@ -183,9 +203,10 @@ async def test_an_orders_next_event_waits_until_the_one_before_is_acknowledged(
             await service.change_order_status_in(uow, order.id, status, actor=Actor(id="q"))
     relay, kafka = await started_relay(engine, kafka_bootstrap, own_order_database)
     try:
-        # One row of each order per batch: three of `order`, one of `other`.
-        assert await relay.publish_batch() == Relayed(acknowledged=2, failed=0)
-        assert await relay.publish_batch() == Relayed(acknowledged=1, failed=0)
+        # One row of each order per batch: three of `order`, one of `other`. A batch that
+        # held rows back says so, and the last one leaves nothing waiting.
+        assert await relay.publish_batch() == Relayed(acknowledged=2, failed=0, more_waiting=True)
+        assert await relay.publish_batch() == Relayed(acknowledged=1, failed=0, more_waiting=True)
         assert await relay.publish_batch() == Relayed(acknowledged=1, failed=0)
         assert await relay.publish_batch() == Relayed(acknowledged=0, failed=0)
     finally:

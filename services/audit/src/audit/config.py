@@ -74,6 +74,10 @@ class Settings(BaseSettings):
 
     # Most messages consumed, and appended to the chain in one transaction, at a time.
     batch_size: int = Field(default=500, ge=1)
+    # How long the broker may hold a fetch of the audited topics to gather a batch
+    # (fetch.max.wait.ms, with fetch.min.bytes 64 KiB): up to this much latency per message,
+    # for a transaction and an offset commit shared by every message that came meanwhile.
+    batch_wait_ms: int = Field(default=100, ge=0)
     # Pause before a transiently failing batch is redelivered, and between reconnects.
     retry_seconds: float = 1.0
     # On SIGTERM: how long the batch in hand may take to finish.

@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     consumer_group: str = "notifier"
     # Up to this many orders.events records per transaction and per offset commit.
     consume_batch_size: int = Field(default=200, ge=1)
+    # How long the broker may hold a fetch of orders.events to gather a batch (fetch.max.wait.ms,
+    # with fetch.min.bytes 64 KiB): up to this much latency per message, for a transaction
+    # and an offset commit shared by every message that came meanwhile.
+    consume_wait_ms: int = Field(default=100, ge=0)
     http_host: str = "127.0.0.1"
     http_port: int = 8001
 

@@ -224,16 +224,18 @@ class Dispatcher:
     # Told each attempt's channel, outcome (sent, failed, dead) and duration (for metrics).
     record_send: Callable[[str, str, float], None] = lambda channel, outcome, seconds: None
 
-    async def dispatch_due(self) -> int:
+    async def dispatch_due(self, on_claimed: Callable[[int], None] = lambda count: None) -> int:
         """One round: claim up to a batch and attempt them all concurrently; returns how many
-        were attempted. Outcomes are stored as the attempts finish, those that finished together
-        in one transaction."""
+        were attempted. `on_claimed` is told how many were claimed before any is attempted.
+        Outcomes are stored as the attempts finish, those that finished together in one
+        transaction."""
         # Taken before the claim, so it never outlasts the lease the database records.
         deadline = time.monotonic() + self.lease.total_seconds()
         async with self.uow_factory() as uow:
             claimed = await uow.communications.claim_due(
                 self.owner, _now(), self.batch_size, self.lease
             )
+        on_claimed(len(claimed))
         finished: asyncio.Queue[Attempted] = asyncio.Queue()
 
         async def attempt(communication: Communication) -> None:

@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     # Commands consumed together are applied in one transaction and committed with one offset
     # commit.
     commands_batch_size: int = Field(default=200, ge=1)
+    # How long the broker may hold a fetch of orders.commands to gather a batch (fetch.max.wait.ms,
+    # with fetch.min.bytes 64 KiB): up to this much latency per message, for a transaction
+    # and an offset commit shared by every message that came meanwhile.
+    commands_wait_ms: int = Field(default=100, ge=0)
     # How long a command whose handling failed for a transient reason (database down) waits
     # before it is redelivered.
     command_retry_seconds: float = 1.0

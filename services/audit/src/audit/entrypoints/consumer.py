@@ -18,7 +18,7 @@ from opentelemetry.trace import StatusCode
 from pydantic import TypeAdapter, ValidationError
 
 from audit import service
-from audit.adapters.broker import Records, parse_with_text_headers, undecoded
+from audit.adapters.broker import FETCH_MIN_BYTES, Records, parse_with_text_headers, undecoded
 from audit.adapters.dead_letters import dead_letter
 from audit.adapters.telemetry import record_key, span_per_record
 from audit.config import Settings
@@ -75,6 +75,8 @@ def register_audit_handlers(
         ack_policy=AckPolicy.NACK_ON_ERROR,
         batch=True,
         max_records=settings.batch_size,
+        fetch_min_bytes=FETCH_MIN_BYTES,
+        fetch_max_wait_ms=settings.batch_wait_ms,
         parser=parse_with_text_headers,
         decoder=undecoded,
         description="One audit entry per message, appended to the hash chain once per event "

@@ -59,6 +59,10 @@ Record: TypeAlias = "ConsumerRecord[Any, Any]"
 Records: TypeAlias = tuple[Record, ...]
 
 
+# A consumer's fetch is answered early once it holds this much; otherwise when its wait ends.
+FETCH_MIN_BYTES = 64 * 1024
+
+
 async def parse_with_text_headers(
     records: Records, parse: Callable[[Records], Awaitable[StreamMessage[Records]]]
 ) -> StreamMessage[Records]:
@@ -79,8 +83,9 @@ async def parse_with_text_headers(
     )
 
 
-def undecoded(message: StreamMessage[Records]) -> Any:
+async def undecoded(message: StreamMessage[Records]) -> Any:
     """The bodies as they came. faststream's own decoder parses JSON when the content-type
     header says so and raises on a body that is not, before the handler could dead-letter
-    it; the handler parses the raw bytes itself."""
+    it; the handler parses the raw bytes itself. async: faststream runs a plain `def`
+    decoder in a worker thread, a thread hop per message."""
     return message.body

@@ -44,6 +44,9 @@ class Relayed:
 
     acknowledged: int
     failed: int  # sends Kafka did not acknowledge; they stay in the outbox for the next batch
+    # Rows the batch left waiting (it was full, or it held back a key's later rows): the next
+    # batch starts at once instead of waiting to be woken.
+    more_waiting: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,7 @@ class OutboxRelay:
                 if relayed.failed:
                     await self._kafka.renew()
                     await asyncio.sleep(self._retry_interval)
-                elif not relayed.acknowledged:
+                elif not relayed.more_waiting:
                     await self._wait_for_work()
         finally:
             connecting.cancel()
@@ -148,22 +151,21 @@ class OutboxRelay:
             locked = await connection.scalar(select(func.pg_try_advisory_xact_lock(RELAY_LOCK_KEY)))
             if not locked:
                 return Relayed(0, 0)
-            rows = first_per_key(
-                (
-                    await connection.execute(
-                        select(
-                            outbox.c.id,
-                            outbox.c.topic,
-                            outbox.c.key,
-                            outbox.c.payload,
-                            outbox.c.headers,
-                        )
-                        .where(outbox.c.published_at.is_(None))
-                        .order_by(outbox.c.id)
-                        .limit(self._batch_size)
+            waiting = (
+                await connection.execute(
+                    select(
+                        outbox.c.id,
+                        outbox.c.topic,
+                        outbox.c.key,
+                        outbox.c.payload,
+                        outbox.c.headers,
                     )
-                ).all()
-            )
+                    .where(outbox.c.published_at.is_(None))
+                    .order_by(outbox.c.id)
+                    .limit(self._batch_size)
+                )
+            ).all()
+            rows = first_per_key(waiting)
             if not rows:
                 return Relayed(0, 0)
             results = await self._send(rows)
@@ -183,7 +185,11 @@ class OutboxRelay:
                 )
         for topic, count in topics.items():
             self._on_acknowledged(topic, count)
-        return Relayed(len(acknowledged), len(rows) - len(acknowledged))
+        return Relayed(
+            len(acknowledged),
+            len(rows) - len(acknowledged),
+            more_waiting=len(waiting) == self._batch_size or len(rows) < len(waiting),
+        )
 
     async def _send(self, rows: Sequence[Any]) -> list[object]:
         """Each row's acknowledgement or the error that stopped it, in the rows' order. The

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from contracts import ORDERS_EVENTS, describe_invalid, order_event_adapter
 from notifier import service
-from notifier.adapters.broker import Records, parse_with_text_headers, undecoded
+from notifier.adapters.broker import FETCH_MIN_BYTES, Records, parse_with_text_headers, undecoded
 from notifier.adapters.dead_letters import dead_letter
 from notifier.adapters.telemetry import record_key, span_per_record, trace_context_of
 from notifier.domain.planning import NotificationRules, OrderEvent
@@ -49,6 +49,7 @@ def register_event_handlers(
     *,
     consumer_group: str,
     batch_size: int,
+    wait_ms: int,
     retry_seconds: float,
     on_queued: Callable[[], None],
 ) -> None:
@@ -84,6 +85,8 @@ def register_event_handlers(
         # its own capped the consumer at about a hundred messages a second.
         batch=True,
         max_records=batch_size,
+        fetch_min_bytes=FETCH_MIN_BYTES,
+        fetch_max_wait_ms=wait_ms,
         # Raw records in: every message reaches the handler, which parses or dead-letters it.
         parser=parse_with_text_headers,
         decoder=undecoded,

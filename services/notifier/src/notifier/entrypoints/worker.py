@@ -1,9 +1,10 @@
 """The dispatch loops: send due communications until asked to stop, then hand back their claims.
 
 Several rounds run at once, so that one waiting on a slow send or on the database does not
-hold up the others (claims never overlap: SKIP LOCKED). Each wakes when the consumer queued
-something, and otherwise polls, so they also find retries falling due and work queued by other
-replicas."""
+hold up the others (claims never overlap: SKIP LOCKED). The idle rounds take turns: the one
+whose turn it is claims when the consumer queued something, or after the poll interval, so it
+also finds retries falling due and work queued by other replicas; a round that claimed a full
+batch hands the turn on at once, so under load all of them claim."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ class DispatchWorker:
         self._poll_interval = poll_interval
         self._retry_interval = retry_interval
         self._wake = asyncio.Event()
+        self._turn = asyncio.Lock()  # held by the one idle round that waits for a wake-up
         self._stopping = asyncio.Event()
 
     def wake(self) -> None:
@@ -38,21 +40,32 @@ class DispatchWorker:
     async def _loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                attempted = await self._dispatcher.dispatch_due()
+                attempted = await self._dispatcher.dispatch_due(self._hand_on_when_full)
             except Exception:
                 log.warning("dispatch round failed; retrying", exc_info=True)
-                await self._pause(self._retry_interval)
+                await self._wait_for_turn(self._retry_interval)
                 continue
             if attempted < self._dispatcher.batch_size:
-                await self._pause(self._poll_interval)
+                await self._wait_for_turn(self._poll_interval)
 
-    async def _pause(self, seconds: float) -> None:
-        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
-        # races with the wake-up.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._wake.wait()
-        self._wake.clear()
+    def _hand_on_when_full(self, claimed: int) -> None:
+        # A full batch may have left more behind: the next idle round claims too.
+        if claimed >= self._dispatcher.batch_size:
+            self._wake.set()
+
+    async def _wait_for_turn(self, seconds: float) -> None:
+        """Wait for a wake-up or `seconds`, one round at a time: a wake-up starts one claim,
+        not one per round."""
+        async with self._turn:
+            if self._stopping.is_set():
+                return
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # races with the wake-up.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(seconds):
+                    await self._wake.wait()
+            if not self._stopping.is_set():
+                self._wake.clear()
 
     async def stop(self, task: asyncio.Task[None], grace: float) -> None:
         """Let the rounds in progress finish (their sends and outcomes) for up to `grace`

@@ -66,6 +66,9 @@ class Relayed:
 
     acknowledged: int
     failed: int  # sends Kafka did not acknowledge; they stay in the outbox for the next batch
+    # Rows the batch left waiting (it was full, or it held back a key's later rows): the next
+    # batch starts at once instead of waiting to be woken.
+    more_waiting: bool = False
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,7 @@ class OutboxRelay:
                     self._read_back_due = True
                     await self._kafka.renew()
                     await asyncio.sleep(self._retry_interval)
-                elif not relayed.acknowledged:
+                elif not relayed.more_waiting:
                     await self._wait_for_work()
         finally:
             for task in (listener, connecting):
@@ -211,10 +214,11 @@ class OutboxRelay:
             locked = await connection.scalar(select(func.pg_try_advisory_xact_lock(RELAY_LOCK_KEY)))
             if not locked:
                 return Relayed(0, 0)
-            rows = await self._next_rows(connection)
-            if rows and self._read_back_needed(rows[0]):
+            waiting = await self._waiting_rows(connection)
+            if waiting and self._read_back_needed(waiting[0]):
                 await self._mark_sent_by_an_earlier_relay(connection)
-                rows = await self._next_rows(connection)
+                waiting = await self._waiting_rows(connection)
+            rows = first_per_key(waiting)
             if not rows:
                 return Relayed(0, 0)
             results = await self._send(rows)
@@ -235,9 +239,13 @@ class OutboxRelay:
                 await _advance_positions(connection, _ends_of(results))
         for topic, count in topics.items():
             self._on_acknowledged(topic, count)
-        return Relayed(len(acknowledged), len(rows) - len(acknowledged))
+        return Relayed(
+            len(acknowledged),
+            len(rows) - len(acknowledged),
+            more_waiting=len(waiting) == self._batch_size or len(rows) < len(waiting),
+        )
 
-    async def _next_rows(self, connection: AsyncConnection) -> list[Any]:
+    async def _waiting_rows(self, connection: AsyncConnection) -> Sequence[Any]:
         waited = func.extract("epoch", func.now() - outbox.c.created_at)
         query = (
             select(
@@ -253,7 +261,7 @@ class OutboxRelay:
             .order_by(outbox.c.id)
             .limit(self._batch_size)
         )
-        return first_per_key((await connection.execute(query)).all())
+        return (await connection.execute(query)).all()
 
     def _read_back_needed(self, oldest: Any) -> bool:
         now = time.monotonic()

@@ -16,7 +16,13 @@ from pydantic import ValidationError
 
 from contracts import ORDERS_COMMANDS, OrderCommand, describe_invalid, order_command_adapter
 from order import service
-from order.adapters.broker import Record, Records, parse_with_text_headers, undecoded
+from order.adapters.broker import (
+    FETCH_MIN_BYTES,
+    Record,
+    Records,
+    parse_with_text_headers,
+    undecoded,
+)
 from order.adapters.dead_letters import dead_letter
 from order.adapters.telemetry import current_trace_context
 from order.adapters.unit_of_work import UnitOfWorkFactory
@@ -59,6 +65,8 @@ def register_command_handlers(
         # consumer at about 25 commands a second.
         batch=True,
         max_records=settings.commands_batch_size,
+        fetch_min_bytes=FETCH_MIN_BYTES,
+        fetch_max_wait_ms=settings.commands_wait_ms,
         # Raw records in: every message reaches the handler, which parses or dead-letters it.
         parser=parse_with_text_headers,
         decoder=undecoded,

@@ -1,0 +1,86 @@
+"""The notifier's and the audit's pools test a connection only after it sat idle: one that died
+meanwhile (a database restart) is replaced unseen, while one in steady use is not pinged and,
+had it died, fails its first use and is then replaced."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import asyncpg
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from audit.adapters import unit_of_work as audit_unit_of_work
+from devstack import infra
+from devstack.waiting import wait_until
+from notifier.adapters import unit_of_work as notifier_unit_of_work
+
+PingWhenIdle = Callable[..., None]
+BACKENDS_WITH_PID = "SELECT count(*) FROM pg_stat_activity WHERE pid = $1"
+SERVICES = pytest.mark.parametrize(
+    ("service", "ping_when_idle"),
+    [
+        ("notifier", notifier_unit_of_work.ping_when_idle),
+        ("audit", audit_unit_of_work.ping_when_idle),
+    ],
+)
+
+
+async def backend_pid(engine: AsyncEngine) -> int:
+    async with engine.connect() as connection:
+        return int(await connection.scalar(text("SELECT pg_backend_pid()")))
+
+
+async def terminated(url: str, pid: int) -> None:
+    """End the server side of `pid` as a database restart would, and wait until it is gone."""
+    connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        assert await connection.fetchval("SELECT pg_terminate_backend($1)", pid)
+        await wait_until(
+            lambda: connection.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid
+            ),
+            lambda count: count == 0,
+            within=10,
+            what=f"backend {pid} gone",
+        )
+    finally:
+        await connection.close()
+
+
+def one_connection_pool(url: str) -> AsyncEngine:
+    return create_async_engine(url, pool_size=1, max_overflow=0)
+
+
+@SERVICES
+async def test_a_connection_that_died_while_idle_is_replaced_unseen(
+    databases: infra.TestDatabases, service: str, ping_when_idle: PingWhenIdle
+) -> None:
+    url = databases.urls[service]
+    engine = one_connection_pool(url)
+    ping_when_idle(engine, idle_seconds=0)
+    try:
+        dead = await backend_pid(engine)
+        await terminated(url, dead)
+        assert await backend_pid(engine) != dead
+    finally:
+        await engine.dispose()
+
+
+@SERVICES
+async def test_a_connection_in_steady_use_is_not_pinged_so_its_death_shows_once(
+    databases: infra.TestDatabases, service: str, ping_when_idle: PingWhenIdle
+) -> None:
+    url = databases.urls[service]
+    engine = one_connection_pool(url)
+    ping_when_idle(engine, idle_seconds=3600)
+    try:
+        dead = await backend_pid(engine)
+        await terminated(url, dead)
+        with pytest.raises(DBAPIError):
+            await backend_pid(engine)
+        assert await backend_pid(engine) != dead
+    finally:
+        await engine.dispose()
