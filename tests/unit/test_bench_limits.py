@@ -30,7 +30,7 @@ class CompiledStatements:
     def __init__(self) -> None:
         self.sql: list[str] = []
 
-    async def execute(self, statement: Executable) -> Any:
+    async def execute(self, statement: Executable, parameters: Any = None) -> Any:
         self.sql.append(str(statement.compile(dialect=asyncpg.dialect())))
         return SimpleNamespace(rowcount=1, one_or_none=lambda: None)
 

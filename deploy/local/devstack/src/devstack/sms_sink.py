@@ -17,6 +17,13 @@ from pathlib import Path
 from typing import Any
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's default listen backlog is 5: a burst of concurrent sends overflowed it,
+    # and each dropped connection attempt waited for TCP to retry it (1 s, then 3 s, ...),
+    # which no real provider's API makes its clients do.
+    request_queue_size = 1024
+
+
 class SmsSink:
     """The HTTP server on a thread; `start()` and `stop()` simulate an outage."""
 
@@ -26,7 +33,7 @@ class SmsSink:
         self.host = host
         self.token = token
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
+        self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
     @property
@@ -35,7 +42,7 @@ class SmsSink:
 
     def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._server = ThreadingHTTPServer((self.host, self.port), _handler(self))
+        self._server = _Server((self.host, self.port), _handler(self))
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid4
 
-from sqlalchemy import func, insert, literal, select, tuple_, update
+from sqlalchemy import bindparam, func, insert, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -25,6 +25,67 @@ from order.adapters.tables import (
 from order.adapters.telemetry import current_trace_context
 from order.domain.auth import Identity, Role, StoredToken
 from order.domain.model import Customer, Order, StatusChanged
+
+# The statements of every status change, built once with named parameters: building and
+# cache-keying a Core statement on each call cost about a tenth of the order service's CPU.
+GET_ORDER = select(orders).where(orders.c.id == bindparam("order_id"))
+# Serialises concurrent changes of one order; the version check of SAVE_STATUS is the second
+# line of defence for callers that read without the lock.
+LOCK_ORDER = GET_ORDER.with_for_update()
+_h = order_status_history.c
+_changed = (
+    update(orders)
+    .where(orders.c.id == bindparam("order_id"), orders.c.version == bindparam("from_version"))
+    .values(status=bindparam("status"), version=bindparam("version"), updated_at=bindparam("now"))
+    .returning(orders.c.id)
+    .cte("changed")
+)
+# The versioned UPDATE and its history row in one statement: the history row is inserted from
+# what the UPDATE returned, so nothing is inserted when the version did not match.
+SAVE_STATUS = insert(order_status_history).from_select(
+    [
+        _h.order_id,
+        _h.event_id,
+        _h.from_status,
+        _h.to_status,
+        _h.version,
+        _h.actor,
+        _h.reason,
+        _h.occurred_at,
+    ],
+    select(
+        _changed.c.id,
+        bindparam("event_id", type_=_h.event_id.type),
+        bindparam("from_status", type_=_h.from_status.type),
+        bindparam("to_status", type_=_h.to_status.type),
+        bindparam("history_version", type_=_h.version.type),
+        bindparam("actor", type_=_h.actor.type),
+        bindparam("reason", type_=_h.reason.type),
+        bindparam("occurred_at", type_=_h.occurred_at.type),
+    ),
+)
+# Wakes the relay, in the same round trip. A notification is delivered at commit, only if the
+# transaction commits, and once however often it was sent in it.
+INSERT_OUTBOX = (
+    insert(outbox)
+    .values(
+        event_id=bindparam("event_id"),
+        topic=bindparam("topic"),
+        key=bindparam("key"),
+        event_type=bindparam("event_type"),
+        payload=bindparam("payload"),
+        headers=bindparam("headers"),
+    )
+    .returning(func.pg_notify(OUTBOX_CHANNEL, ""))
+)
+LOOKUP_TOKEN = select(api_tokens.c.name, api_tokens.c.role, api_tokens.c.revoked_at).where(
+    api_tokens.c.token_sha256 == bindparam("digest")
+)
+CLAIM_IDEMPOTENCY_KEY = (
+    pg_insert(idempotency_keys)
+    .values(scope=bindparam("scope"), key=bindparam("key"), fingerprint=bindparam("fingerprint"))
+    .on_conflict_do_nothing(index_elements=["scope", "key"])
+)
 
 
 def _to_order(row: Any) -> Order:
@@ -43,12 +104,8 @@ class OrderRepository:
         self._connection = connection
 
     async def get(self, order_id: UUID, *, for_update: bool = False) -> Order | None:
-        query = select(orders).where(orders.c.id == order_id)
-        if for_update:
-            # Serialises concurrent changes of one order; the version check below is the
-            # second line of defence for callers that read without the lock.
-            query = query.with_for_update()
-        row = (await self._connection.execute(query)).one_or_none()
+        query = LOCK_ORDER if for_update else GET_ORDER
+        row = (await self._connection.execute(query, {"order_id": order_id})).one_or_none()
         return None if row is None else _to_order(row)
 
     async def add(self, order: Order) -> bool:
@@ -72,38 +129,23 @@ class OrderRepository:
     async def save_status(self, order: Order, change: StatusChanged, event_id: UUID) -> bool:
         """Store a status change and its history row if nobody changed the order since it was
         read (optimistic concurrency: the UPDATE matches only the version the change was made
-        from). One statement: the history row is inserted from what the UPDATE returned."""
-        changed = (
-            update(orders)
-            .where(orders.c.id == order.id, orders.c.version == change.version - 1)
-            .values(status=order.status.value, version=order.version, updated_at=order.updated_at)
-            .returning(orders.c.id)
-            .cte("changed")
-        )
-        h = order_status_history.c
+        from)."""
         result = await self._connection.execute(
-            insert(order_status_history).from_select(
-                [
-                    h.order_id,
-                    h.event_id,
-                    h.from_status,
-                    h.to_status,
-                    h.version,
-                    h.actor,
-                    h.reason,
-                    h.occurred_at,
-                ],
-                select(
-                    changed.c.id,
-                    literal(event_id, h.event_id.type),
-                    literal(change.from_status.value, h.from_status.type),
-                    literal(change.to_status.value, h.to_status.type),
-                    literal(change.version, h.version.type),
-                    literal(change.actor, h.actor.type),
-                    literal(change.reason, h.reason.type),
-                    literal(change.occurred_at, h.occurred_at.type),
-                ),
-            )
+            SAVE_STATUS,
+            {
+                "order_id": order.id,
+                "from_version": change.version - 1,
+                "status": order.status.value,
+                "version": order.version,
+                "now": order.updated_at,
+                "event_id": event_id,
+                "from_status": change.from_status.value,
+                "to_status": change.to_status.value,
+                "history_version": change.version,
+                "actor": change.actor,
+                "reason": change.reason,
+                "occurred_at": change.occurred_at,
+            },
         )
         return result.rowcount == 1
 
@@ -151,18 +193,18 @@ class Outbox:
 
     async def add(self, topic: str, key: str, event: Envelope) -> None:
         await self._connection.execute(
-            insert(outbox)
-            .values(
-                event_id=event.event_id,
-                topic=topic,
-                key=key,
-                event_type=getattr(event, "type", type(event).__name__),
-                payload=event.model_dump(mode="json", by_alias=True),
-                headers={"correlation_id": event.correlation_id or "", **current_trace_context()},
-            )
-            # Wakes the relay, in the same round trip. A notification is delivered at commit,
-            # only if the transaction commits, and once however often it was sent in it.
-            .returning(func.pg_notify(OUTBOX_CHANNEL, ""))
+            INSERT_OUTBOX,
+            {
+                "event_id": event.event_id,
+                "topic": topic,
+                "key": key,
+                "event_type": getattr(event, "type", type(event).__name__),
+                "payload": event.model_dump(mode="json", by_alias=True),
+                "headers": {
+                    "correlation_id": event.correlation_id or "",
+                    **current_trace_context(),
+                },
+            },
         )
 
 
@@ -195,11 +237,7 @@ class TokenRepository:
     async def lookup(self, token: str) -> StoredToken | None:
         """The token's holder, revoked or not (a refused revoked token is audited by name)."""
         row = (
-            await self._connection.execute(
-                select(api_tokens.c.name, api_tokens.c.role, api_tokens.c.revoked_at).where(
-                    api_tokens.c.token_sha256 == token_digest(token)
-                )
-            )
+            await self._connection.execute(LOOKUP_TOKEN, {"digest": token_digest(token)})
         ).one_or_none()
         if row is None:
             return None
@@ -221,9 +259,7 @@ class IdempotencyRepository:
         """Insert-first: True if this transaction now owns the key. A concurrent claimer
         waits on the unique index until the owner commits (then gets False) or rolls back."""
         result = await self._connection.execute(
-            pg_insert(idempotency_keys)
-            .values(scope=scope, key=key, fingerprint=fingerprint)
-            .on_conflict_do_nothing(index_elements=["scope", "key"])
+            CLAIM_IDEMPOTENCY_KEY, {"scope": scope, "key": key, "fingerprint": fingerprint}
         )
         return bool(result.rowcount)
 
