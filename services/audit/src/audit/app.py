@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 
@@ -99,6 +100,11 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         connect = asyncio.create_task(connection.connect(), name="kafka-connect")
         sampling = asyncio.create_task(sampler.run(), name="metrics-sampler")
         try:
+            # What startup built (modules, the app, its schemas) lives as long as the process:
+            # frozen (its garbage collected first), a full collection no longer walks it.
+            # Walking it paused the event loop for 130-170 ms a few times a minute.
+            gc.collect()
+            gc.freeze()
             yield
         finally:
             for task in (sampling, connect):

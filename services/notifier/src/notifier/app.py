@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import socket
@@ -233,6 +234,11 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         dispatching = asyncio.create_task(worker.run(), name="dispatcher")
         sampling = asyncio.create_task(sampler.run(), name="metrics-sampler")
         try:
+            # What startup built (modules, the app, its schemas) lives as long as the process:
+            # frozen (its garbage collected first), a full collection no longer walks it.
+            # Walking it paused the event loop for 130-170 ms a few times a minute.
+            gc.collect()
+            gc.freeze()
             yield
         finally:
             sampling.cancel()

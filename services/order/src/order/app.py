@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -149,6 +150,11 @@ def build_app(settings: Settings | None = None) -> FastAPI:
             else None
         )
         try:
+            # What startup built (modules, the app, its schemas) lives as long as the process:
+            # frozen (its garbage collected first), a full collection no longer walks it.
+            # Walking it paused the event loop for 130-170 ms a few times a minute.
+            gc.collect()
+            gc.freeze()
             yield
         finally:
             for task in tasks:
