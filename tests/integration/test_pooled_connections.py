@@ -4,7 +4,8 @@ had it died, fails its first use and is then replaced."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 import pytest
@@ -50,8 +51,20 @@ async def terminated(url: str, pid: int) -> None:
         await connection.close()
 
 
-def one_connection_pool(url: str) -> AsyncEngine:
-    return create_async_engine(url, pool_size=1, max_overflow=0)
+@contextlib.asynccontextmanager
+async def pool_with_a_dead_connection(
+    url: str, ping_when_idle: PingWhenIdle, idle_seconds: float
+) -> AsyncIterator[tuple[AsyncEngine, int]]:
+    """A one-connection pool whose connection the server ended after its first use; the pool
+    and that connection's backend pid."""
+    engine = create_async_engine(url, pool_size=1, max_overflow=0)
+    ping_when_idle(engine, idle_seconds=idle_seconds)
+    try:
+        dead = await backend_pid(engine)
+        await terminated(url, dead)
+        yield engine, dead
+    finally:
+        await engine.dispose()
 
 
 @SERVICES
@@ -59,14 +72,8 @@ async def test_a_connection_that_died_while_idle_is_replaced_unseen(
     databases: infra.TestDatabases, service: str, ping_when_idle: PingWhenIdle
 ) -> None:
     url = databases.urls[service]
-    engine = one_connection_pool(url)
-    ping_when_idle(engine, idle_seconds=0)
-    try:
-        dead = await backend_pid(engine)
-        await terminated(url, dead)
+    async with pool_with_a_dead_connection(url, ping_when_idle, idle_seconds=0) as (engine, dead):
         assert await backend_pid(engine) != dead
-    finally:
-        await engine.dispose()
 
 
 @SERVICES
@@ -74,13 +81,10 @@ async def test_a_connection_in_steady_use_is_not_pinged_so_its_death_shows_once(
     databases: infra.TestDatabases, service: str, ping_when_idle: PingWhenIdle
 ) -> None:
     url = databases.urls[service]
-    engine = one_connection_pool(url)
-    ping_when_idle(engine, idle_seconds=3600)
-    try:
-        dead = await backend_pid(engine)
-        await terminated(url, dead)
+    async with pool_with_a_dead_connection(url, ping_when_idle, idle_seconds=3600) as (
+        engine,
+        dead,
+    ):
         with pytest.raises(DBAPIError):
             await backend_pid(engine)
         assert await backend_pid(engine) != dead
-    finally:
-        await engine.dispose()
