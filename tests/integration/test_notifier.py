@@ -175,6 +175,19 @@ def status_changed(
     )
 
 
+def confirmation_email(event: OrderStatusChanged, recipient: str) -> Communication:
+    """The email the notifier queues for a confirmed order, as it queues it."""
+    return Communication.queue(
+        event_id=event.event_id,
+        order_id=event.order_id,
+        channel=Channel.EMAIL,
+        template="order_confirmed",
+        recipient=recipient,
+        context=template_context(event),
+        now=datetime.now(UTC),
+    )
+
+
 async def publish(
     producer: AIOKafkaProducer,
     order_id: UUID,
@@ -491,15 +504,7 @@ async def test_the_cli_lists_a_dead_communication_and_replays_it_once(
     confirmed = status_changed(order_id, OrderStatus.CONFIRMED, 2)
     recipient = customer_for(order_id).email
     assert recipient is not None
-    queued = Communication.queue(
-        event_id=confirmed.event_id,
-        order_id=order_id,
-        channel=Channel.EMAIL,
-        template="order_confirmed",
-        recipient=recipient,
-        context=template_context(confirmed),
-        now=datetime.now(UTC),
-    )
+    queued = confirmation_email(confirmed, recipient)
     dead = replace(queued, status=CommunicationStatus.DEAD, attempts=8, last_error="gave up")
     engine = build_engine(Settings(database_url=databases.urls["notifier"]))
     try:
@@ -806,16 +811,7 @@ async def test_smtp_sessions_are_reused_while_fresh_and_never_more_than_allowed(
     assert isinstance(sender, SmtpEmailSender)
 
     def email_to(recipient: str) -> Communication:
-        order_id = uuid4()
-        return Communication.queue(
-            event_id=uuid4(),
-            order_id=order_id,
-            channel=Channel.EMAIL,
-            template="order_confirmed",
-            recipient=recipient,
-            context=template_context(status_changed(order_id, OrderStatus.CONFIRMED, 2)),
-            now=datetime.now(UTC),
-        )
+        return confirmation_email(status_changed(uuid4(), OrderStatus.CONFIRMED, 2), recipient)
 
     recipients = [f"session-{number}@example.com" for number in range(3)]
     try:
