@@ -1,11 +1,11 @@
 """The two ceilings the system is measured against, on the same PostgreSQL and Kafka broker.
 
 Limit A: raw asyncpg running exactly the SQL the order service sends for one status change
-(as SQLAlchemy compiles it: row lock; versioned UPDATE and history INSERT in one statement;
-outbox INSERT whose RETURNING sends the NOTIFY that wakes the relay), one transaction per
-change, swept over the number of connections. Two more shapes add what an HTTP change (the
-token lookup, its own transaction) and a command (the idempotency claim, the result's outbox
-row, its record) add.
+(as SQLAlchemy compiles it: the order read; then one statement, atomic on its own, with the
+versioned UPDATE, the history INSERT and the outbox INSERT whose RETURNING sends the NOTIFY
+that wakes the relay), swept over the number of connections. Two more shapes add what an HTTP
+change (the token lookup) and a command (one transaction with the idempotency claim, the
+result's outbox row and its record) add.
 
 Limit B: raw aiokafka producing and consuming `OrderStatusChanged` payloads with the
 services' producer settings (idempotent, acks=all, linger 5 ms, the relay's 500-row batches)
@@ -36,19 +36,23 @@ from notifier.adapters.broker import FETCH_MIN_BYTES
 from notifier.config import Settings as NotifierSettings
 
 # The order service's statements, verbatim as SQLAlchemy compiles them for asyncpg.
-LOCK_ORDER = (
+GET_ORDER = (
     "SELECT orders.id, orders.status, orders.version, orders.customer_name, "
     "orders.customer_email, orders.customer_phone, orders.created_at, orders.updated_at "
-    "FROM orders WHERE orders.id = $1::UUID FOR UPDATE"
+    "FROM orders WHERE orders.id = $1::UUID"
 )
 SAVE_STATUS = (
-    "WITH changed AS \n(UPDATE orders SET status=$8::VARCHAR, version=$9::INTEGER, "
-    "updated_at=$10::TIMESTAMP WITH TIME ZONE WHERE orders.id = $11::UUID AND "
-    "orders.version = $12::INTEGER RETURNING orders.id)\n INSERT INTO order_status_history "
-    "(order_id, event_id, from_status, to_status, version, actor, reason, occurred_at) "
-    "SELECT changed.id, $1::UUID AS anon_1, $2::VARCHAR AS anon_2, $3::VARCHAR AS anon_3, "
-    "$4::INTEGER AS anon_4, $5::VARCHAR AS anon_5, $6::VARCHAR AS anon_6, "
-    "$7::TIMESTAMP WITH TIME ZONE AS anon_7 \nFROM changed"
+    "WITH changed AS \n(UPDATE orders SET status=$15::VARCHAR, version=$16::INTEGER, "
+    "updated_at=$17::TIMESTAMP WITH TIME ZONE WHERE orders.id = $18::UUID AND "
+    "orders.version = $19::INTEGER RETURNING orders.id), \nhistory AS \n(INSERT INTO "
+    "order_status_history (order_id, event_id, from_status, to_status, version, actor, "
+    "reason, occurred_at) SELECT changed.id AS id, $3::UUID AS anon_1, $9::VARCHAR AS anon_7, "
+    "$10::VARCHAR AS anon_8, $11::INTEGER AS anon_9, $12::VARCHAR AS anon_10, "
+    "$13::VARCHAR AS anon_11, $14::TIMESTAMP WITH TIME ZONE AS anon_12 \nFROM changed "
+    "RETURNING order_status_history.order_id)\n INSERT INTO outbox (event_id, topic, key, "
+    "event_type, payload, headers) SELECT $3::UUID AS anon_1, $4::VARCHAR AS anon_2, "
+    "$5::VARCHAR AS anon_3, $6::VARCHAR AS anon_4, $7::JSONB AS anon_5, $8::JSONB AS anon_6 "
+    "\nFROM history RETURNING pg_notify($1::VARCHAR, $2::VARCHAR) AS pg_notify_1"
 )
 INSERT_OUTBOX = (
     "INSERT INTO outbox (event_id, topic, key, event_type, payload, headers) VALUES "
@@ -102,62 +106,61 @@ def _next_version(order: _Order) -> int:
     return order.version + 1 if order.version < 6 else 2
 
 
-async def _change(connection: asyncpg.Connection, order: _Order, shape: str) -> None:
+async def _save_status(connection: asyncpg.Connection, order: _Order) -> None:
+    """The change as the service makes it: read the order, then one statement writes the
+    order, its history row and its outbox row, atomic on its own."""
     now = datetime.now(UTC)
     version = order.version + 1
-    labelled = _next_version(order)
-    event = _event(order, labelled, now)
+    event = _event(order, _next_version(order), now)
+    await connection.fetchrow(GET_ORDER, order.id)
+    await connection.fetchval(
+        SAVE_STATUS,
+        OUTBOX_CHANNEL,
+        "",
+        UUID(event["event_id"]),
+        ORDERS_EVENTS,
+        str(order.id),
+        "OrderStatusChanged",
+        json.dumps(event),
+        '{"correlation_id": ""}',
+        event["from"],
+        event["to"],
+        version,
+        BENCH_ACTOR.id,
+        None,
+        now,
+        event["to"],
+        version,
+        now,
+        order.id,
+        order.version,
+    )
+    order.version = version
+
+
+async def _change(connection: asyncpg.Connection, order: _Order, shape: str) -> None:
     if shape == "http":
-        async with connection.transaction():
-            await connection.fetchrow(AUTHENTICATE, TOKEN_SHA256)
+        await connection.fetchrow(AUTHENTICATE, TOKEN_SHA256)
+    if shape != "command":
+        await _save_status(connection, order)
+        return
     async with connection.transaction():
-        if shape == "command":
-            key = str(uuid4())
-            await connection.execute(CLAIM_KEY, "orders.commands", key, "f" * 64)
-        await connection.fetchrow(LOCK_ORDER, order.id)
-        await connection.execute(
-            SAVE_STATUS,
-            UUID(event["event_id"]),
-            event["from"],
-            event["to"],
-            version,
-            BENCH_ACTOR.id,
-            None,
-            now,
-            event["to"],
-            version,
-            now,
-            order.id,
-            order.version,
-        )
+        key = str(uuid4())
+        await connection.execute(CLAIM_KEY, "orders.commands", key, "f" * 64)
+        await _save_status(connection, order)
+        result = {"type": "CommandAccepted", "command_id": key, "version": order.version}
         await connection.fetchval(
             INSERT_OUTBOX,
-            UUID(event["event_id"]),
-            ORDERS_EVENTS,
+            uuid4(),
+            ORDERS_COMMAND_RESULTS,
             str(order.id),
-            "OrderStatusChanged",
-            json.dumps(event),
+            "CommandAccepted",
+            json.dumps(result),
             '{"correlation_id": ""}',
             OUTBOX_CHANNEL,
             "",
         )
-        if shape == "command":
-            result = {"type": "CommandAccepted", "command_id": key, "version": version}
-            await connection.fetchval(
-                INSERT_OUTBOX,
-                uuid4(),
-                ORDERS_COMMAND_RESULTS,
-                str(order.id),
-                "CommandAccepted",
-                json.dumps(result),
-                '{"correlation_id": ""}',
-                OUTBOX_CHANNEL,
-                "",
-            )
-            await connection.execute(
-                RECORD_ANSWER, None, json.dumps(result), "orders.commands", key
-            )
-    order.version = version
+        await connection.execute(RECORD_ANSWER, None, json.dumps(result), "orders.commands", key)
 
 
 async def _seed(connection: asyncpg.Connection, count: int) -> list[_Order]:
@@ -236,9 +239,14 @@ async def limit_a(dsn: str, concurrencies: list[int], seconds: float) -> dict[st
         await pool.close()
     return {
         "statements": {
-            "change": [LOCK_ORDER, SAVE_STATUS, INSERT_OUTBOX],
-            "http": ["(own transaction) " + AUTHENTICATE, "then the change"],
-            "command": [CLAIM_KEY, "the change", INSERT_OUTBOX, RECORD_ANSWER],
+            "change": ["(no transaction) " + GET_ORDER, SAVE_STATUS],
+            "http": ["(no transaction) " + AUTHENTICATE, "then the change"],
+            "command": [
+                "(one transaction) " + CLAIM_KEY,
+                "the change",
+                INSERT_OUTBOX,
+                RECORD_ANSWER,
+            ],
         },
         "sweep": sweep,
         "best_concurrency": best["concurrency"],

@@ -10,15 +10,23 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
+from sqlalchemy import text
 
-from contracts import OrderStatus, allowed_next, is_allowed
+from contracts import Actor, OrderStatus, allowed_next, is_allowed
 from devstack import infra
+from devstack.waiting import wait_until
+from order import service as order_service
 from order.adapters.schema import SchemaBehind
-from order.app import build_app
+from order.adapters.unit_of_work import UnitOfWork, UnitOfWorkFactory
+from order.app import build_app, build_engine
 from order.config import Settings as OrderSettings
 from tests.integration.conftest import OrderService, TopicReader
 
 CUSTOMER = {"name": "Grace", "email": "grace@example.com"}
+LOCK_WAITS = (
+    "SELECT count(*) FROM pg_stat_activity "
+    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+)
 
 
 async def create_order(svc: OrderService) -> UUID:
@@ -267,6 +275,54 @@ async def test_fifty_concurrent_changes_from_one_version_have_one_winner(
     assert [(h["version"], h["to"]) for h in history] == [(1, "pending"), (2, winning_status)]
     events = await order_events.values_for(str(order_id), 2)
     assert [e["version"] for e in events] == [1, 2]
+
+
+async def test_a_change_that_lost_a_race_is_validated_again_against_the_winner(
+    order_service_app: OrderService, order_events: TopicReader, databases: infra.TestDatabases
+) -> None:
+    order_id = await create_order(order_service_app)
+    engine = build_engine(OrderSettings(database_url=databases.urls["order"]))
+    holding, release = asyncio.Event(), asyncio.Event()
+
+    async def confirm_and_hold(uow: UnitOfWork) -> None:
+        await order_service.change_order_status_in(
+            uow, order_id, OrderStatus.CONFIRMED, actor=Actor(id="it-racer", role="admin")
+        )
+        holding.set()  # its transaction keeps the order's row locked until released
+        await release.wait()
+
+    async def waiting_for_a_lock() -> int:
+        async with engine.connect() as connection:
+            waiting = await connection.execute(text(LOCK_WAITS))
+            return int(waiting.scalar_one())
+
+    try:
+        winner = asyncio.create_task(UnitOfWorkFactory(engine).run(confirm_and_hold))
+        await asyncio.wait_for(holding.wait(), timeout=10)
+        # It reads the order as it was before the winner's commit, then meets the row lock.
+        loser = asyncio.create_task(change(order_service_app, order_id, "cancelled"))
+        await wait_until(waiting_for_a_lock, lambda n: n >= 1, within=10, what="a lock wait")
+        release.set()
+        await winner
+        response = await loser
+    finally:
+        release.set()
+        await engine.dispose()
+
+    assert response.status_code == 200, response.text
+    assert (response.json()["status"], response.json()["version"]) == ("cancelled", 3)
+    history = (
+        await order_service_app.client.get(
+            f"/orders/{order_id}/history", headers=order_service_app.as_viewer()
+        )
+    ).json()["items"]
+    assert [(h["version"], h["from"], h["to"]) for h in history] == [
+        (1, None, "pending"),
+        (2, "pending", "confirmed"),
+        (3, "confirmed", "cancelled"),
+    ]
+    events = await order_events.values_for(str(order_id), 3)
+    assert [e["version"] for e in events] == [1, 2, 3]
 
 
 async def test_the_service_refuses_a_database_whose_schema_is_behind(

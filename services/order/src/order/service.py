@@ -91,36 +91,38 @@ async def change_order_status_in(
     correlation_id: str | None = None,
 ) -> Order:
     """Validate and apply a status change. Returns the order as it now is; a request for the
-    current status returns it unchanged with no event."""
-    order = await uow.orders.get(order_id, for_update=True)
-    if order is None:
-        raise OrderNotFound(order_id)
-    change = order.change_status(
-        target,
-        actor=actor.id,
-        reason=reason,
-        now=_now(),
-        expected_version=expected_version,
-    )
-    if change is None:
-        return order
-    event = OrderStatusChanged(
-        order_id=order.id,
-        from_status=change.from_status,
-        to_status=change.to_status,
-        version=change.version,
-        actor=actor,
-        reason=change.reason,
-        customer=_customer_contract(order.customer),
-        occurred_at=change.occurred_at,
-        correlation_id=correlation_id,
-    )
-    # The row lock taken by get(for_update=True) makes this succeed; a False here means
-    # the lock was bypassed, and failing loudly beats overwriting a concurrent change.
-    if not await uow.orders.save_status(order, change, event.event_id):
-        raise RuntimeError(f"order {order_id} changed under its row lock")
-    await uow.outbox.add(ORDERS_EVENTS, str(order.id), event)
-    return order
+    current status returns it unchanged with no event.
+
+    It writes one statement (the order, its history row and its outbox row together), so it
+    needs no transaction of its own. Without a row lock, a change made meanwhile fails the
+    save, and the order is read and the change validated again: each retry follows another
+    change of this order, and the lifecycle allows only a few."""
+    while True:
+        order = await uow.orders.get(order_id)
+        if order is None:
+            raise OrderNotFound(order_id)
+        change = order.change_status(
+            target,
+            actor=actor.id,
+            reason=reason,
+            now=_now(),
+            expected_version=expected_version,
+        )
+        if change is None:
+            return order
+        event = OrderStatusChanged(
+            order_id=order.id,
+            from_status=change.from_status,
+            to_status=change.to_status,
+            version=change.version,
+            actor=actor,
+            reason=change.reason,
+            customer=_customer_contract(order.customer),
+            occurred_at=change.occurred_at,
+            correlation_id=correlation_id,
+        )
+        if await uow.orders.save_status(order, change, event, ORDERS_EVENTS):
+            return order
 
 
 @dataclass(frozen=True)
@@ -298,14 +300,18 @@ async def answer_change(
     idempotency: IdempotentRequest | None,
     rejected: Callable[[OrderError], CommandRejected],
 ) -> Answer:
-    """`answer` for a status change requested over HTTP: a refused change is announced on
-    orders.command-results (its own small transaction, as the change itself rolled back) so
-    that every rejected attempt reaches the audit trail, then the error goes to the caller."""
+    """`answer` for a status change requested over HTTP (`action` writes with one statement, as
+    `change_order_status_in` does). Without an idempotency key there is nothing to write with
+    it, so no transaction is opened: two round trips fewer. A refused change is announced on
+    orders.command-results (the change wrote nothing) so that every rejected attempt reaches
+    the audit trail, then the error goes to the caller."""
     try:
+        if idempotency is None:
+            return Answer(200, await uow_factory.write_once(action))
         return await answer(uow_factory, 200, action, idempotency)
     except OrderError as error:
         rejection = rejected(error)
-        await uow_factory.run(
+        await uow_factory.write_once(
             lambda uow: uow.outbox.add(ORDERS_COMMAND_RESULTS, str(rejection.order_id), rejection)
         )
         raise
@@ -395,7 +401,7 @@ async def authorize(
     """The identity behind `token` if it may do `permission` (None: any valid token).
 
     The lookup reads outside a transaction (nothing cached, so a revocation holds at once); a
-    refusal is then announced on orders.command-results in a transaction of its own, so that
+    refusal is then announced on orders.command-results (one statement of its own), so that
     every refused request reaches the audit trail, and raised."""
     stored = await uow_factory.read(lambda uow: uow.tokens.lookup(token)) if token else None
     try:
@@ -403,7 +409,7 @@ async def authorize(
     except AccessRefused as refusal:
         rejection = access_rejection(refusal, attempt)
         key = rejection.order_id or rejection.command_id
-        await uow_factory.run(
+        await uow_factory.write_once(
             lambda uow: uow.outbox.add(ORDERS_COMMAND_RESULTS, str(key), rejection)
         )
         raise

@@ -29,10 +29,8 @@ from order.domain.model import Customer, Order, StatusChanged
 # The statements of every status change, built once with named parameters: building and
 # cache-keying a Core statement on each call cost about a tenth of the order service's CPU.
 GET_ORDER = select(orders).where(orders.c.id == bindparam("order_id"))
-# Serialises concurrent changes of one order; the version check of SAVE_STATUS is the second
-# line of defence for callers that read without the lock.
-LOCK_ORDER = GET_ORDER.with_for_update()
 _h = order_status_history.c
+_event_id = bindparam("event_id", type_=_h.event_id.type)
 _changed = (
     update(orders)
     .where(orders.c.id == bindparam("order_id"), orders.c.version == bindparam("from_version"))
@@ -40,29 +38,53 @@ _changed = (
     .returning(orders.c.id)
     .cte("changed")
 )
-# The versioned UPDATE and its history row in one statement: the history row is inserted from
-# what the UPDATE returned, so nothing is inserted when the version did not match.
-SAVE_STATUS = insert(order_status_history).from_select(
-    [
-        _h.order_id,
-        _h.event_id,
-        _h.from_status,
-        _h.to_status,
-        _h.version,
-        _h.actor,
-        _h.reason,
-        _h.occurred_at,
-    ],
-    select(
-        _changed.c.id,
-        bindparam("event_id", type_=_h.event_id.type),
-        bindparam("from_status", type_=_h.from_status.type),
-        bindparam("to_status", type_=_h.to_status.type),
-        bindparam("history_version", type_=_h.version.type),
-        bindparam("actor", type_=_h.actor.type),
-        bindparam("reason", type_=_h.reason.type),
-        bindparam("occurred_at", type_=_h.occurred_at.type),
-    ),
+_history = (
+    insert(order_status_history)
+    .from_select(
+        [
+            _h.order_id,
+            _h.event_id,
+            _h.from_status,
+            _h.to_status,
+            _h.version,
+            _h.actor,
+            _h.reason,
+            _h.occurred_at,
+        ],
+        select(
+            _changed.c.id,
+            _event_id,
+            bindparam("from_status", type_=_h.from_status.type),
+            bindparam("to_status", type_=_h.to_status.type),
+            bindparam("history_version", type_=_h.version.type),
+            bindparam("actor", type_=_h.actor.type),
+            bindparam("reason", type_=_h.reason.type),
+            bindparam("occurred_at", type_=_h.occurred_at.type),
+        ),
+    )
+    .returning(_h.order_id)
+    .cte("history")
+)
+_o = outbox.c
+# A status change is this one statement: the versioned UPDATE, then its history row and its
+# outbox row inserted from what the UPDATE returned, so nothing is written when the version
+# did not match. One statement is atomic on its own, so a change needs no transaction around
+# it. The UPDATE takes the order's row lock before the outbox row gets its `id`, and holds it
+# to the end: `id` order is commit order for one order's changes.
+SAVE_STATUS = (
+    insert(outbox)
+    .from_select(
+        [_o.event_id, _o.topic, _o.key, _o.event_type, _o.payload, _o.headers],
+        select(
+            _event_id,
+            bindparam("topic", type_=_o.topic.type),
+            bindparam("key", type_=_o.key.type),
+            bindparam("event_type", type_=_o.event_type.type),
+            bindparam("payload", type_=_o.payload.type),
+            bindparam("headers", type_=_o.headers.type),
+        ).select_from(_history),
+    )
+    .returning(func.pg_notify(OUTBOX_CHANNEL, ""))
 )
 # Wakes the relay, in the same round trip. A notification is delivered at commit, only if the
 # transaction commits, and once however often it was sent in it.
@@ -103,9 +125,8 @@ class OrderRepository:
     def __init__(self, connection: AsyncConnection) -> None:
         self._connection = connection
 
-    async def get(self, order_id: UUID, *, for_update: bool = False) -> Order | None:
-        query = LOCK_ORDER if for_update else GET_ORDER
-        row = (await self._connection.execute(query, {"order_id": order_id})).one_or_none()
+    async def get(self, order_id: UUID) -> Order | None:
+        row = (await self._connection.execute(GET_ORDER, {"order_id": order_id})).one_or_none()
         return None if row is None else _to_order(row)
 
     async def add(self, order: Order) -> bool:
@@ -126,10 +147,13 @@ class OrderRepository:
         )
         return bool(result.rowcount)
 
-    async def save_status(self, order: Order, change: StatusChanged, event_id: UUID) -> bool:
-        """Store a status change and its history row if nobody changed the order since it was
-        read (optimistic concurrency: the UPDATE matches only the version the change was made
-        from)."""
+    async def save_status(
+        self, order: Order, change: StatusChanged, event: Envelope, topic: str
+    ) -> bool:
+        """Store a status change with its history row and its outbox row, in one statement,
+        if nobody changed the order since it was read (optimistic concurrency: the UPDATE
+        matches only the version the change was made from). False: it was changed meanwhile,
+        and nothing was written."""
         result = await self._connection.execute(
             SAVE_STATUS,
             {
@@ -138,16 +162,16 @@ class OrderRepository:
                 "status": order.status.value,
                 "version": order.version,
                 "now": order.updated_at,
-                "event_id": event_id,
                 "from_status": change.from_status.value,
                 "to_status": change.to_status.value,
                 "history_version": change.version,
                 "actor": change.actor,
                 "reason": change.reason,
                 "occurred_at": change.occurred_at,
+                **_outbox_row(topic, str(order.id), event),
             },
         )
-        return result.rowcount == 1
+        return len(result.all()) == 1
 
     async def add_creation_history(self, order: Order, event_id: UUID, actor: str) -> None:
         await self._connection.execute(
@@ -192,20 +216,18 @@ class Outbox:
         self._connection = connection
 
     async def add(self, topic: str, key: str, event: Envelope) -> None:
-        await self._connection.execute(
-            INSERT_OUTBOX,
-            {
-                "event_id": event.event_id,
-                "topic": topic,
-                "key": key,
-                "event_type": getattr(event, "type", type(event).__name__),
-                "payload": event.model_dump(mode="json", by_alias=True),
-                "headers": {
-                    "correlation_id": event.correlation_id or "",
-                    **current_trace_context(),
-                },
-            },
-        )
+        await self._connection.execute(INSERT_OUTBOX, _outbox_row(topic, key, event))
+
+
+def _outbox_row(topic: str, key: str, event: Envelope) -> dict[str, Any]:
+    return {
+        "event_id": event.event_id,
+        "topic": topic,
+        "key": key,
+        "event_type": getattr(event, "type", type(event).__name__),
+        "payload": event.model_dump(mode="json", by_alias=True),
+        "headers": {"correlation_id": event.correlation_id or "", **current_trace_context()},
+    }
 
 
 def token_digest(token: str) -> str:

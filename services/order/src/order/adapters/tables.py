@@ -49,8 +49,8 @@ order_status_history = Table(
 )
 
 # Transactional outbox: written in the same transaction as the change it announces, relayed
-# to Kafka afterwards. `id` order is commit order per order id, because a change holds the
-# order's row lock until commit.
+# to Kafka afterwards. `id` order is commit order per order id, because a change takes the
+# order's row lock (its UPDATE) before its outbox row is numbered, and holds it until commit.
 outbox = Table(
     "outbox",
     metadata,

@@ -1,6 +1,7 @@
 """The one place a transaction is opened: a use case runs inside `async with uow:` and the
-unit of work commits when the block succeeds, or rolls back when it raises. A read-only unit
-of work opens none: each of its statements is its own, one round trip instead of three."""
+unit of work commits when the block succeeds, or rolls back when it raises. A unit of work for
+reads, or for a single writing statement, opens none: each of its statements is atomic on its
+own, one round trip instead of three."""
 
 from __future__ import annotations
 
@@ -80,20 +81,20 @@ class UnitOfWork:
     idempotency: IdempotencyRepository
 
     def __init__(
-        self, engine: AsyncEngine, wait_for_database: float = 0.0, *, read_only: bool = False
+        self, engine: AsyncEngine, wait_for_database: float = 0.0, *, transaction: bool = True
     ) -> None:
         self._engine = engine
         self._wait_for_database = wait_for_database
-        self._read_only = read_only
+        self._transaction = transaction
         self._connection: AsyncConnection | None = None
 
     async def __aenter__(self) -> UnitOfWork:
         self._connection = await self._connect()
-        if self._read_only:
-            # No BEGIN/COMMIT around reads; the pool restores the isolation level on return.
-            await self._connection.execution_options(isolation_level="AUTOCOMMIT")
-        else:
+        if self._transaction:
             await self._connection.begin()
+        else:
+            # No BEGIN/COMMIT; the pool restores the isolation level on return.
+            await self._connection.execution_options(isolation_level="AUTOCOMMIT")
         self.orders = OrderRepository(self._connection)
         self.outbox = Outbox(self._connection)
         self.tokens = TokenRepository(self._connection)
@@ -154,28 +155,33 @@ class UnitOfWorkFactory:
         self.engine = engine
         self.wait_for_database = wait_for_database
 
-    def __call__(self, *, read_only: bool = False) -> UnitOfWork:
-        return UnitOfWork(self.engine, self.wait_for_database, read_only=read_only)
+    def __call__(self, *, transaction: bool = True) -> UnitOfWork:
+        return UnitOfWork(self.engine, self.wait_for_database, transaction=transaction)
 
     async def run(self, work: Callable[[UnitOfWork], Awaitable[T]]) -> T:
         """`work` in one unit of work, run again from the start when the database went away
         mid-way (for up to `wait_for_database` seconds), so a restart delays it instead of
         failing it."""
-        return await self._run(work, read_only=False)
+        return await self._run(work, transaction=True)
 
     async def read(self, work: Callable[[UnitOfWork], Awaitable[T]]) -> T:
         """`run` for work that only reads: no transaction, each statement on its own."""
-        return await self._run(work, read_only=True)
+        return await self._run(work, transaction=False)
 
-    async def _run(self, work: Callable[[UnitOfWork], Awaitable[T]], *, read_only: bool) -> T:
+    async def write_once(self, work: Callable[[UnitOfWork], Awaitable[T]]) -> T:
+        """`run` for work that writes with one statement at most (reads aside): that statement
+        is atomic on its own, so no transaction is opened around it."""
+        return await self._run(work, transaction=False)
+
+    async def _run(self, work: Callable[[UnitOfWork], Awaitable[T]], *, transaction: bool) -> T:
         try:
-            async with self(read_only=read_only) as uow:
+            async with self(transaction=transaction) as uow:
                 return await work(uow)
         except DatabaseUnavailable:
             if not self.wait_for_database:
                 raise
         async for attempt in _backoff(self.wait_for_database, _RUN_AGAIN):
             with attempt:
-                async with self(read_only=read_only) as uow:
+                async with self(transaction=transaction) as uow:
                     return await work(uow)
         raise AssertionError("tenacity either returns or raises")
