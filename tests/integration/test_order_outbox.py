@@ -8,6 +8,7 @@ import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
@@ -149,6 +150,7 @@ async def started_relay(
     kafka_bootstrap: str,
     database_url: str,
     retention: timedelta = timedelta(days=1),
+    **relay_options: Any,
 ) -> tuple[OutboxRelay, BrokerConnection]:
     kafka = BrokerConnection(
         KafkaBroker(kafka_bootstrap, enable_idempotence=True, acks="all"), retry_interval=0.2
@@ -160,9 +162,9 @@ async def started_relay(
         PublishedRecords(kafka_bootstrap, timeout=30),
         database_url=database_url,
         batch_size=10,
-        poll_interval=0.2,
         retry_interval=0.2,
         retention=retention,
+        **{"poll_interval": 0.2, **relay_options},
     )
     return relay, kafka
 
@@ -185,6 +187,42 @@ async def test_a_full_batch_says_more_rows_are_waiting(
     finally:
         await kafka.broker.stop()
         await engine.dispose()
+
+
+async def test_commits_right_behind_the_one_that_woke_the_relay_share_its_batch(
+    kafka_bootstrap: str, own_order_database: str
+) -> None:
+    engine = build_engine(
+        Settings(database_url=own_order_database, kafka_bootstrap_servers=kafka_bootstrap)
+    )
+    batches: list[int] = []
+    relay, _ = await started_relay(
+        engine,
+        kafka_bootstrap,
+        own_order_database,
+        linger=0.5,
+        poll_interval=60,  # only a notification wakes it
+        on_acknowledged=lambda topic, count: batches.append(count),
+    )
+    running = asyncio.create_task(relay.run())
+
+    async def create(name: str) -> None:
+        async with UnitOfWork(engine) as uow:
+            await service.create_order_in(
+                uow, customer=Customer(name, None, None), actor=Actor(id="l")
+            )
+
+    try:
+        await create("first")  # once relayed, the relay is listening and idle
+        await wait_until(lambda: sum(batches), lambda n: n == 1, within=30, what="the first")
+        await create("woke it")
+        await create("right behind")
+        await wait_until(lambda: sum(batches), lambda n: n == 3, within=30, what="both relayed")
+    finally:
+        await relay.stop(running, grace=5)
+        await engine.dispose()
+
+    assert batches == [1, 2]
 
 
 async def test_an_orders_next_event_waits_until_the_one_before_is_acknowledged(

@@ -85,6 +85,7 @@ def build_relay(settings: Settings, engine: AsyncEngine, metrics: OrderMetrics) 
         database_url=settings.database_url.get_secret_value(),
         batch_size=settings.relay_batch_size,
         poll_interval=settings.relay_poll_interval_seconds,
+        linger=settings.relay_linger_ms / 1000,
         retry_interval=settings.relay_retry_seconds,
         retention=timedelta(hours=settings.outbox_retention_hours),
         on_acknowledged=lambda topic, count: metrics.outbox_relayed.labels(topic).inc(count),
