@@ -11,7 +11,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from faststream.kafka import KafkaBroker
+from sqlalchemy import insert
 
 from contracts import (
     NOTIFICATIONS_EVENTS,
@@ -39,8 +41,11 @@ from devstack import infra
 from devstack.processes import free_port, migrate, run_checked, service_env, service_process
 from devstack.smtp_sink import MaildirHandler, read_messages
 from devstack.waiting import wait_until
+from notifier.adapters.broker import BrokerConnection
+from notifier.adapters.outbox_relay import OutboxRelay
 from notifier.adapters.schema import SchemaBehind
 from notifier.adapters.smtp import SmtpEmailSender
+from notifier.adapters.tables import outbox
 from notifier.adapters.unit_of_work import UnitOfWorkFactory
 from notifier.app import build_app, build_engine, build_senders
 from notifier.app import migrate as migrate_in_process
@@ -826,3 +831,51 @@ async def test_smtp_sessions_are_reused_while_fresh_and_never_more_than_allowed(
 
     assert sorted(m["To"] for m in read_messages(tmp_path)) == recipients
     assert len(set(handler.peers)) == sessions
+
+
+async def test_commits_right_behind_the_one_that_woke_the_relay_share_its_batch(
+    kafka_bootstrap: str,
+) -> None:
+    # A database of its own: no other notifier's relay publishes its rows.
+    created = infra.create_test_databases("notifier_relay")
+    settings = Settings(
+        database_url=created.urls["notifier"],
+        migration_database_url=created.migration_urls["notifier"],
+        kafka_bootstrap_servers=kafka_bootstrap,
+    )
+    await asyncio.to_thread(migrate_in_process, settings)
+    engine = build_engine(settings)
+    batches: list[int] = []
+    relay = OutboxRelay(
+        engine,
+        BrokerConnection(KafkaBroker(kafka_bootstrap), retry_interval=0.2),
+        batch_size=10,
+        poll_interval=60,  # only a wake-up starts a batch
+        retry_interval=0.2,
+        retention=timedelta(days=1),
+        linger=0.5,
+        on_acknowledged=lambda topic, count: batches.append(count),
+    )
+    running = asyncio.create_task(relay.run())
+
+    async def committed(name: str) -> None:
+        async with engine.begin() as connection:
+            await connection.execute(
+                insert(outbox).values(
+                    event_id=uuid4(), topic=NOTIFICATIONS_EVENTS, key=name, payload={"n": name}
+                )
+            )
+        relay.wake.set()  # as the unit of work does on the commit of an outbox row
+
+    try:
+        await committed("first")  # once relayed, the relay is connected and idle
+        await wait_until(lambda: sum(batches), lambda n: n == 1, within=30, what="the first")
+        await committed("woke it")
+        await committed("right behind")
+        await wait_until(lambda: sum(batches), lambda n: n == 3, within=30, what="both relayed")
+    finally:
+        await relay.stop(running, grace=5)
+        await engine.dispose()
+        infra.drop_test_databases(created)
+
+    assert batches == [1, 2]

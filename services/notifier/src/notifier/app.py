@@ -183,6 +183,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         BrokerConnection(build_broker(settings, metrics), settings.retry_seconds),
         batch_size=settings.outbox_batch_size,
         poll_interval=settings.outbox_poll_interval_seconds,
+        linger=settings.outbox_linger_ms / 1000,
         retry_interval=settings.retry_seconds,
         retention=timedelta(hours=settings.outbox_retention_hours),
         on_acknowledged=lambda topic, count: metrics.outbox_relayed.labels(topic).inc(count),

@@ -136,6 +136,9 @@ class Settings(BaseSettings):
     # (database down), and between reconnects and retries of the background tasks.
     retry_seconds: float = Field(default=1.0, gt=0)
     outbox_poll_interval_seconds: float = Field(default=1.0, gt=0)
+    # Woken by a commit, the relay waits this long for the commits right behind it (the other
+    # dispatch rounds' outcomes), so that they share its batch and its round trips.
+    outbox_linger_ms: int = Field(default=20, ge=0)
     outbox_batch_size: int = Field(default=500, ge=1)
     # Published outbox rows are kept this long (for inspection), then deleted.
     outbox_retention_hours: float = Field(default=24.0, ge=0)

@@ -8,7 +8,8 @@ acknowledged row is marked, also when others in its batch failed; after a failed
 producer is replaced, as aiokafka's idempotent producer can be left refusing a partition for
 good (aio-libs/aiokafka#1017). A crash between the ack and the mark re-sends a row, which the
 audit service deduplicates by event id. Published rows are deleted once older than the
-retention. Each row is published in the trace it was written in.
+retention. Each row is published in the trace it was written in. Woken by a commit, the relay
+lingers a few milliseconds, so that the commits right behind share its batch.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from datetime import timedelta
 from typing import Any
 
 from aiokafka.errors import MessageSizeTooLargeError
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import BigInteger, any_, bindparam, delete, func, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from notifier.adapters.broker import BrokerConnection
@@ -36,6 +38,22 @@ log = logging.getLogger(__name__)
 
 # An arbitrary constant naming "the notifier outbox relay" among advisory locks.
 RELAY_LOCK_KEY = 0x6E6F7469666965_01
+
+# The statements of every batch, built once. The lock is transaction-scoped: it ends with the
+# batch.
+TRY_RELAY_LOCK = select(func.pg_try_advisory_xact_lock(RELAY_LOCK_KEY))
+WAITING_ROWS = (
+    select(outbox.c.id, outbox.c.topic, outbox.c.key, outbox.c.payload, outbox.c.headers)
+    .where(outbox.c.published_at.is_(None))
+    .order_by(outbox.c.id)
+    .limit(bindparam("batch_size"))
+)
+MARK_PUBLISHED = (
+    update(outbox)
+    # One array parameter, so one prepared statement for every batch size.
+    .where(outbox.c.id == any_(bindparam("ids", type_=ARRAY(BigInteger))))
+    .values(published_at=func.now())
+)
 
 
 @dataclass(frozen=True)
@@ -65,6 +83,7 @@ class OutboxRelay:
         poll_interval: float,
         retry_interval: float,
         retention: timedelta,
+        linger: float = 0.0,
         purge_interval: float = 60.0,
         on_acknowledged: Callable[[str, int], None] = lambda topic, count: None,
     ) -> None:
@@ -72,6 +91,7 @@ class OutboxRelay:
         self._kafka = kafka
         self._batch_size = batch_size
         self._poll_interval = poll_interval
+        self._linger = linger
         self._retry_interval = retry_interval
         self._retention = retention
         self._purge_interval = purge_interval
@@ -123,6 +143,8 @@ class OutboxRelay:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._poll_interval):
                 await self.wake.wait()
+                if self._linger and not self._stopping:
+                    await asyncio.sleep(self._linger)  # for the commits right behind this one
         self.wake.clear()
 
     async def _purge_when_due(self) -> None:
@@ -148,22 +170,11 @@ class OutboxRelay:
         """Publish up to one batch of unpublished rows, at most one per key, and mark what
         Kafka acknowledged."""
         async with self._engine.begin() as connection:
-            locked = await connection.scalar(select(func.pg_try_advisory_xact_lock(RELAY_LOCK_KEY)))
+            locked = await connection.scalar(TRY_RELAY_LOCK)
             if not locked:
                 return Relayed(0, 0)
             waiting = (
-                await connection.execute(
-                    select(
-                        outbox.c.id,
-                        outbox.c.topic,
-                        outbox.c.key,
-                        outbox.c.payload,
-                        outbox.c.headers,
-                    )
-                    .where(outbox.c.published_at.is_(None))
-                    .order_by(outbox.c.id)
-                    .limit(self._batch_size)
-                )
+                await connection.execute(WAITING_ROWS, {"batch_size": self._batch_size})
             ).all()
             rows = first_per_key(waiting)
             if not rows:
@@ -178,11 +189,7 @@ class OutboxRelay:
                 acknowledged.append(row.id)
                 topics[row.topic] += 1
             if acknowledged:
-                await connection.execute(
-                    update(outbox)
-                    .where(outbox.c.id.in_(acknowledged))
-                    .values(published_at=func.now())
-                )
+                await connection.execute(MARK_PUBLISHED, {"ids": acknowledged})
         for topic, count in topics.items():
             self._on_acknowledged(topic, count)
         return Relayed(
