@@ -234,3 +234,16 @@ async def consumer_group_at_end(
 ) -> str:
     """`group` positioned at the end of `topic` (orders.events unless told)."""
     return await infra.commit_group_at_end(kafka_bootstrap, group, topic)
+
+
+async def commit_one_then_two_back_to_back(
+    commit: Callable[[str], Awaitable[None]], batches: list[int]
+) -> None:
+    """What a relay's linger is tested with: one commit, relayed on its own (the relay is then
+    connected and idle), then two back to back, the second right behind the one that wakes
+    the relay. `batches` collects the relay's acknowledged counts."""
+    await commit("first")
+    await wait_until(lambda: sum(batches), lambda n: n == 1, within=30, what="the first")
+    await commit("woke it")
+    await commit("right behind")
+    await wait_until(lambda: sum(batches), lambda n: n == 3, within=30, what="both relayed")

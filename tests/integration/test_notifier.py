@@ -53,7 +53,11 @@ from notifier.config import Settings
 from notifier.domain.communication import Communication, CommunicationStatus
 from notifier.domain.dedupe import dedupe_key
 from notifier.domain.planning import template_context
-from tests.integration.conftest import TokenIssuer, consumer_group_at_end
+from tests.integration.conftest import (
+    TokenIssuer,
+    commit_one_then_two_back_to_back,
+    consumer_group_at_end,
+)
 from tests.integration.read_api_auth import (
     TOKEN_CACHE_SECONDS,
     check_openapi,
@@ -868,11 +872,7 @@ async def test_commits_right_behind_the_one_that_woke_the_relay_share_its_batch(
         relay.wake.set()  # as the unit of work does on the commit of an outbox row
 
     try:
-        await committed("first")  # once relayed, the relay is connected and idle
-        await wait_until(lambda: sum(batches), lambda n: n == 1, within=30, what="the first")
-        await committed("woke it")
-        await committed("right behind")
-        await wait_until(lambda: sum(batches), lambda n: n == 3, within=30, what="both relayed")
+        await commit_one_then_two_back_to_back(committed, batches)
     finally:
         await relay.stop(running, grace=5)
         await engine.dispose()

@@ -29,7 +29,7 @@ from order.adapters.unit_of_work import UnitOfWork
 from order.app import build_engine, migrate
 from order.config import Settings
 from order.domain.model import Customer
-from tests.integration.conftest import OrderService, TopicReader
+from tests.integration.conftest import OrderService, TopicReader, commit_one_then_two_back_to_back
 
 LIFECYCLE = ["confirmed", "preparing", "ready", "out_for_delivery"]
 
@@ -213,11 +213,7 @@ async def test_commits_right_behind_the_one_that_woke_the_relay_share_its_batch(
             )
 
     try:
-        await create("first")  # once relayed, the relay is listening and idle
-        await wait_until(lambda: sum(batches), lambda n: n == 1, within=30, what="the first")
-        await create("woke it")
-        await create("right behind")
-        await wait_until(lambda: sum(batches), lambda n: n == 3, within=30, what="both relayed")
+        await commit_one_then_two_back_to_back(create, batches)
     finally:
         await relay.stop(running, grace=5)
         await engine.dispose()
