@@ -51,8 +51,9 @@ log = logging.getLogger(__name__)
 # An arbitrary constant naming "the order outbox relay" among advisory locks.
 RELAY_LOCK_KEY = 0x6F72646572_01
 
-# The statements of every batch, built once (building and cache-keying them per batch was a
-# tenth of the relay's CPU). The lock is transaction-scoped: it ends with the batch.
+# The statements of every batch, built once: built per batch, they showed in py-spy profiles
+# of the order process (the position upsert was compiled anew for every batch). The lock is
+# transaction-scoped: it ends with the batch.
 TRY_RELAY_LOCK = select(func.pg_try_advisory_xact_lock(RELAY_LOCK_KEY))
 WAITING_ROWS = (
     select(

@@ -65,7 +65,21 @@ _history = (
     .returning(_h.order_id)
     .cte("history")
 )
-_o = outbox.c
+# An outbox row's values, each the parameter named after its column (see `_outbox_row`); the
+# event id is the history row's too.
+_OUTBOX_ROW = [
+    _event_id,
+    *(
+        bindparam(column.name, type_=column.type)
+        for column in (
+            outbox.c.topic,
+            outbox.c.key,
+            outbox.c.event_type,
+            outbox.c.payload,
+            outbox.c.headers,
+        )
+    ),
+]
 # A status change is this one statement: the versioned UPDATE, then its history row and its
 # outbox row inserted from what the UPDATE returned, so nothing is written when the version
 # did not match. One statement is atomic on its own, so a change needs no transaction around
@@ -74,15 +88,8 @@ _o = outbox.c
 SAVE_STATUS = (
     insert(outbox)
     .from_select(
-        [_o.event_id, _o.topic, _o.key, _o.event_type, _o.payload, _o.headers],
-        select(
-            _event_id,
-            bindparam("topic", type_=_o.topic.type),
-            bindparam("key", type_=_o.key.type),
-            bindparam("event_type", type_=_o.event_type.type),
-            bindparam("payload", type_=_o.payload.type),
-            bindparam("headers", type_=_o.headers.type),
-        ).select_from(_history),
+        [outbox.c[value.key] for value in _OUTBOX_ROW],
+        select(*_OUTBOX_ROW).select_from(_history),
     )
     .returning(func.pg_notify(OUTBOX_CHANNEL, ""))
 )
@@ -90,14 +97,7 @@ SAVE_STATUS = (
 # transaction commits, and once however often it was sent in it.
 INSERT_OUTBOX = (
     insert(outbox)
-    .values(
-        event_id=bindparam("event_id"),
-        topic=bindparam("topic"),
-        key=bindparam("key"),
-        event_type=bindparam("event_type"),
-        payload=bindparam("payload"),
-        headers=bindparam("headers"),
-    )
+    .values({value.key: value for value in _OUTBOX_ROW})
     .returning(func.pg_notify(OUTBOX_CHANNEL, ""))
 )
 LOOKUP_TOKEN = select(api_tokens.c.name, api_tokens.c.role, api_tokens.c.revoked_at).where(
