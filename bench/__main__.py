@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import logging
 import os
 import shutil
@@ -25,7 +26,9 @@ log = logging.getLogger("bench")
 FULL = Plan(
     quick=False,
     step_seconds=15,
+    half_rate_seconds=45,
     rates=ladder(25, 1.5, 3000),
+    resolution=1.15,
     drain_timeout=30,
     settle_timeout=180,
     max_in_flight=2000,
@@ -42,7 +45,9 @@ FULL = Plan(
 QUICK = Plan(
     quick=True,
     step_seconds=5,
+    half_rate_seconds=5,
     rates=ladder(25, 2, 1600),
+    resolution=1.5,
     drain_timeout=15,
     settle_timeout=45,
     max_in_flight=1000,
@@ -113,7 +118,7 @@ async def _system(plan: Plan, system: System) -> dict[str, Any]:
     measured["http"] = http = await system.ladder("http", plan.rates, over_http=True)
     half = http["sustained_per_s"] / 2
     if half > 0:
-        step = await system.http_step("http-half", round(half), plan.step_seconds)
+        step = await system.http_step("http-half", round(half), plan.half_rate_seconds)
         measured["http_half_rate"] = step.to_json()
 
     log.info("orders.commands: stepped load")
@@ -127,8 +132,9 @@ async def _system(plan: Plan, system: System) -> dict[str, Any]:
     log.info("two notifier and two audit replicas")
     await system.add_consumer_replicas()
     measured["bursts"].append(await system.burst(plan.burst_events, "2 notifiers, 2 audits"))
-    broke_at = http["broke_at"] or plan.rates[-1]
-    start = max(0, plan.rates.index(broke_at) - plan.replica_steps + 1)
+    # The ladder's rungs up to the first at or above where one notifier and one audit broke.
+    broke_rung = bisect.bisect_left(plan.rates, http["broke_at"] or plan.rates[-1])
+    start = max(0, broke_rung - plan.replica_steps + 1)
     rates = plan.rates[start : start + plan.replica_steps]
     measured["http_2_replicas"] = await system.ladder("http-2-replicas", rates, over_http=True)
     return measured

@@ -131,15 +131,40 @@ def breaking_reasons(step: Step, limits: BreakingPoint) -> list[str]:
     return reasons
 
 
+def _bracket(steps: Sequence[Step]) -> tuple[Step | None, Step | None]:
+    """The last step of the unbroken run from the lowest offered rate, and the step right
+    above it (the first that broke), by offered rate."""
+    held = None
+    for step in sorted(steps, key=lambda s: s.offered_rate):
+        if not step.passed:
+            return held, step
+        held = step
+    return held, None
+
+
+def next_probe(steps: Sequence[Step], resolution: float) -> float | None:
+    """The offered rate to try next to narrow down where the load breaks: halfway between
+    the highest rate that held and the lowest that broke, until they are within
+    `resolution` (a ratio: 1.15 is 15 %) of each other. None when nothing broke, when the
+    lowest rate already broke, or once the bracket is that narrow."""
+    held, broke = _bracket(steps)
+    if held is None or broke is None or broke.offered_rate <= held.offered_rate * resolution:
+        return None
+    probe = float(round((held.offered_rate + broke.offered_rate) / 2))
+    return probe if held.offered_rate < probe < broke.offered_rate else None
+
+
 def sustained_rate(steps: Sequence[Step]) -> float:
     """The achieved rate of the last step of the unbroken run from the lowest offered rate:
     a step that passes after an earlier one broke does not count."""
-    best = 0.0
-    for step in sorted(steps, key=lambda s: s.offered_rate):
-        if not step.passed:
-            break
-        best = step.achieved_rate
-    return best
+    held, _ = _bracket(steps)
+    return 0.0 if held is None else held.achieved_rate
+
+
+def broke_at(steps: Sequence[Step]) -> float | None:
+    """The lowest offered rate that broke, above the unbroken run; None if nothing broke."""
+    _, broke = _bracket(steps)
+    return None if broke is None else broke.offered_rate
 
 
 # --- py-spy profiles ---------------------------------------------------------------------

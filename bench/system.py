@@ -30,7 +30,15 @@ from bench.observe import (
     email_times,
 )
 from bench.payloads import status_changed
-from bench.stats import BreakingPoint, Latency, Step, hotspots, sustained_rate
+from bench.stats import (
+    BreakingPoint,
+    Latency,
+    Step,
+    broke_at,
+    hotspots,
+    next_probe,
+    sustained_rate,
+)
 from contracts import (
     NOTIFICATIONS_EVENTS,
     ORDERS_COMMAND_RESULTS,
@@ -71,6 +79,9 @@ class Plan:
 
     quick: bool
     step_seconds: float
+    # The step at half the sustained rate, whose tail latencies are judged against targets:
+    # longer than a ladder step, so one stall does not decide its p99.
+    half_rate_seconds: float
     rates: list[float]
     drain_timeout: float
     settle_timeout: float
@@ -80,6 +91,9 @@ class Plan:
     limit_b_events: int
     limit_b_one_by_one: int
     burst_events: int
+    # Once a step breaks, rates between it and the last that held are tried until the two
+    # are within this ratio of each other.
+    resolution: float
     replica_steps: int  # ladder steps re-run with two consumer replicas, up to the break
     profile: bool
     profile_seconds: float
@@ -260,21 +274,27 @@ class System:
         return usage
 
     async def ladder(self, phase: str, rates: list[float], over_http: bool) -> dict[str, Any]:
-        """Step the offered rate up until a step breaks; the sustained rate is the last one
-        that held."""
+        """Step the offered rate up until a step breaks, then try rates between the last
+        that held and the first that broke (a ladder's rungs are far apart); the sustained
+        rate is the highest that held with every rate below it holding too."""
+
+        async def step_at(rate: float) -> Step:
+            if over_http:
+                return await self.http_step(phase, rate, self.plan.step_seconds)
+            return await self.command_step(phase, rate, self.plan.step_seconds)
+
         steps: list[Step] = []
         for rate in rates:
-            if over_http:
-                step = await self.http_step(phase, rate, self.plan.step_seconds)
-            else:
-                step = await self.command_step(phase, rate, self.plan.step_seconds)
-            steps.append(step)
-            if not step.passed:
+            steps.append(await step_at(rate))
+            if not steps[-1].passed:
                 break
+        while (probe := next_probe(steps, self.plan.resolution)) is not None:
+            steps.append(await step_at(probe))
+        steps.sort(key=lambda s: s.offered_rate)
         return {
             "steps": [s.to_json() for s in steps],
             "sustained_per_s": sustained_rate(steps),
-            "broke_at": next((s.offered_rate for s in steps if not s.passed), None),
+            "broke_at": broke_at(steps),
         }
 
     # --- consumers on their own ----------------------------------------------------------

@@ -10,9 +10,11 @@ from bench.stats import (
     BreakingPoint,
     Latency,
     Step,
+    broke_at,
     frame_name,
     hotspots,
     ladder,
+    next_probe,
     percentile,
     sustained_rate,
 )
@@ -93,7 +95,31 @@ def test_sustained_rate_is_the_last_step_before_the_first_break() -> None:
         _step(400),  # held again by chance: after a break it does not count
     ]
     assert sustained_rate(steps) == 98.0
+    assert broke_at(steps) == 200
     assert sustained_rate([_step(50, drained=False)]) == 0.0
+
+
+def test_probes_halve_the_gap_between_held_and_broke_until_it_is_narrow() -> None:
+    steps = [_step(84), _step(127), _step(190, errors=500)]
+    assert next_probe(steps, resolution=1.15) == 158
+    steps.append(_step(158))
+    assert next_probe(steps, resolution=1.15) == 174
+    steps.append(_step(174, errors=500))
+    assert next_probe(steps, resolution=1.15) is None  # 158 → 174 is within 15 %
+    assert sustained_rate(steps) == 158
+    assert broke_at(steps) == 174
+
+
+def test_a_probe_that_breaks_narrows_the_gap_from_above() -> None:
+    steps = [_step(127), _step(190, errors=500), _step(158, errors=500)]
+    assert next_probe(steps, resolution=1.15) == 142
+    assert broke_at(steps) == 158
+
+
+def test_no_probe_without_a_break_or_below_the_first_rung() -> None:
+    assert next_probe([_step(25), _step(38)], resolution=1.15) is None
+    assert next_probe([_step(25, errors=500)], resolution=1.15) is None
+    assert next_probe([_step(1), _step(2, errors=500)], resolution=1.15) is None
 
 
 def test_schedule_walks_every_order_one_stage_at_a_time() -> None:
