@@ -387,8 +387,10 @@ def test_each_notifying_status_renders_a_text_and_an_html_email(status: OrderSta
     message = on_the_wire(outgoing)
 
     assert message["Message-ID"] == f"<{subject.dedupe_key}@backbone.local>"
-    # On one line, for whoever matches it as a plain string.
+    # On one line, for whoever matches it as a plain string; every header as it was given.
     assert f"\r\nMessage-ID: {message['Message-ID']}\r\n".encode() in outgoing.content
+    for name in ("From", "To", "Subject"):
+        assert f"\r\n{name}: {message[name]}\r\n".encode() in outgoing.content
     assert message["To"] == "ann@example.com"
     assert str(event.order_id) in message["Subject"]
     text = message.get_body(("plain",))

@@ -19,6 +19,7 @@ from email.message import EmailMessage
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from email.utils import formatdate, parseaddr
+from typing import Any
 
 import aiosmtplib
 from opentelemetry.trace import SpanKind
@@ -141,9 +142,20 @@ class Email:
     smtputf8: bool  # an address is not ASCII: the server must take UTF-8 (RFC 6531)
 
 
-# Headers are not folded: a folded Message-ID (longer than 78 characters, as ours are) is valid
-# but trips up whoever matches it as a plain string. Lines stay far below the 998 allowed.
-_UNFOLDED = email.policy.compat32.clone(linesep="\r\n", max_line_length=0)
+class _Unfolded(email.policy.Compat32):
+    """Headers are not folded: a folded Message-ID (longer than 78 characters, as ours are) is
+    valid but trips up whoever matches it as a plain string. Lines stay far below the 998
+    allowed. An ASCII value on one line (all of ours: `build` refuses line breaks and encodes
+    anything else) is written as it is, without compat32's splitting and rejoining of it,
+    which took a third of the time an email took to build."""
+
+    def fold_binary(self, name: str, value: Any) -> bytes:
+        if isinstance(value, str) and value.isascii() and "\r" not in value and "\n" not in value:
+            return f"{name}: {value}{self.linesep}".encode("ascii")
+        return super().fold_binary(name, value)
+
+
+_UNFOLDED = _Unfolded(linesep="\r\n", max_line_length=0)
 
 
 class SmtpEmailSender:
@@ -177,7 +189,9 @@ class SmtpEmailSender:
         if smtputf8:
             content = _internationalised(headers, rendered).as_bytes(policy=email.policy.SMTPUTF8)
         else:
-            message = MIMEMultipart("alternative")
+            # The parts are base64, which never holds "_": no part can contain this boundary,
+            # so the generator need not look for one that is absent from the text.
+            message = MIMEMultipart("alternative", boundary=f"=_{communication.id.hex}")
             for name, value in headers.items():
                 message[name] = value if value.isascii() else Header(value, "utf-8").encode()
             message.attach(MIMEText(rendered.text, "plain", "utf-8"))

@@ -30,6 +30,9 @@ class EmailTemplates:
             undefined=StrictUndefined,
             autoescape=select_autoescape(["html"]),
             keep_trailing_newline=True,
+            # Templates ship with the code: checking each file for changes on every render
+            # cost a stat() per template per email.
+            auto_reload=False,
         )
 
     def render(self, template: str, context: dict[str, Any]) -> RenderedEmail:
@@ -51,6 +54,7 @@ class TextTemplates:
             loader=FileSystemLoader(directory),
             undefined=StrictUndefined,
             autoescape=select_autoescape(["html"]),
+            auto_reload=False,  # as for email
         )
 
     def render(self, template: str, context: dict[str, Any]) -> str:
