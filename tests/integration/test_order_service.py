@@ -20,7 +20,7 @@ from order.adapters.schema import SchemaBehind
 from order.adapters.unit_of_work import UnitOfWork, UnitOfWorkFactory
 from order.app import build_app, build_engine
 from order.config import Settings as OrderSettings
-from tests.integration.conftest import OrderService, TopicReader
+from tests.integration.conftest import OrderService, TopicReader, running_order_service
 
 CUSTOMER = {"name": "Grace", "email": "grace@example.com"}
 LOCK_WAITS = (
@@ -323,6 +323,51 @@ async def test_a_change_that_lost_a_race_is_validated_again_against_the_winner(
     ]
     events = await order_events.values_for(str(order_id), 3)
     assert [e["version"] for e in events] == [1, 2, 3]
+
+
+async def test_a_request_finding_every_database_connection_busy_gets_503_and_changes_nothing(
+    kafka_bootstrap: str,
+) -> None:
+    created = infra.create_test_databases("busy")
+    settings = OrderSettings(
+        database_url=created.urls["order"],
+        migration_database_url=created.migration_urls["order"],
+        kafka_bootstrap_servers=kafka_bootstrap,
+        database_pool_size=1,
+        database_pool_overflow=0,
+        database_pool_wait_seconds=0.5,
+    )
+    locker = build_engine(OrderSettings(database_url=created.urls["order"]))
+
+    async def waiting_for_a_lock() -> int:
+        async with locker.connect() as connection:
+            return int((await connection.execute(text(LOCK_WAITS))).scalar_one())
+
+    try:
+        async with running_order_service(settings) as svc:
+            held, other = await create_order(svc), await create_order(svc)
+            async with locker.connect() as connection, connection.begin():
+                await connection.execute(
+                    text("SELECT 1 FROM orders WHERE id = :id FOR UPDATE"), {"id": held}
+                )
+                # This change waits for the row lock on the service's only connection.
+                blocked = asyncio.create_task(change(svc, held, "confirmed"))
+                await wait_until(waiting_for_a_lock, lambda n: n >= 1, within=10, what="a wait")
+                busy_read = await svc.client.get(f"/orders/{other}", headers=svc.as_viewer())
+                busy_change = await change(svc, other, "confirmed", **{"Idempotency-Key": "k1"})
+            answered = await blocked  # the lock is gone with the transaction
+            after = await svc.client.get(f"/orders/{other}", headers=svc.as_viewer())
+            retried = await change(svc, other, "confirmed", **{"Idempotency-Key": "k1"})
+    finally:
+        await locker.dispose()
+        infra.drop_test_databases(created)
+
+    for busy in (busy_read, busy_change):
+        assert (busy.status_code, busy.json()["error"]["code"]) == (503, "database_busy")
+        assert busy.headers["Retry-After"] == "1"
+    assert (answered.status_code, answered.json()["version"]) == (200, 2)
+    assert after.json()["version"] == 1
+    assert (retried.status_code, retried.json()["version"]) == (200, 2)
 
 
 async def test_the_service_refuses_a_database_whose_schema_is_behind(

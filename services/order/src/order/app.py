@@ -37,13 +37,13 @@ def build_engine(settings: Settings) -> AsyncEngine:
     # No pre-ping (a round trip per checkout): a unit of work whose connection died in the
     # pool is run again (UnitOfWorkFactory.run), the relay retries its batch, and the first
     # such failure invalidates the whole pool. Recycling bounds a connection's age anyway.
-    # The bench's raw-asyncpg limit peaks at about 16 concurrent transactions.
     # hide_parameters: bound values (customer details, token digests) stay out of error
     # messages and logs.
     return create_async_engine(
         settings.database_url.get_secret_value(),
-        pool_size=20,
-        max_overflow=10,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_pool_overflow,
+        pool_timeout=settings.database_pool_wait_seconds,
         pool_recycle=1800,
         hide_parameters=True,
     )

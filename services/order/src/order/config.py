@@ -75,6 +75,13 @@ class Settings(BaseSettings):
     # While the database cannot be reached (a restart, a failover), a request or command
     # waits up to this long and is then retried from the start; after it, HTTP answers 503.
     database_wait_seconds: float = Field(default=10.0, ge=0)
+    # Connections kept open to the database (the bench's raw-asyncpg limit peaks at about 16
+    # concurrent transactions), and how many more may be opened at a peak. A request or command
+    # that finds them all busy waits up to `database_pool_wait_seconds` for one; then HTTP
+    # answers 503 `database_busy`, as waiting longer only lengthens the queue.
+    database_pool_size: int = Field(default=20, ge=1)
+    database_pool_overflow: int = Field(default=10, ge=0)
+    database_pool_wait_seconds: float = Field(default=5.0, gt=0)
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     # The relay wakes on NOTIFY; the poll interval only bounds the delay if a notify is lost.

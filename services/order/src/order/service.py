@@ -28,6 +28,7 @@ from contracts import (
 from contracts import Customer as CustomerContract
 from order.adapters.telemetry import attached
 from order.adapters.unit_of_work import (
+    DatabaseBusy,
     DatabaseUnavailable,
     UnitOfWork,
     UnitOfWorkFactory,
@@ -258,7 +259,7 @@ async def handle_commands(
     """Apply consumed commands in their order, all in one transaction; returns the position
     of each command the database refused to store, with the reason (for the dead-letter topic).
 
-    If the transaction fails for any reason but the database being away, the commands are
+    If the transaction fails for any reason but the database being away or busy, the commands are
     applied again one per transaction, so one that cannot be stored holds up no other. Any other
     failure propagates: the caller has them all redelivered, which is safe because a command
     applied before is not applied again (its `command_id` is claimed)."""
@@ -276,7 +277,7 @@ async def handle_commands(
     try:
         await uow_factory.run(applying(commands))
         return {}
-    except DatabaseUnavailable:
+    except (DatabaseUnavailable, DatabaseBusy):
         raise
     except Exception as error:
         if len(commands) > 1:

@@ -10,6 +10,7 @@ from types import TracebackType
 from typing import TypeVar
 
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tenacity import (
     AsyncRetrying,
@@ -38,6 +39,12 @@ class DatabaseUnavailable(Exception):
     """The database could not be reached, or went away mid-transaction (restarting, failing
     over): nothing was committed unless the commit's answer was lost, so the work can be
     retried as a whole; idempotency keys and same-status no-ops make that safe."""
+
+
+class DatabaseBusy(Exception):
+    """Every pooled connection stayed in use for as long as a unit of work may wait for one:
+    the service is taking more work than the database answers. Nothing was done; unlike an
+    unreachable database, this is not retried here, as a retry would only join the queue."""
 
 
 # Connection exceptions (08), operator intervention (57P: shutting down, starting up).
@@ -127,10 +134,13 @@ class UnitOfWork:
 
     async def _connect(self) -> AsyncConnection:
         """A pooled connection, waiting up to `wait_for_database` seconds while the database
-        cannot be reached, e.g. through a restart. It is not pinged first: a connection that
-        died in the pool fails its first statement, and `UnitOfWorkFactory.run` starts over."""
+        cannot be reached, e.g. through a restart, and as long as the pool's timeout while all
+        connections are in use. It is not pinged first: a connection that died in the pool
+        fails its first statement, and `UnitOfWorkFactory.run` starts over."""
         try:
             return await self._engine.connect()
+        except PoolTimeout as error:
+            raise DatabaseBusy(str(error).splitlines()[0]) from error
         except Exception as error:
             if not _unavailable(error):
                 raise
@@ -141,6 +151,8 @@ class UnitOfWork:
             async for attempt in _backoff(self._wait_for_database, _CONNECT_AGAIN):
                 with attempt:
                     return await self._engine.connect()
+        except PoolTimeout as error:
+            raise DatabaseBusy(str(error).splitlines()[0]) from error
         except Exception as error:
             if _unavailable(error):
                 raise DatabaseUnavailable(str(error).splitlines()[0]) from error

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from contracts import Actor, CommandRejected, OrderStatus
 from order import service
 from order.adapters.unit_of_work import (
+    DatabaseBusy,
     DatabaseUnavailable,
     UnitOfWork,
     UnitOfWorkFactory,
@@ -132,6 +133,17 @@ def install_error_handlers(app: FastAPI) -> None:
         response.headers["Retry-After"] = "1"
         return response
 
+    @app.exception_handler(DatabaseBusy)
+    async def on_database_busy(_: Request, error: DatabaseBusy) -> JSONResponse:
+        response = error_response(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            "database_busy",
+            "The order service is taking more requests than its database answers; nothing was "
+            "changed. Retry shortly (with the same Idempotency-Key).",
+        )
+        response.headers["Retry-After"] = "1"
+        return response
+
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
         code = HTTPStatus(error.status_code).phrase.lower().replace(" ", "_")
@@ -213,13 +225,15 @@ ERROR_MEANINGS = {
     412: "If-Match names a version the order is no longer at",
     422: "Invalid request: unknown status (allowed values in details), malformed body, "
     "cursor or If-Match, or an Idempotency-Key reused for another request",
-    503: "The database stayed unreachable longer than the service waits; nothing was changed, "
-    "retry after Retry-After seconds",
+    503: "The database stayed unreachable (`database_unavailable`) or every connection to it "
+    "busy (`database_busy`) longer than the service waits; nothing was changed, retry after "
+    "Retry-After seconds",
 }
 
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """The documented error answers of a route; every route can meet an unreachable database."""
+    """The documented error answers of a route; every route can meet an unreachable or busy
+    database."""
     return {
         code: {"model": ErrorResponse, "description": ERROR_MEANINGS[code]}
         for code in (*codes, 503)

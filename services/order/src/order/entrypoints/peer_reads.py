@@ -54,7 +54,7 @@ def _errors(peer: str) -> dict[int | str, dict[str, Any]]:
             "model": ErrorResponse,
             "description": f"`{peer}_unavailable`: the {peer} service does not answer (or "
             "answers an error of its own); retry after Retry-After seconds. Or "
-            "`database_unavailable`, as everywhere.",
+            "`database_unavailable` or `database_busy`, as everywhere.",
         },
     }
 
