@@ -6,9 +6,11 @@ import asyncio
 import json
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
+import asyncpg
 import pytest
 from sqlalchemy import text
 
@@ -249,6 +251,73 @@ async def test_an_idempotency_key_reused_for_another_request_is_422(
 
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "idempotency_key_reused"
+
+
+async def test_idempotency_keys_past_the_retention_are_forgotten_and_a_reuse_is_new(
+    order_service_app: OrderService, databases: infra.TestDatabases
+) -> None:
+    order_id = await create_order(order_service_app)
+    key = {"Idempotency-Key": f"expiring-{order_id}"}
+    await change(order_service_app, order_id, "confirmed", **key)
+    # Command ids claimed 10, 9, 9 and 7 days ago (no other test's keys are older than minutes).
+    claimed = [(f"aged-{order_id}-{n}", days) for n, days in enumerate((10, 9, 9, 7))]
+    engine = build_engine(OrderSettings(database_url=databases.urls["order"]))
+    admin = await asyncpg.connect(databases.dsn("order"))
+    try:
+        await admin.execute(
+            "UPDATE idempotency_keys SET created_at = now() - interval '9 days' WHERE key = $1",
+            key["Idempotency-Key"],
+        )
+        await admin.executemany(
+            "INSERT INTO idempotency_keys (scope, key, fingerprint, created_at) "
+            "VALUES ('orders.commands', $1, 'f', now() - make_interval(days => $2))",
+            claimed,
+        )
+        forgotten = await order_service.forget_expired_idempotency_keys(
+            UnitOfWorkFactory(engine), timedelta(days=8), batch=2
+        )
+        kept = await admin.fetch(
+            "SELECT key FROM idempotency_keys WHERE key LIKE $1", f"%{order_id}%"
+        )
+    finally:
+        await admin.close()
+        await engine.dispose()
+    reused = await change(order_service_app, order_id, "preparing", **key)
+
+    assert forgotten == 4
+    assert [row["key"] for row in kept] == [f"aged-{order_id}-3"]
+    assert (reused.status_code, reused.json()["version"]) == (200, 3)
+
+
+async def test_the_service_forgets_expired_idempotency_keys_by_itself(
+    kafka_bootstrap: str,
+) -> None:
+    created = infra.create_test_databases("retention")
+    settings = OrderSettings(
+        database_url=created.urls["order"],
+        migration_database_url=created.migration_urls["order"],
+        kafka_bootstrap_servers=kafka_bootstrap,
+        idempotency_retention_hours=1,
+        idempotency_purge_interval_seconds=0.2,
+    )
+    admin = await asyncpg.connect(created.dsn("order"))
+
+    async def keys() -> list[str]:
+        return [row["key"] for row in await admin.fetch("SELECT key FROM idempotency_keys")]
+
+    try:
+        async with running_order_service(settings) as svc:
+            order_id = await create_order(svc)
+            await change(svc, order_id, "confirmed", **{"Idempotency-Key": "old"})
+            await change(svc, order_id, "preparing", **{"Idempotency-Key": "recent"})
+            await admin.execute(
+                "UPDATE idempotency_keys SET created_at = now() - interval '61 minutes' "
+                "WHERE key = 'old'"
+            )
+            await wait_until(keys, lambda k: k == ["recent"], within=10, what="'old' forgotten")
+    finally:
+        await admin.close()
+        infra.drop_test_databases(created)
 
 
 async def test_fifty_concurrent_changes_from_one_version_have_one_winner(

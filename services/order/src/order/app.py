@@ -25,7 +25,7 @@ from order.adapters.published_records import PublishedRecords
 from order.adapters.schema import assert_schema_current, upgrade_to_head
 from order.adapters.unit_of_work import UnitOfWorkFactory
 from order.config import Settings, database_role, refuse_dev_secrets
-from order.entrypoints import admin_page, http, observability, peer_reads
+from order.entrypoints import admin_page, http, observability, peer_reads, retention
 from order.entrypoints.commands import register_command_handlers
 from order.entrypoints.publications import declare_publications
 
@@ -144,6 +144,14 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         tasks = [
             asyncio.create_task(connection.connect(), name="kafka-connect"),
             asyncio.create_task(sampler.run(), name="metrics-sampler"),
+            asyncio.create_task(
+                retention.forget_expired_idempotency_keys_every(
+                    settings.idempotency_purge_interval_seconds,
+                    uow_factory,
+                    timedelta(hours=settings.idempotency_retention_hours),
+                ),
+                name="idempotency-retention",
+            ),
         ]
         relaying = (
             asyncio.create_task(relay.run(), name="outbox-relay")

@@ -100,6 +100,11 @@ class Settings(BaseSettings):
     # On SIGTERM: how long the command in hand and the relay's batch in flight may take.
     shutdown_grace_seconds: float = Field(default=15.0, ge=0)
     outbox_retention_hours: float = Field(default=24.0, ge=0)
+    # How long an Idempotency-Key's answer and an upstream command's id are remembered: a retry
+    # or redelivery within it has no second effect. Keep it longer than orders.commands keeps a
+    # record (7 days by default), so that any command Kafka can redeliver is recognised.
+    idempotency_retention_hours: float = Field(default=192.0, gt=0)
+    idempotency_purge_interval_seconds: float = Field(default=300.0, gt=0)
     # How often the sampled metrics (outbox backlog, Kafka reachability, consumer lag) are
     # refreshed, and how long one Kafka check may take.
     metrics_interval_seconds: float = Field(default=15.0, gt=0)

@@ -8,7 +8,7 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -167,6 +167,22 @@ async def answer(
         return Answer(status_code, body)
 
     return await uow_factory.run(attempt)
+
+
+async def forget_expired_idempotency_keys(
+    uow_factory: UnitOfWorkFactory, retention: timedelta, batch: int = 10_000
+) -> int:
+    """Delete the Idempotency-Keys and command ids claimed longer than `retention` ago: a retry
+    or a redelivery after that counts as new. A batch per statement, so that no delete holds
+    many locks for long; returns how many were deleted."""
+    forgotten = 0
+    while True:
+        deleted = await uow_factory.write_once(
+            lambda uow: uow.idempotency.forget_older_than(retention, batch)
+        )
+        forgotten += deleted
+        if deleted < batch:
+            return forgotten
 
 
 COMMAND_SCOPE = "orders.commands"

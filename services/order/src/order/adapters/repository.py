@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
-from sqlalchemy import bindparam, func, insert, select, tuple_, update
+from sqlalchemy import bindparam, func, insert, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -107,6 +107,14 @@ CLAIM_IDEMPOTENCY_KEY = (
     pg_insert(idempotency_keys)
     .values(scope=bindparam("scope"), key=bindparam("key"), fingerprint=bindparam("fingerprint"))
     .on_conflict_do_nothing(index_elements=["scope", "key"])
+)
+
+# By ctid: a PostgreSQL plan deletes the chosen rows where they lie, whereas a (scope, key) IN
+# (...) join read the whole table for each batch.
+FORGET_EXPIRED_IDEMPOTENCY_KEYS = text(
+    "DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY("
+    " SELECT ctid FROM idempotency_keys WHERE created_at < now() - CAST(:age AS interval)"
+    " ORDER BY created_at LIMIT :limit))"
 )
 
 
@@ -305,3 +313,10 @@ class IdempotencyRepository:
             .where(idempotency_keys.c.scope == scope, idempotency_keys.c.key == key)
             .values(status_code=status_code, response=response)
         )
+
+    async def forget_older_than(self, age: timedelta, limit: int) -> int:
+        """Delete up to `limit` of the keys claimed longer than `age` ago, oldest first."""
+        result = await self._connection.execute(
+            FORGET_EXPIRED_IDEMPOTENCY_KEYS, {"age": age, "limit": limit}
+        )
+        return int(result.rowcount)
