@@ -394,8 +394,8 @@ async def test_a_change_that_lost_a_race_is_validated_again_against_the_winner(
     assert [e["version"] for e in events] == [1, 2, 3]
 
 
-async def test_a_request_finding_every_database_connection_busy_gets_503_and_changes_nothing(
-    kafka_bootstrap: str,
+async def test_with_every_api_connection_busy_requests_get_503_and_the_relay_still_announces(
+    kafka_bootstrap: str, order_events: TopicReader
 ) -> None:
     created = infra.create_test_databases("busy")
     settings = OrderSettings(
@@ -415,6 +415,7 @@ async def test_a_request_finding_every_database_connection_busy_gets_503_and_cha
     try:
         async with running_order_service(settings) as svc:
             held, other = await create_order(svc), await create_order(svc)
+            upstream = await create_order(svc)
             async with locker.connect() as connection, connection.begin():
                 await connection.execute(
                     text("SELECT 1 FROM orders WHERE id = :id FOR UPDATE"), {"id": held}
@@ -424,6 +425,13 @@ async def test_a_request_finding_every_database_connection_busy_gets_503_and_cha
                 await wait_until(waiting_for_a_lock, lambda n: n >= 1, within=10, what="a wait")
                 busy_read = await svc.client.get(f"/orders/{other}", headers=svc.as_viewer())
                 busy_change = await change(svc, other, "confirmed", **{"Idempotency-Key": "k1"})
+                # A change committed elsewhere meanwhile: the relay's connections are its own.
+                await UnitOfWorkFactory(locker).run(
+                    lambda uow: order_service.change_order_status_in(
+                        uow, upstream, OrderStatus.CONFIRMED, actor=Actor(id="it", role="admin")
+                    )
+                )
+                announced = await order_events.values_for(str(upstream), 2)
             answered = await blocked  # the lock is gone with the transaction
             after = await svc.client.get(f"/orders/{other}", headers=svc.as_viewer())
             retried = await change(svc, other, "confirmed", **{"Idempotency-Key": "k1"})
@@ -437,6 +445,7 @@ async def test_a_request_finding_every_database_connection_busy_gets_503_and_cha
     assert (answered.status_code, answered.json()["version"]) == (200, 2)
     assert after.json()["version"] == 1
     assert (retried.status_code, retried.json()["version"]) == (200, 2)
+    assert [e["version"] for e in announced] == [1, 2]
 
 
 async def test_the_service_refuses_a_database_whose_schema_is_behind(

@@ -32,8 +32,17 @@ from order.entrypoints.publications import declare_publications
 log = logging.getLogger(__name__)
 
 
-def build_engine(settings: Settings) -> AsyncEngine:
-    """The engine everything but the migrations runs on, as the runtime role."""
+# The outbox relay's own connections: requests taking every connection of the API's pool (an
+# overload) must not hold up announcing what was already committed. One publishes a batch
+# (or purges published rows), one reads the backlog for the metrics.
+RELAY_POOL_SIZE = 2
+
+
+def build_engine(
+    settings: Settings, *, pool_size: int | None = None, pool_overflow: int | None = None
+) -> AsyncEngine:
+    """An engine for the runtime role (everything but the migrations), with the configured pool
+    unless told otherwise."""
     # No pre-ping (a round trip per checkout): a unit of work whose connection died in the
     # pool is run again (UnitOfWorkFactory.run), the relay retries its batch, and the first
     # such failure invalidates the whole pool. Recycling bounds a connection's age anyway.
@@ -41,8 +50,8 @@ def build_engine(settings: Settings) -> AsyncEngine:
     # messages and logs.
     return create_async_engine(
         settings.database_url.get_secret_value(),
-        pool_size=settings.database_pool_size,
-        max_overflow=settings.database_pool_overflow,
+        pool_size=settings.database_pool_size if pool_size is None else pool_size,
+        max_overflow=settings.database_pool_overflow if pool_overflow is None else pool_overflow,
         pool_timeout=settings.database_pool_wait_seconds,
         pool_recycle=1800,
         hide_parameters=True,
@@ -69,6 +78,10 @@ def build_broker(settings: Settings, metrics: OrderMetrics) -> KafkaBroker:
         middlewares=(KafkaTelemetryMiddleware(), *metrics.broker_middlewares()),
         logger=logging.getLogger("faststream.access.kafka"),
     )
+
+
+def build_relay_engine(settings: Settings) -> AsyncEngine:
+    return build_engine(settings, pool_size=RELAY_POOL_SIZE, pool_overflow=0)
 
 
 def build_relay(settings: Settings, engine: AsyncEngine, metrics: OrderMetrics) -> OutboxRelay:
@@ -127,7 +140,8 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     register_command_handlers(broker, uow_factory, settings)
     declare_publications(broker)
     connection = BrokerConnection(broker, settings.relay_retry_seconds)
-    relay = build_relay(settings, engine, metrics)
+    relay_engine = build_relay_engine(settings)
+    relay = build_relay(settings, relay_engine, metrics)
     sampler = build_sampler(settings, metrics, connection, relay)
     notifier_reads = PeerReadApi(
         "notifier", settings.notifier_service_url, timeout=settings.peer_timeout_seconds
@@ -177,6 +191,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
             await notifier_reads.aclose()
             await audit_reads.aclose()
             await engine.dispose()
+            await relay_engine.dispose()
 
     app = FastAPI(
         title="Order service",
@@ -201,7 +216,7 @@ async def run_relay(settings: Settings) -> None:
     """The outbox relay on its own (`python -m order relay`), for running it apart from the
     HTTP API; it stops on SIGTERM or SIGINT."""
     refuse_dev_secrets(settings)
-    engine = build_engine(settings)
+    engine = build_relay_engine(settings)
     # Its counters go nowhere: this process serves no /metrics (the API's process reports the
     # outbox backlog from the database either way).
     relay = build_relay(settings, engine, OrderMetrics())
