@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import timedelta
 from typing import Any
 from uuid import UUID, uuid4
@@ -29,6 +29,25 @@ LOCK_WAITS = (
     "SELECT count(*) FROM pg_stat_activity "
     "WHERE datname = current_database() AND wait_event_type = 'Lock'"
 )
+
+
+@pytest.fixture
+def own_databases() -> Iterator[infra.TestDatabases]:
+    """Databases of the test's own, for a service configured unlike the session's."""
+    created = infra.create_test_databases("own")
+    yield created
+    infra.drop_test_databases(created)
+
+
+def settings_on(
+    databases: infra.TestDatabases, kafka_bootstrap: str, **overrides: Any
+) -> OrderSettings:
+    return OrderSettings(
+        database_url=databases.urls["order"],
+        migration_database_url=databases.migration_urls["order"],
+        kafka_bootstrap_servers=kafka_bootstrap,
+        **overrides,
+    )
 
 
 async def create_order(svc: OrderService) -> UUID:
@@ -290,17 +309,15 @@ async def test_idempotency_keys_past_the_retention_are_forgotten_and_a_reuse_is_
 
 
 async def test_the_service_forgets_expired_idempotency_keys_by_itself(
-    kafka_bootstrap: str,
+    kafka_bootstrap: str, own_databases: infra.TestDatabases
 ) -> None:
-    created = infra.create_test_databases("retention")
-    settings = OrderSettings(
-        database_url=created.urls["order"],
-        migration_database_url=created.migration_urls["order"],
-        kafka_bootstrap_servers=kafka_bootstrap,
+    settings = settings_on(
+        own_databases,
+        kafka_bootstrap,
         idempotency_retention_hours=1,
         idempotency_purge_interval_seconds=0.2,
     )
-    admin = await asyncpg.connect(created.dsn("order"))
+    admin = await asyncpg.connect(own_databases.dsn("order"))
 
     async def keys() -> list[str]:
         return [row["key"] for row in await admin.fetch("SELECT key FROM idempotency_keys")]
@@ -317,7 +334,6 @@ async def test_the_service_forgets_expired_idempotency_keys_by_itself(
             await wait_until(keys, lambda k: k == ["recent"], within=10, what="'old' forgotten")
     finally:
         await admin.close()
-        infra.drop_test_databases(created)
 
 
 async def test_fifty_concurrent_changes_from_one_version_have_one_winner(
@@ -395,18 +411,16 @@ async def test_a_change_that_lost_a_race_is_validated_again_against_the_winner(
 
 
 async def test_with_every_api_connection_busy_requests_get_503_and_the_relay_still_announces(
-    kafka_bootstrap: str, order_events: TopicReader
+    kafka_bootstrap: str, own_databases: infra.TestDatabases, order_events: TopicReader
 ) -> None:
-    created = infra.create_test_databases("busy")
-    settings = OrderSettings(
-        database_url=created.urls["order"],
-        migration_database_url=created.migration_urls["order"],
-        kafka_bootstrap_servers=kafka_bootstrap,
+    settings = settings_on(
+        own_databases,
+        kafka_bootstrap,
         database_pool_size=1,
         database_pool_overflow=0,
         database_pool_wait_seconds=0.5,
     )
-    locker = build_engine(OrderSettings(database_url=created.urls["order"]))
+    locker = build_engine(OrderSettings(database_url=own_databases.urls["order"]))
 
     async def waiting_for_a_lock() -> int:
         async with locker.connect() as connection:
@@ -437,7 +451,6 @@ async def test_with_every_api_connection_busy_requests_get_503_and_the_relay_sti
             retried = await change(svc, other, "confirmed", **{"Idempotency-Key": "k1"})
     finally:
         await locker.dispose()
-        infra.drop_test_databases(created)
 
     for busy in (busy_read, busy_change):
         assert (busy.status_code, busy.json()["error"]["code"]) == (503, "database_busy")

@@ -86,8 +86,8 @@ api_tokens = Table(
 
 # Insert-first idempotency: a request claims (scope, key) in the transaction of its effect;
 # a duplicate blocks on the unique index until the first commits, then replays its answer.
-# Upstream commands claim their command_id the same way (scope "orders.commands"). Keys are deleted
-# once older than the retention, oldest first (hence the index on their age).
+# Upstream commands claim their command_id the same way (scope "orders.commands"). Keys are
+# deleted once older than the retention, oldest first (hence the index on their age).
 idempotency_keys = Table(
     "idempotency_keys",
     metadata,

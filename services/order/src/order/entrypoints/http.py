@@ -123,23 +123,17 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(DatabaseUnavailable)
-    async def on_database_unavailable(_: Request, error: DatabaseUnavailable) -> JSONResponse:
-        response = error_response(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            "database_unavailable",
-            "The order database cannot be reached; nothing was changed. Retry shortly "
-            "(with the same Idempotency-Key).",
-        )
-        response.headers["Retry-After"] = "1"
-        return response
-
     @app.exception_handler(DatabaseBusy)
-    async def on_database_busy(_: Request, error: DatabaseBusy) -> JSONResponse:
+    async def on_database_not_answering(_: Request, error: Exception) -> JSONResponse:
+        code, why = (
+            ("database_busy", "The order service is taking more requests than its database answers")
+            if isinstance(error, DatabaseBusy)
+            else ("database_unavailable", "The order database cannot be reached")
+        )
         response = error_response(
             status.HTTP_503_SERVICE_UNAVAILABLE,
-            "database_busy",
-            "The order service is taking more requests than its database answers; nothing was "
-            "changed. Retry shortly (with the same Idempotency-Key).",
+            code,
+            f"{why}; nothing was changed. Retry shortly (with the same Idempotency-Key).",
         )
         response.headers["Retry-After"] = "1"
         return response
