@@ -58,17 +58,23 @@ async def running_order_service(settings: OrderSettings) -> AsyncIterator[OrderS
             yield OrderService(client, admin, viewer)
 
 
+def order_settings(
+    databases: infra.TestDatabases, kafka_bootstrap: str, **overrides: Any
+) -> OrderSettings:
+    """The order service on `databases`, its relay polling every 0.5 s, and `overrides`."""
+    return OrderSettings(
+        database_url=databases.urls["order"],
+        migration_database_url=databases.migration_urls["order"],
+        kafka_bootstrap_servers=kafka_bootstrap,
+        **{"relay_poll_interval_seconds": 0.5, **overrides},
+    )
+
+
 @pytest.fixture(scope="session")
 async def order_service_app(
     kafka_bootstrap: str, databases: infra.TestDatabases
 ) -> AsyncIterator[OrderService]:
-    settings = OrderSettings(
-        database_url=databases.urls["order"],
-        migration_database_url=databases.migration_urls["order"],
-        kafka_bootstrap_servers=kafka_bootstrap,
-        relay_poll_interval_seconds=0.5,
-    )
-    async with running_order_service(settings) as service:
+    async with running_order_service(order_settings(databases, kafka_bootstrap)) as service:
         yield service
 
 

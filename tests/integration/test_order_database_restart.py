@@ -16,7 +16,12 @@ import pytest
 from devstack import infra
 from devstack.waiting import wait_until
 from order.config import Settings
-from tests.integration.conftest import OrderService, TopicReader, running_order_service
+from tests.integration.conftest import (
+    OrderService,
+    TopicReader,
+    order_settings,
+    running_order_service,
+)
 
 LIFECYCLE = ["confirmed", "preparing", "ready", "out_for_delivery", "delivered"]
 
@@ -44,13 +49,8 @@ def own_databases(cluster: infra.Postgres) -> Iterator[infra.TestDatabases]:
 
 
 def settings_for(databases: infra.TestDatabases, kafka_bootstrap: str, wait: float) -> Settings:
-    return Settings(
-        database_url=databases.urls["order"],
-        migration_database_url=databases.migration_urls["order"],
-        kafka_bootstrap_servers=kafka_bootstrap,
-        relay_poll_interval_seconds=0.5,
-        relay_retry_seconds=0.5,
-        database_wait_seconds=wait,
+    return order_settings(
+        databases, kafka_bootstrap, relay_retry_seconds=0.5, database_wait_seconds=wait
     )
 
 

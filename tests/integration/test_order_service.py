@@ -22,7 +22,12 @@ from order.adapters.schema import SchemaBehind
 from order.adapters.unit_of_work import UnitOfWork, UnitOfWorkFactory
 from order.app import build_app, build_engine
 from order.config import Settings as OrderSettings
-from tests.integration.conftest import OrderService, TopicReader, running_order_service
+from tests.integration.conftest import (
+    OrderService,
+    TopicReader,
+    order_settings,
+    running_order_service,
+)
 
 CUSTOMER = {"name": "Grace", "email": "grace@example.com"}
 LOCK_WAITS = (
@@ -37,17 +42,6 @@ def own_databases() -> Iterator[infra.TestDatabases]:
     created = infra.create_test_databases("own")
     yield created
     infra.drop_test_databases(created)
-
-
-def settings_on(
-    databases: infra.TestDatabases, kafka_bootstrap: str, **overrides: Any
-) -> OrderSettings:
-    return OrderSettings(
-        database_url=databases.urls["order"],
-        migration_database_url=databases.migration_urls["order"],
-        kafka_bootstrap_servers=kafka_bootstrap,
-        **overrides,
-    )
 
 
 async def create_order(svc: OrderService) -> UUID:
@@ -311,7 +305,7 @@ async def test_idempotency_keys_past_the_retention_are_forgotten_and_a_reuse_is_
 async def test_the_service_forgets_expired_idempotency_keys_by_itself(
     kafka_bootstrap: str, own_databases: infra.TestDatabases
 ) -> None:
-    settings = settings_on(
+    settings = order_settings(
         own_databases,
         kafka_bootstrap,
         idempotency_retention_hours=1,
@@ -413,7 +407,7 @@ async def test_a_change_that_lost_a_race_is_validated_again_against_the_winner(
 async def test_with_every_api_connection_busy_requests_get_503_and_the_relay_still_announces(
     kafka_bootstrap: str, own_databases: infra.TestDatabases, order_events: TopicReader
 ) -> None:
-    settings = settings_on(
+    settings = order_settings(
         own_databases,
         kafka_bootstrap,
         database_pool_size=1,

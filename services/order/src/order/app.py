@@ -38,11 +38,8 @@ log = logging.getLogger(__name__)
 RELAY_POOL_SIZE = 2
 
 
-def build_engine(
-    settings: Settings, *, pool_size: int | None = None, pool_overflow: int | None = None
-) -> AsyncEngine:
-    """An engine for the runtime role (everything but the migrations), with the configured pool
-    unless told otherwise."""
+def build_engine(settings: Settings) -> AsyncEngine:
+    """The engine everything but the migrations runs on, as the runtime role."""
     # No pre-ping (a round trip per checkout): a unit of work whose connection died in the
     # pool is run again (UnitOfWorkFactory.run), the relay retries its batch, and the first
     # such failure invalidates the whole pool. Recycling bounds a connection's age anyway.
@@ -50,8 +47,8 @@ def build_engine(
     # messages and logs.
     return create_async_engine(
         settings.database_url.get_secret_value(),
-        pool_size=settings.database_pool_size if pool_size is None else pool_size,
-        max_overflow=settings.database_pool_overflow if pool_overflow is None else pool_overflow,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_pool_overflow,
         pool_timeout=settings.database_pool_wait_seconds,
         pool_recycle=1800,
         hide_parameters=True,
@@ -81,7 +78,8 @@ def build_broker(settings: Settings, metrics: OrderMetrics) -> KafkaBroker:
 
 
 def build_relay_engine(settings: Settings) -> AsyncEngine:
-    return build_engine(settings, pool_size=RELAY_POOL_SIZE, pool_overflow=0)
+    relay_pool = {"database_pool_size": RELAY_POOL_SIZE, "database_pool_overflow": 0}
+    return build_engine(settings.model_copy(update=relay_pool))
 
 
 def build_relay(settings: Settings, engine: AsyncEngine, metrics: OrderMetrics) -> OutboxRelay:

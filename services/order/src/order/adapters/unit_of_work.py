@@ -96,7 +96,10 @@ class UnitOfWork:
         self._connection: AsyncConnection | None = None
 
     async def __aenter__(self) -> UnitOfWork:
-        self._connection = await self._connect()
+        try:
+            self._connection = await self._connect()
+        except PoolTimeout as error:
+            raise DatabaseBusy(str(error).splitlines()[0]) from error
         if self._transaction:
             await self._connection.begin()
         else:
@@ -134,13 +137,11 @@ class UnitOfWork:
 
     async def _connect(self) -> AsyncConnection:
         """A pooled connection, waiting up to `wait_for_database` seconds while the database
-        cannot be reached, e.g. through a restart, and as long as the pool's timeout while all
-        connections are in use. It is not pinged first: a connection that died in the pool
-        fails its first statement, and `UnitOfWorkFactory.run` starts over."""
+        cannot be reached, e.g. through a restart (while all are in use, as long as the pool's
+        timeout). It is not pinged first: a connection that died in the pool fails its first
+        statement, and `UnitOfWorkFactory.run` starts over."""
         try:
             return await self._engine.connect()
-        except PoolTimeout as error:
-            raise DatabaseBusy(str(error).splitlines()[0]) from error
         except Exception as error:
             if not _unavailable(error):
                 raise
@@ -151,8 +152,6 @@ class UnitOfWork:
             async for attempt in _backoff(self._wait_for_database, _CONNECT_AGAIN):
                 with attempt:
                     return await self._engine.connect()
-        except PoolTimeout as error:
-            raise DatabaseBusy(str(error).splitlines()[0]) from error
         except Exception as error:
             if _unavailable(error):
                 raise DatabaseUnavailable(str(error).splitlines()[0]) from error

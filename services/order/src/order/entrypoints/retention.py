@@ -16,8 +16,10 @@ log = logging.getLogger(__name__)
 async def forget_expired_idempotency_keys_every(
     interval: float, uow_factory: UnitOfWorkFactory, retention: timedelta
 ) -> None:
-    """Until cancelled. Every API process runs it: two deleting at once delete each key once."""
+    """Until cancelled, first after one interval (not in the way of a start). Every API process
+    runs it: two deleting at once delete each key once."""
     while True:
+        await asyncio.sleep(interval)
         try:
             forgotten = await service.forget_expired_idempotency_keys(uow_factory, retention)
             if forgotten:
@@ -26,4 +28,3 @@ async def forget_expired_idempotency_keys_every(
             log.warning(
                 "forgetting expired idempotency keys failed; trying again later", exc_info=True
             )
-        await asyncio.sleep(interval)
