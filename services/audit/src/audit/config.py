@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     migration_database_url: SecretStr = SecretStr(
         "postgresql+asyncpg://audit_owner:audit_owner_dev@127.0.0.1:5432/audit"
     )
+    # Connections kept open to the database and how many more may be opened at a peak. A unit
+    # of work that finds them all busy waits up to `database_pool_wait_seconds` for one; then a
+    # read answers 503 `database_busy` and consuming retries after a pause.
+    database_pool_size: int = Field(default=10, ge=1)
+    database_pool_overflow: int = Field(default=10, ge=0)
+    database_pool_wait_seconds: float = Field(default=5.0, gt=0)
     kafka_bootstrap_servers: str = Field(
         default="127.0.0.1:9092",
         validation_alias=AliasChoices("AUDIT_KAFKA_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"),

@@ -48,8 +48,9 @@ def build_engine(settings: Settings) -> AsyncEngine:
     # and logs.
     engine = create_async_engine(
         settings.database_url.get_secret_value(),
-        pool_size=10,
-        max_overflow=10,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_pool_overflow,
+        pool_timeout=settings.database_pool_wait_seconds,
         # The most recently used connection first: in steady use it never idles into a ping.
         pool_use_lifo=True,
         hide_parameters=True,

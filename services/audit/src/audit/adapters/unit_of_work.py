@@ -7,11 +7,37 @@ from types import TracebackType
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from audit.adapters.repository import AuditRepository
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not be reached, or went away mid-transaction: nothing was committed
+    unless the commit's answer was lost. Consuming retries after a pause (an event already
+    audited is not appended again); a read answers 503."""
+
+
+class DatabaseBusy(Exception):
+    """Every pooled connection stayed in use for as long as a unit of work may wait for one;
+    nothing was done."""
+
+
+# Connection exceptions (08), operator intervention (57P: shutting down, starting up).
+_UNAVAILABLE_SQLSTATES = ("08", "57P")
+
+
+def _unavailable(error: BaseException | None) -> bool:
+    if isinstance(error, OSError):  # refused or reset while connecting
+        return True
+    if not isinstance(error, DBAPIError):
+        return False
+    sqlstate = str(getattr(error.orig, "sqlstate", "") or "")
+    return error.connection_invalidated or sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
+
 
 # A connection in steady use proves itself alive; one that sat idle may have died meanwhile
 # (a database restart). pool_pre_ping would test every checkout, three round trips each: at
@@ -50,7 +76,14 @@ class UnitOfWork:
         self._connection: AsyncConnection | None = None
 
     async def __aenter__(self) -> UnitOfWork:
-        self._connection = await self._engine.connect()
+        try:
+            self._connection = await self._engine.connect()
+        except PoolTimeout as error:
+            raise DatabaseBusy(str(error).splitlines()[0]) from error
+        except Exception as error:
+            if _unavailable(error):
+                raise DatabaseUnavailable(str(error).splitlines()[0]) from error
+            raise
         await self._connection.begin()
         self.audit = AuditRepository(self._connection)
         return self
@@ -67,9 +100,15 @@ class UnitOfWork:
                 await self._connection.commit()
             else:
                 await self._connection.rollback()
+        except Exception as error:  # committing or rolling back
+            if exc is None and not _unavailable(error):
+                raise
+            exc = exc or error
         finally:
             await self._connection.close()
             self._connection = None
+        if _unavailable(exc):
+            raise DatabaseUnavailable(str(exc).splitlines()[0]) from exc
 
 
 class UnitOfWorkFactory:

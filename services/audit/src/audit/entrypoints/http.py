@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from audit import service
 from audit.adapters.token_verifier import Caller, OrderServiceUnavailable, TokenVerifier
+from audit.adapters.unit_of_work import DatabaseBusy, DatabaseUnavailable
 
 router = APIRouter()
 log = logging.getLogger(__name__)
@@ -130,7 +131,9 @@ READ_ERRORS: dict[int | str, dict[str, Any]] = {
     403: {"model": ErrorResponse, "description": "The token's role may not read here"},
     503: {
         "model": ErrorResponse,
-        "description": "The token cannot be checked: the order service does not answer",
+        "description": "`auth_unavailable`: the token cannot be checked, as the order service "
+        "does not answer; `database_unavailable`: the database cannot be reached; "
+        "`database_busy`: every connection to it stayed in use. Retry shortly.",
     },
 }
 
@@ -153,6 +156,18 @@ def install_error_handlers(app: FastAPI) -> None:
         )
         if refused.status_code == 401:
             response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+
+    @app.exception_handler(DatabaseUnavailable)
+    @app.exception_handler(DatabaseBusy)
+    async def on_database_not_answering(_: Request, error: Exception) -> JSONResponse:
+        code, why = (
+            ("database_busy", "The audit service is taking more requests than its database answers")
+            if isinstance(error, DatabaseBusy)
+            else ("database_unavailable", "The audit database cannot be reached")
+        )
+        response = error_response(503, code, f"{why}. Retry shortly.")
+        response.headers["Retry-After"] = "1"
         return response
 
     @app.exception_handler(RequestValidationError)

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -20,6 +21,30 @@ class Unstorable(Exception):
     """The database refused the content itself (SQLSTATE class 22, data exception: a NUL
     character in a text, a number out of range): retrying cannot help, unlike a lost
     connection, so the caller refuses the input (4xx, or a dead letter)."""
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not be reached, or went away mid-transaction: nothing was committed
+    unless the commit's answer was lost. Consuming and sending retry after a pause (the dedupe
+    keys make a repeat harmless); a read answers 503."""
+
+
+class DatabaseBusy(Exception):
+    """Every pooled connection stayed in use for as long as a unit of work may wait for one;
+    nothing was done."""
+
+
+# Connection exceptions (08), operator intervention (57P: shutting down, starting up).
+_UNAVAILABLE_SQLSTATES = ("08", "57P")
+
+
+def _unavailable(error: BaseException | None) -> bool:
+    if isinstance(error, OSError):  # refused or reset while connecting
+        return True
+    if not isinstance(error, DBAPIError):
+        return False
+    sqlstate = str(getattr(error.orig, "sqlstate", "") or "")
+    return error.connection_invalidated or sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
 
 
 def _refused_content(error: BaseException | None) -> bool:
@@ -68,7 +93,14 @@ class UnitOfWork:
         self._connection: AsyncConnection | None = None
 
     async def __aenter__(self) -> UnitOfWork:
-        self._connection = await self._engine.connect()
+        try:
+            self._connection = await self._engine.connect()
+        except PoolTimeout as error:
+            raise DatabaseBusy(str(error).splitlines()[0]) from error
+        except Exception as error:
+            if _unavailable(error):
+                raise DatabaseUnavailable(str(error).splitlines()[0]) from error
+            raise
         await self._connection.begin()
         self.communications = CommunicationRepository(self._connection)
         self.opt_outs = OptOutRepository(self._connection)
@@ -90,15 +122,17 @@ class UnitOfWork:
                     self._on_outbox_commit()
             else:
                 await self._connection.rollback()
-        except DBAPIError as error:  # writing the outbox, or committing
-            if _refused_content(error):
-                raise Unstorable(str(error.orig).splitlines()[0]) from error
-            raise
+        except Exception as error:  # writing the outbox, committing, or rolling back
+            if exc is None and not (_refused_content(error) or _unavailable(error)):
+                raise
+            exc = exc or error
         finally:
             await self._connection.close()
             self._connection = None
         if _refused_content(exc):
             raise Unstorable(str(getattr(exc, "orig", exc)).splitlines()[0]) from exc
+        if _unavailable(exc):
+            raise DatabaseUnavailable(str(exc).splitlines()[0]) from exc
 
 
 class UnitOfWorkFactory:

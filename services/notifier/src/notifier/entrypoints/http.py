@@ -21,6 +21,7 @@ from contracts import Channel
 from notifier import service
 from notifier.adapters.broker import BrokerConnection
 from notifier.adapters.token_verifier import Caller, OrderServiceUnavailable, TokenVerifier
+from notifier.adapters.unit_of_work import DatabaseBusy, DatabaseUnavailable
 from notifier.domain.communication import Communication, CommunicationStatus
 
 router = APIRouter()
@@ -115,7 +116,9 @@ READ_ERRORS: dict[int | str, dict[str, Any]] = {
     403: {"model": ErrorResponse, "description": "The token's role may not read here"},
     503: {
         "model": ErrorResponse,
-        "description": "The token cannot be checked: the order service does not answer",
+        "description": "`auth_unavailable`: the token cannot be checked, as the order service "
+        "does not answer; `database_unavailable`: the database cannot be reached; "
+        "`database_busy`: every connection to it stayed in use. Retry shortly.",
     },
 }
 
@@ -142,6 +145,21 @@ def install_error_handlers(app: FastAPI) -> None:
         )
         if refused.status_code == 401:
             response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+
+    @app.exception_handler(DatabaseUnavailable)
+    @app.exception_handler(DatabaseBusy)
+    async def on_database_not_answering(_: Request, error: Exception) -> JSONResponse:
+        code, why = (
+            (
+                "database_busy",
+                "The notifier service is taking more requests than its database answers",
+            )
+            if isinstance(error, DatabaseBusy)
+            else ("database_unavailable", "The notifier database cannot be reached")
+        )
+        response = error_response(503, code, f"{why}. Retry shortly.")
+        response.headers["Retry-After"] = "1"
         return response
 
     @app.exception_handler(RequestValidationError)
