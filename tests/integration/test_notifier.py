@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaProducer
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from faststream.kafka import KafkaBroker
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 
 from contracts import (
     NOTIFICATIONS_EVENTS,
@@ -879,3 +879,53 @@ async def test_commits_right_behind_the_one_that_woke_the_relay_share_its_batch(
         infra.drop_test_databases(created)
 
     assert batches == [1, 2]
+
+
+async def test_the_relay_purges_rows_published_past_the_retention_oldest_first_in_batches(
+    kafka_bootstrap: str,
+) -> None:
+    created = infra.create_test_databases("notifier_purge")
+    settings = Settings(
+        database_url=created.urls["notifier"],
+        migration_database_url=created.migration_urls["notifier"],
+        kafka_bootstrap_servers=kafka_bootstrap,
+    )
+    await asyncio.to_thread(migrate_in_process, settings)
+    engine = build_engine(settings)
+    relay = OutboxRelay(
+        engine,
+        BrokerConnection(KafkaBroker(kafka_bootstrap), retry_interval=0.2),
+        batch_size=10,
+        poll_interval=60,
+        retry_interval=0.2,
+        retention=timedelta(hours=1),
+        purge_batch=2,
+    )
+    # Row name → hours since it was published (None: not yet).
+    published: dict[str, int | None] = {"waiting": None, "recent": 0, "a": 2, "b": 4, "c": 3}
+    now = datetime.now(UTC)
+
+    async def remaining() -> list[str]:
+        async with engine.connect() as connection:
+            return sorted((await connection.scalars(select(outbox.c.key))).all())
+
+    try:
+        async with engine.begin() as connection:
+            for name, hours in published.items():
+                await connection.execute(
+                    insert(outbox).values(
+                        event_id=uuid4(),
+                        topic=NOTIFICATIONS_EVENTS,
+                        key=name,
+                        payload={},
+                        published_at=None if hours is None else now - timedelta(hours=hours),
+                    )
+                )
+        assert await relay.purge_published() == 2
+        assert await remaining() == ["a", "recent", "waiting"]  # the two oldest went first
+        assert await relay.purge_published() == 1
+        assert await relay.purge_published() == 0
+        assert await remaining() == ["recent", "waiting"]
+    finally:
+        await engine.dispose()
+        infra.drop_test_databases(created)

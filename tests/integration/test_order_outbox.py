@@ -122,24 +122,86 @@ async def test_two_relays_publish_each_row_once(
     assert all(keys[str(order_id)] == 1 for order_id in created), keys
 
 
-async def test_published_rows_are_purged_after_the_retention(
+async def outbox_ids(engine: AsyncEngine) -> list[int]:
+    async with engine.connect() as connection:
+        return list((await connection.scalars(select(outbox.c.id).order_by(outbox.c.id))).all())
+
+
+async def published_hours_ago(engine: AsyncEngine, ages: dict[int, int]) -> None:
+    """Backdate the publication of outbox rows: row id → hours ago."""
+    async with engine.begin() as connection:
+        for row_id, hours in ages.items():
+            await connection.execute(
+                update(outbox)
+                .where(outbox.c.id == row_id)
+                .values(published_at=func.now() - timedelta(hours=hours))
+            )
+
+
+async def test_published_rows_past_the_retention_are_purged_oldest_first_a_batch_at_a_time(
     kafka_bootstrap: str, own_order_database: str
 ) -> None:
     settings = Settings(database_url=own_order_database, kafka_bootstrap_servers=kafka_bootstrap)
     engine = build_engine(settings)
     async with UnitOfWork(engine) as uow:
-        for _ in range(3):
+        for _ in range(5):
             await service.create_order_in(
                 uow, customer=Customer("P", None, None), actor=Actor(id="p")
             )
     relay, kafka = await started_relay(
-        engine, kafka_bootstrap, own_order_database, retention=timedelta(0)
+        engine, kafka_bootstrap, own_order_database, retention=timedelta(hours=1), purge_batch=3
     )
     try:
         assert await relay.purge_published() == 0  # nothing published yet: nothing to purge
-        assert await relay.publish_batch() == Relayed(acknowledged=3, failed=0)
+        assert await relay.publish_batch() == Relayed(acknowledged=5, failed=0)
+        assert await relay.purge_published() == 0  # published, but within the retention
+        first, second, third, fourth, recent = await outbox_ids(engine)
+        await published_hours_ago(engine, {first: 2, second: 5, third: 4, fourth: 3})
+
         assert await relay.purge_published() == 3
+        assert await outbox_ids(engine) == [first, recent]  # the youngest past the retention
+        assert await relay.purge_published() == 1
+        assert await relay.purge_published() == 0
+        assert await outbox_ids(engine) == [recent]
         assert await relay.publish_batch() == Relayed(acknowledged=0, failed=0)
+    finally:
+        await kafka.broker.stop()
+        await engine.dispose()
+
+
+async def test_a_running_relay_purges_a_backlog_past_the_retention_batch_after_batch(
+    kafka_bootstrap: str, own_order_database: str
+) -> None:
+    settings = Settings(database_url=own_order_database, kafka_bootstrap_servers=kafka_bootstrap)
+    engine = build_engine(settings)
+    async with UnitOfWork(engine) as uow:
+        for _ in range(4):
+            await service.create_order_in(
+                uow, customer=Customer("B", None, None), actor=Actor(id="b")
+            )
+    # A purge an hour apart: only its batches' following each other empties the backlog.
+    relay, kafka = await started_relay(
+        engine,
+        kafka_bootstrap,
+        own_order_database,
+        retention=timedelta(hours=1),
+        purge_interval=3600,
+        purge_batch=1,
+    )
+    try:
+        assert await relay.publish_batch() == Relayed(acknowledged=4, failed=0)
+        *backlog, recent = await outbox_ids(engine)
+        await published_hours_ago(engine, dict.fromkeys(backlog, 2))
+        running = asyncio.create_task(relay.run())
+        try:
+            await wait_until(
+                lambda: outbox_ids(engine),
+                lambda ids: ids == [recent],
+                within=10,
+                what="the backlog past the retention to be purged",
+            )
+        finally:
+            await relay.stop(running, grace=5)
     finally:
         await kafka.broker.stop()
         await engine.dispose()

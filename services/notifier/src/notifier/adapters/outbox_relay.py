@@ -26,7 +26,7 @@ from datetime import timedelta
 from typing import Any
 
 from aiokafka.errors import MessageSizeTooLargeError
-from sqlalchemy import BigInteger, any_, bindparam, delete, func, select, update
+from sqlalchemy import BigInteger, any_, bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -47,6 +47,15 @@ WAITING_ROWS = (
     .where(outbox.c.published_at.is_(None))
     .order_by(outbox.c.id)
     .limit(bindparam("batch_size"))
+)
+# Published rows past the retention, oldest first, through the index on `published_at`: the
+# rows still kept are not read, and a backlog of them (after a long stop, or a shortened
+# retention) goes in short transactions that let publishing carry on in between.
+PURGE_BATCH = 10_000
+PURGE_PUBLISHED = text(
+    "DELETE FROM outbox WHERE ctid = ANY(ARRAY("
+    " SELECT ctid FROM outbox WHERE published_at < now() - CAST(:age AS interval)"
+    " ORDER BY published_at LIMIT :limit))"
 )
 MARK_PUBLISHED = (
     update(outbox)
@@ -85,6 +94,7 @@ class OutboxRelay:
         retention: timedelta,
         linger: float = 0.0,
         purge_interval: float = 60.0,
+        purge_batch: int = PURGE_BATCH,
         on_acknowledged: Callable[[str, int], None] = lambda topic, count: None,
     ) -> None:
         self._engine = engine
@@ -95,6 +105,7 @@ class OutboxRelay:
         self._retry_interval = retry_interval
         self._retention = retention
         self._purge_interval = purge_interval
+        self._purge_batch = purge_batch
         self._next_purge = 0.0
         self._stopping = False
         self.wake = asyncio.Event()
@@ -150,11 +161,18 @@ class OutboxRelay:
     async def _purge_when_due(self) -> None:
         now = time.monotonic()
         if now >= self._next_purge:
-            self._next_purge = now + self._purge_interval
-            async with self._engine.begin() as connection:
-                await connection.execute(
-                    delete(outbox).where(outbox.c.published_at < func.now() - self._retention)
-                )
+            purged = await self.purge_published()
+            # A full batch: more may be due, purged after the next batch of publishing.
+            self._next_purge = now if purged == self._purge_batch else now + self._purge_interval
+
+    async def purge_published(self) -> int:
+        """Delete up to a purge batch of rows published longer ago than the retention, oldest
+        first; they served their purpose."""
+        async with self._engine.begin() as connection:
+            result = await connection.execute(
+                PURGE_PUBLISHED, {"age": self._retention, "limit": self._purge_batch}
+            )
+        return int(result.rowcount)
 
     async def backlog(self) -> Backlog:
         """How many rows wait for Kafka, and for how long the oldest has (the partial index on

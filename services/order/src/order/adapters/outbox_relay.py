@@ -11,7 +11,8 @@
   re-sends only what Kafka did not take. After any failed send the producer is replaced: an
   idempotent aiokafka producer can be left with sequence numbers the broker refuses for good
   (aio-libs/aiokafka#1017), and a fresh producer id starts them anew.
-- Published rows are deleted once older than the retention setting.
+- Published rows are deleted once older than the retention setting, a batch at a time between
+  batches of publishing.
 - A row is marked published only after its send is acknowledged. A relay that stops between
   the ack and the mark (SIGKILL, database gone) leaves records on Kafka with unmarked rows; the
   next batch after a start, a failure, or a row waiting suspiciously long first reads the
@@ -37,7 +38,7 @@ from typing import Any
 import asyncpg
 from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.structs import RecordMetadata
-from sqlalchemy import BigInteger, any_, bindparam, delete, func, select, update
+from sqlalchemy import BigInteger, any_, bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -68,6 +69,15 @@ WAITING_ROWS = (
     .where(outbox.c.published_at.is_(None))
     .order_by(outbox.c.id)
     .limit(bindparam("batch_size"))
+)
+# Published rows past the retention, oldest first, through the index on `published_at`: the
+# rows still kept are not read, and a backlog of them (after a long stop, or a shortened
+# retention) goes in short transactions that let publishing carry on in between.
+PURGE_BATCH = 10_000
+PURGE_PUBLISHED = text(
+    "DELETE FROM outbox WHERE ctid = ANY(ARRAY("
+    " SELECT ctid FROM outbox WHERE published_at < now() - CAST(:age AS interval)"
+    " ORDER BY published_at LIMIT :limit))"
 )
 MARK_PUBLISHED = (
     update(outbox)
@@ -127,6 +137,7 @@ class OutboxRelay:
         linger: float = 0.0,
         retention: timedelta = timedelta(days=1),
         purge_interval: float = 60.0,
+        purge_batch: int = PURGE_BATCH,
         on_acknowledged: Callable[[str, int], None] = lambda topic, count: None,
     ) -> None:
         self._engine = engine
@@ -141,6 +152,7 @@ class OutboxRelay:
         self._retry_interval = retry_interval
         self._retention = retention
         self._purge_interval = purge_interval
+        self._purge_batch = purge_batch
         self._next_purge = 0.0
         self._stopping = False
         self._wake = asyncio.Event()
@@ -226,14 +238,16 @@ class OutboxRelay:
     async def _purge_when_due(self) -> None:
         now = time.monotonic()
         if now >= self._next_purge:
-            self._next_purge = now + self._purge_interval
-            await self.purge_published()
+            purged = await self.purge_published()
+            # A full batch: more may be due, purged after the next batch of publishing.
+            self._next_purge = now if purged == self._purge_batch else now + self._purge_interval
 
     async def purge_published(self) -> int:
-        """Delete rows published longer ago than the retention; they served their purpose."""
+        """Delete up to a purge batch of rows published longer ago than the retention, oldest
+        first; they served their purpose."""
         async with self._engine.begin() as connection:
             result = await connection.execute(
-                delete(outbox).where(outbox.c.published_at < func.now() - self._retention)
+                PURGE_PUBLISHED, {"age": self._retention, "limit": self._purge_batch}
             )
         return int(result.rowcount)
 
