@@ -3,7 +3,7 @@
 export UV_PYTHON_DOWNLOADS := never
 
 SOURCES := contracts/src services/order/src services/notifier/src services/audit/src deploy/local/devstack/src deploy/docgen/src \
-           deploy/orderctl/src bench
+           deploy/orderctl/src bench tests
 # The AsyncAPI project's parser (npm), which validates the generated AsyncAPI documents.
 ASYNCAPI_VALIDATOR := deploy/docgen/asyncapi-validate
 

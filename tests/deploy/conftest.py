@@ -60,7 +60,7 @@ def env_prefix(service: str) -> str:
 def env_names(service: str) -> frozenset[str]:
     """The environment variables the service's settings read, upper-cased (pydantic-settings
     matches them regardless of case)."""
-    names = set()
+    names: set[str] = set()
     for field_name, field in SETTINGS[service].model_fields.items():
         alias = field.validation_alias
         if isinstance(alias, AliasChoices):

@@ -34,10 +34,12 @@ def message_ids(stack: Stack) -> Counter[str]:
 async def communication_rows(databases: infra.TestDatabases) -> list[asyncpg.Record]:
     connection = await asyncpg.connect(databases.dsn("notifier"))
     try:
-        return await connection.fetch(
-            "SELECT event_id, dedupe_key, status FROM communication_events"
-            " WHERE order_id = $1 ORDER BY created_at",
-            ORDER_ID,
+        return list(
+            await connection.fetch(
+                "SELECT event_id, dedupe_key, status FROM communication_events"
+                " WHERE order_id = $1 ORDER BY created_at",
+                ORDER_ID,
+            )
         )
     finally:
         await connection.close()

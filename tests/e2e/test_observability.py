@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from functools import partial
 from typing import Any
 from uuid import uuid4
 
@@ -39,6 +40,10 @@ def names_by_service(stack: Stack, trace_id: str) -> dict[str, set[str]]:
             if span["context"]["trace_id"] == f"0x{trace_id}":
                 found[span["resource"]["attributes"]["service.name"]].add(span["name"])
     return found
+
+
+def has_samples(name: str, metrics: Scrape) -> bool:
+    return bool(metrics.values(name))
 
 
 async def test_one_status_change_is_one_trace_across_the_three_services(
@@ -128,13 +133,14 @@ async def test_each_service_exposes_its_outbox_backlog_and_consumer_lag(
     assert order.value("order_kafka_up") == 1
     assert order.value("order_http_requests_total", handler="/orders", method="POST") is not None
     for service in ("notifier", "audit"):
+        lag = f"{service}_consumer_lag"
         metrics = await wait_until(
-            lambda service=service: scrape(service),
-            lambda m, service=service: bool(m.values(f"{service}_consumer_lag")),
+            partial(scrape, service),
+            partial(has_samples, lag),
             within=30,
             what=f"the {service} consumer lag",
         )
-        assert all(lag >= 0 for lag in metrics.values(f"{service}_consumer_lag"))
+        assert all(partition_lag >= 0 for partition_lag in metrics.values(lag))
     notifier = await scrape("notifier")
     assert notifier.value("notifier_outbox_backlog") is not None
     assert notifier.value("notifier_communications", status="queued") is not None

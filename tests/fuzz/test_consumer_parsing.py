@@ -9,7 +9,7 @@ the letter is left to the real-broker test next door."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from faststream.kafka.message import KafkaAckableMessage
@@ -59,7 +59,7 @@ async def taken_alone(
     record: Record,
     parse_with_text_headers: Callable[..., Awaitable[Any]],
     undecoded: Callable[[Any], Awaitable[Any]],
-    parse: Callable[[Any], tuple[list[tuple[Record, Message]], list[tuple[Record, str]]]],
+    parse: Callable[[Any], tuple[Sequence[tuple[Record, Message]], Sequence[tuple[Record, str]]]],
     letter_for: Callable[[Record, str, str], DeadLetter],
     consumer_group: str,
 ) -> Message | DeadLetter:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -107,7 +108,7 @@ async def audit_replicas(
         ]
         for client in clients:
             await wait_until(
-                lambda c=client: c.get("/health/ready"),
+                partial(client.get, "/health/ready"),
                 lambda r: r.status_code == 200,
                 within=60,
                 what="audit replica ready",
@@ -278,7 +279,7 @@ async def test_every_message_is_audited_once_and_redelivery_changes_nothing(
 
     for order_id, story in stories.items():
         entries = await wait_until(
-            lambda o=order_id: timeline(audit_replicas[0], o),
+            partial(timeline, audit_replicas[0], order_id),
             lambda items: len(items) >= STORY_LENGTH,
             within=60,
             what="an entry per message",

@@ -5,7 +5,7 @@ the schema; the migrations run as the database's owner."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from uuid import uuid4
 
@@ -42,7 +42,11 @@ SETTINGS = {
     "notifier": notifier.config.Settings,
     "audit": audit.config.Settings,
 }
-MIGRATE = {"order": order.app.migrate, "notifier": notifier.app.migrate, "audit": audit.app.migrate}
+MIGRATE: dict[str, Callable[[Any], None]] = {
+    "order": order.app.migrate,
+    "notifier": notifier.app.migrate,
+    "audit": audit.app.migrate,
+}
 # One table of each service, for trying schema changes on.
 A_TABLE = {"order": "orders", "notifier": "communication_events", "audit": "audit_log"}
 

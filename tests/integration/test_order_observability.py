@@ -5,6 +5,7 @@ consumer lag is read from the broker, and a change's trace reaches its Kafka rec
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 from uuid import UUID, uuid4
 
 import httpx
@@ -22,11 +23,15 @@ from order.config import Settings
 from tests.integration.conftest import OrderService, TopicReader, running_order_service
 from tests.observability import Scrape, record_spans
 
-FAST = {"metrics_interval_seconds": 0.2, "kafka_check_seconds": 0.5, "relay_retry_seconds": 0.2}
+FAST: dict[str, Any] = {
+    "metrics_interval_seconds": 0.2,
+    "kafka_check_seconds": 0.5,
+    "relay_retry_seconds": 0.2,
+}
 
 
 @pytest.fixture
-def own_database() -> Iterator[dict[str, str]]:
+def own_database() -> Iterator[dict[str, Any]]:
     """A database no other relay of the session publishes from, as order settings."""
     created = infra.create_test_databases("obs")
     yield {
@@ -58,7 +63,7 @@ async def create(svc: OrderService) -> UUID:
 
 
 async def test_the_backlog_grows_while_kafka_is_unreachable_and_drains_when_it_is_back(
-    kafka_bootstrap: str, own_database: dict[str, str]
+    kafka_bootstrap: str, own_database: dict[str, Any]
 ) -> None:
     nowhere = f"127.0.0.1:{free_port()}"
     settings = Settings(**own_database, kafka_bootstrap_servers=nowhere, **FAST)
@@ -107,7 +112,7 @@ async def test_the_backlog_grows_while_kafka_is_unreachable_and_drains_when_it_i
 
 
 async def test_metrics_show_the_commands_consumer_lag_and_dead_letters(
-    kafka_bootstrap: str, own_database: dict[str, str]
+    kafka_bootstrap: str, own_database: dict[str, Any]
 ) -> None:
     settings = Settings(
         **own_database,
@@ -192,7 +197,7 @@ async def test_the_lag_reader_counts_what_a_group_has_not_committed(
 
 async def test_a_change_is_published_in_the_trace_of_its_request(
     kafka_bootstrap: str,
-    own_database: dict[str, str],
+    own_database: dict[str, Any],
     spans: InMemorySpanExporter,
     read_topic: Callable[[str], Awaitable[TopicReader]],
 ) -> None:

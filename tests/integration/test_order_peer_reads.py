@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 from uuid import uuid4
 
 import httpx
@@ -25,7 +26,7 @@ RELAYED = ("communications", "audit")
 
 
 @pytest.fixture(scope="module")
-def own_database() -> Iterator[dict[str, str]]:
+def own_database() -> Iterator[dict[str, Any]]:
     created = infra.create_test_databases("peers")
     yield {
         "database_url": created.urls["order"],
@@ -53,7 +54,7 @@ async def silent_peer() -> AsyncIterator[str]:
         await server.wait_closed()
 
 
-def settings_with_peers(own_database: dict[str, str], notifier: str, audit: str) -> Settings:
+def settings_with_peers(own_database: dict[str, Any], notifier: str, audit: str) -> Settings:
     # Kafka too is nowhere: neither the reads nor the change below may need it.
     return Settings(
         **own_database,
@@ -80,7 +81,7 @@ def assert_unavailable(response: httpx.Response, peer: str) -> None:
 
 
 async def test_with_the_peers_down_the_reads_are_503_and_a_change_still_succeeds(
-    own_database: dict[str, str],
+    own_database: dict[str, Any],
 ) -> None:
     nowhere = {peer: f"http://127.0.0.1:{free_port()}" for peer in ("notifier", "audit")}
     settings = settings_with_peers(own_database, nowhere["notifier"], nowhere["audit"])
@@ -104,7 +105,7 @@ async def test_with_the_peers_down_the_reads_are_503_and_a_change_still_succeeds
 
 
 async def test_a_peer_that_does_not_answer_is_503_within_the_timeout(
-    own_database: dict[str, str], silent_peer: str
+    own_database: dict[str, Any], silent_peer: str
 ) -> None:
     async with running_order_service(
         settings_with_peers(own_database, silent_peer, silent_peer)
@@ -122,7 +123,7 @@ async def test_a_peer_that_does_not_answer_is_503_within_the_timeout(
 
 
 async def test_the_order_service_refuses_and_checks_before_asking_a_peer(
-    own_database: dict[str, str],
+    own_database: dict[str, Any],
 ) -> None:
     nowhere = f"http://127.0.0.1:{free_port()}"
     async with running_order_service(settings_with_peers(own_database, nowhere, nowhere)) as order:

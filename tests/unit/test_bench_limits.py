@@ -10,13 +10,15 @@ from uuid import uuid4
 
 from sqlalchemy.dialects.postgresql import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql import Executable
+from sqlalchemy.sql import ClauseElement
 
 from bench.limits import GET_ORDER, INSERT_OUTBOX, SAVE_STATUS
 from contracts import Actor, Customer, OrderStatus, OrderStatusChanged
 from order.adapters.repository import OrderRepository, Outbox
 from order.domain.model import Customer as OrderCustomer
 from order.domain.model import Order
+
+DIALECT = asyncpg.dialect()  # type: ignore[no-untyped-call]  # SQLAlchemy's dialects are untyped
 
 
 def words(sql: str) -> list[str]:
@@ -30,8 +32,8 @@ class CompiledStatements:
     def __init__(self) -> None:
         self.sql: list[str] = []
 
-    async def execute(self, statement: Executable, parameters: Any = None) -> Any:
-        self.sql.append(str(statement.compile(dialect=asyncpg.dialect())))
+    async def execute(self, statement: ClauseElement, parameters: Any = None) -> Any:
+        self.sql.append(str(statement.compile(dialect=DIALECT)))
         return SimpleNamespace(one_or_none=lambda: None, all=lambda: [])
 
 

@@ -7,13 +7,13 @@ import io
 import json
 import logging
 import logging.config
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import SERVICE_NAME
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
@@ -78,6 +78,7 @@ def test_a_span_is_one_json_line_even_with_the_bytes_attributes_faststream_sets(
     shape = json.loads(line)
     assert shape["attributes"]["messaging.kafka.message.key"] == "order-1"
     assert shape["context"]["trace_id"] == f"0x{span.get_span_context().trace_id:032x}"
+    assert child.parent is not None
     assert shape["parent_id"] == f"0x{child.parent.span_id:016x}"
     assert shape["kind"] == "SpanKind.INTERNAL"
     assert shape["end_time"] > shape["start_time"]
@@ -100,9 +101,10 @@ def test_the_trace_context_survives_being_stored_and_attached_again() -> None:
         stored = current_trace_context()
     with attached(stored), tracer.start_as_current_span("publish") as publish:
         pass
-    assert publish.context.trace_id == change.context.trace_id
-    assert publish.parent is not None
-    assert publish.parent.span_id == change.context.span_id
+    parent = cast(ReadableSpan, publish).parent
+    assert publish.get_span_context().trace_id == change.get_span_context().trace_id
+    assert parent is not None
+    assert parent.span_id == change.get_span_context().span_id
 
 
 def log_to(stream: io.StringIO, log_format: Any) -> logging.Logger:
@@ -137,8 +139,8 @@ def test_a_json_log_line_carries_service_trace_span_and_correlation_id() -> None
     assert inside["service"] == "order"
     assert inside["version"] == 2
     assert inside["correlation_id"] == "req-7"
-    assert inside["trace_id"] == format(span.context.trace_id, "032x")
-    assert inside["span_id"] == format(span.context.span_id, "016x")
+    assert inside["trace_id"] == format(span.get_span_context().trace_id, "032x")
+    assert inside["span_id"] == format(span.get_span_context().span_id, "016x")
     assert "timestamp" in inside
     assert outside["level"] == "WARNING"
     assert "trace_id" not in outside
