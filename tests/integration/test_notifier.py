@@ -24,6 +24,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from faststream.kafka import KafkaBroker
 from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts import (
     NOTIFICATIONS_EVENTS,
@@ -837,10 +838,10 @@ async def test_smtp_sessions_are_reused_while_fresh_and_never_more_than_allowed(
     assert len(set(handler.peers)) == sessions
 
 
-async def test_commits_right_behind_the_one_that_woke_the_relay_share_its_batch(
-    kafka_bootstrap: str,
-) -> None:
-    # A database of its own: no other notifier's relay publishes its rows.
+@pytest.fixture
+async def own_engine(kafka_bootstrap: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on a notifier database of the test's own, migrated: no other notifier's relay
+    publishes or purges its outbox."""
     created = infra.create_test_databases("notifier_relay")
     settings = Settings(
         database_url=created.urls["notifier"],
@@ -849,9 +850,17 @@ async def test_commits_right_behind_the_one_that_woke_the_relay_share_its_batch(
     )
     await asyncio.to_thread(migrate_in_process, settings)
     engine = build_engine(settings)
+    yield engine
+    await engine.dispose()
+    infra.drop_test_databases(created)
+
+
+async def test_commits_right_behind_the_one_that_woke_the_relay_share_its_batch(
+    kafka_bootstrap: str, own_engine: AsyncEngine
+) -> None:
     batches: list[int] = []
     relay = OutboxRelay(
-        engine,
+        own_engine,
         BrokerConnection(KafkaBroker(kafka_bootstrap), retry_interval=0.2),
         batch_size=10,
         poll_interval=60,  # only a wake-up starts a batch
@@ -863,7 +872,7 @@ async def test_commits_right_behind_the_one_that_woke_the_relay_share_its_batch(
     running = asyncio.create_task(relay.run())
 
     async def committed(name: str) -> None:
-        async with engine.begin() as connection:
+        async with own_engine.begin() as connection:
             await connection.execute(
                 insert(outbox).values(
                     event_id=uuid4(), topic=NOTIFICATIONS_EVENTS, key=name, payload={"n": name}
@@ -875,25 +884,15 @@ async def test_commits_right_behind_the_one_that_woke_the_relay_share_its_batch(
         await commit_one_then_two_back_to_back(committed, batches)
     finally:
         await relay.stop(running, grace=5)
-        await engine.dispose()
-        infra.drop_test_databases(created)
 
     assert batches == [1, 2]
 
 
 async def test_the_relay_purges_rows_published_past_the_retention_oldest_first_in_batches(
-    kafka_bootstrap: str,
+    kafka_bootstrap: str, own_engine: AsyncEngine
 ) -> None:
-    created = infra.create_test_databases("notifier_purge")
-    settings = Settings(
-        database_url=created.urls["notifier"],
-        migration_database_url=created.migration_urls["notifier"],
-        kafka_bootstrap_servers=kafka_bootstrap,
-    )
-    await asyncio.to_thread(migrate_in_process, settings)
-    engine = build_engine(settings)
     relay = OutboxRelay(
-        engine,
+        own_engine,
         BrokerConnection(KafkaBroker(kafka_bootstrap), retry_interval=0.2),
         batch_size=10,
         poll_interval=60,
@@ -906,26 +905,22 @@ async def test_the_relay_purges_rows_published_past_the_retention_oldest_first_i
     now = datetime.now(UTC)
 
     async def remaining() -> list[str]:
-        async with engine.connect() as connection:
+        async with own_engine.connect() as connection:
             return sorted((await connection.scalars(select(outbox.c.key))).all())
 
-    try:
-        async with engine.begin() as connection:
-            for name, hours in published.items():
-                await connection.execute(
-                    insert(outbox).values(
-                        event_id=uuid4(),
-                        topic=NOTIFICATIONS_EVENTS,
-                        key=name,
-                        payload={},
-                        published_at=None if hours is None else now - timedelta(hours=hours),
-                    )
+    async with own_engine.begin() as connection:
+        for name, hours in published.items():
+            await connection.execute(
+                insert(outbox).values(
+                    event_id=uuid4(),
+                    topic=NOTIFICATIONS_EVENTS,
+                    key=name,
+                    payload={},
+                    published_at=None if hours is None else now - timedelta(hours=hours),
                 )
-        assert await relay.purge_published() == 2
-        assert await remaining() == ["a", "recent", "waiting"]  # the two oldest went first
-        assert await relay.purge_published() == 1
-        assert await relay.purge_published() == 0
-        assert await remaining() == ["recent", "waiting"]
-    finally:
-        await engine.dispose()
-        infra.drop_test_databases(created)
+            )
+    assert await relay.purge_published() == 2
+    assert await remaining() == ["a", "recent", "waiting"]  # the two oldest went first
+    assert await relay.purge_published() == 1
+    assert await relay.purge_published() == 0
+    assert await remaining() == ["recent", "waiting"]

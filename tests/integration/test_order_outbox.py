@@ -122,6 +122,15 @@ async def test_two_relays_publish_each_row_once(
     assert all(keys[str(order_id)] == 1 for order_id in created), keys
 
 
+async def create_orders(engine: AsyncEngine, count: int) -> None:
+    """`count` orders, created in one transaction: as many outbox rows."""
+    async with UnitOfWork(engine) as uow:
+        for _ in range(count):
+            await service.create_order_in(
+                uow, customer=Customer("O", None, None), actor=Actor(id="outbox-test")
+            )
+
+
 async def outbox_ids(engine: AsyncEngine) -> list[int]:
     async with engine.connect() as connection:
         return list((await connection.scalars(select(outbox.c.id).order_by(outbox.c.id))).all())
@@ -141,13 +150,10 @@ async def published_hours_ago(engine: AsyncEngine, ages: dict[int, int]) -> None
 async def test_published_rows_past_the_retention_are_purged_oldest_first_a_batch_at_a_time(
     kafka_bootstrap: str, own_order_database: str
 ) -> None:
-    settings = Settings(database_url=own_order_database, kafka_bootstrap_servers=kafka_bootstrap)
-    engine = build_engine(settings)
-    async with UnitOfWork(engine) as uow:
-        for _ in range(5):
-            await service.create_order_in(
-                uow, customer=Customer("P", None, None), actor=Actor(id="p")
-            )
+    engine = build_engine(
+        Settings(database_url=own_order_database, kafka_bootstrap_servers=kafka_bootstrap)
+    )
+    await create_orders(engine, 5)
     relay, kafka = await started_relay(
         engine, kafka_bootstrap, own_order_database, retention=timedelta(hours=1), purge_batch=3
     )
@@ -172,13 +178,10 @@ async def test_published_rows_past_the_retention_are_purged_oldest_first_a_batch
 async def test_a_running_relay_purges_a_backlog_past_the_retention_batch_after_batch(
     kafka_bootstrap: str, own_order_database: str
 ) -> None:
-    settings = Settings(database_url=own_order_database, kafka_bootstrap_servers=kafka_bootstrap)
-    engine = build_engine(settings)
-    async with UnitOfWork(engine) as uow:
-        for _ in range(4):
-            await service.create_order_in(
-                uow, customer=Customer("B", None, None), actor=Actor(id="b")
-            )
+    engine = build_engine(
+        Settings(database_url=own_order_database, kafka_bootstrap_servers=kafka_bootstrap)
+    )
+    await create_orders(engine, 4)
     # A purge an hour apart: only its batches' following each other empties the backlog.
     relay, kafka = await started_relay(
         engine,
@@ -237,11 +240,7 @@ async def test_a_full_batch_says_more_rows_are_waiting(
     engine = build_engine(
         Settings(database_url=own_order_database, kafka_bootstrap_servers=kafka_bootstrap)
     )
-    async with UnitOfWork(engine) as uow:
-        for _ in range(12):
-            await service.create_order_in(
-                uow, customer=Customer("F", None, None), actor=Actor(id="f")
-            )
+    await create_orders(engine, 12)
     relay, kafka = await started_relay(engine, kafka_bootstrap, own_order_database)
     try:
         assert await relay.publish_batch() == Relayed(acknowledged=10, failed=0, more_waiting=True)
