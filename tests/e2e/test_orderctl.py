@@ -431,3 +431,37 @@ async def test_lag_shows_each_service_group_catching_up(
     assert "notifier" not in shown.out
     nobody = (await orderctl("lag", "--group", f"nobody-{uuid4().hex[:6]}", "--json")).json()
     assert nobody["groups"][0]["lag"] is None
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("communications", "dead", "list"),
+        ("communications", "dead", "replay", "--all"),
+        ("audit", "verify"),
+        ("token", "revoke", "--name", "nobody"),
+    ],
+)
+async def test_a_database_command_with_its_database_unreachable_says_so_without_a_traceback(
+    args: tuple[str, ...],
+) -> None:
+    nowhere = free_port()
+    env = {**os.environ, "ORDER_DATABASE_WAIT_SECONDS": "0"}
+    for service, database in infra.SERVICE_DATABASES.items():
+        role = infra.SERVICE_ROLES[service].runtime
+        env[f"{service.upper()}_DATABASE_URL"] = (
+            f"postgresql+asyncpg://{role}:{role}_dev@127.0.0.1:{nowhere}/{database}"
+        )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "orderctl",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(process.communicate(), timeout=120)
+    assert process.returncode == 1
+    assert err.decode().startswith("error: database: "), err.decode()
+    assert "Traceback" not in err.decode()

@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 from audit import service
-from audit.adapters.unit_of_work import UnitOfWorkFactory
+from audit.adapters.unit_of_work import DatabaseBusy, DatabaseUnavailable, UnitOfWorkFactory
 from audit.app import build_engine
 from audit.config import Settings
 from audit.domain.entries import ChainReport
+
+# The audit service's own errors for a database that does not answer.
+UNREACHABLE = (DatabaseUnavailable, DatabaseBusy)
 
 
 async def verify() -> ChainReport:

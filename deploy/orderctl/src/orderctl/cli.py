@@ -237,7 +237,7 @@ def dead_list(as_json: Json = False) -> None:
     """List the dead communications (from the notifier's database)."""
     from orderctl import communications
 
-    dead = _database(communications.dead())
+    dead = _database(communications.dead(), *communications.UNREACHABLE)
     if as_json:
         output.emit_json([communications.as_dict(c) for c in dead])
         return
@@ -261,7 +261,9 @@ def dead_replay(
 
     if replay_all == bool(ids):
         output.fail("give either --all or one or more --id")
-    replayed = _database(communications.replay(None if replay_all else ids))
+    replayed = _database(
+        communications.replay(None if replay_all else ids), *communications.UNREACHABLE
+    )
     if as_json:
         output.emit_json([communications.as_dict(c) for c in replayed])
         return
@@ -278,7 +280,7 @@ def audit_verify(as_json: Json = False) -> None:
     """Walk the audit hash chain; exit 1 at the first broken link."""
     from orderctl import audit_chain
 
-    report = _database(audit_chain.verify())
+    report = _database(audit_chain.verify(), *audit_chain.UNREACHABLE)
     if as_json:
         output.emit_json(report.as_dict())
     elif report.ok:
@@ -306,7 +308,7 @@ def token_create(
     """Create an API token; it is printed once and stored only hashed."""
     from orderctl import tokens
 
-    secret = _database(tokens.create(name, role, replace=replace), tokens.DatabaseUnavailable)
+    secret = _database(tokens.create(name, role, replace=replace), *tokens.UNREACHABLE)
     if as_json:
         output.emit_json({"name": name, "role": role.value, "token": secret})
     else:
@@ -320,7 +322,7 @@ def token_revoke(
     """Revoke every active token of NAME; exit 1 if there was none."""
     from orderctl import tokens
 
-    revoked = _database(tokens.revoke(name), tokens.DatabaseUnavailable)
+    revoked = _database(tokens.revoke(name), *tokens.UNREACHABLE)
     if as_json:
         output.emit_json({"name": name, "revoked": revoked})
     else:

@@ -7,10 +7,13 @@ from typing import Any
 from uuid import UUID
 
 from notifier import service
-from notifier.adapters.unit_of_work import UnitOfWorkFactory
+from notifier.adapters.unit_of_work import DatabaseBusy, DatabaseUnavailable, UnitOfWorkFactory
 from notifier.app import build_engine
 from notifier.config import Settings
 from notifier.domain.communication import Communication
+
+# The notifier's own errors for a database that does not answer.
+UNREACHABLE = (DatabaseUnavailable, DatabaseBusy)
 
 
 async def dead() -> list[Communication]:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from order import service
-from order.adapters.unit_of_work import DatabaseUnavailable, UnitOfWorkFactory
+from order.adapters.unit_of_work import DatabaseBusy, DatabaseUnavailable, UnitOfWorkFactory
 from order.app import build_engine
 from order.config import Settings
 from order.domain.auth import Role
 
-__all__ = ["DatabaseUnavailable", "create", "revoke"]
+# The order service's own errors for a database that does not answer.
+UNREACHABLE = (DatabaseUnavailable, DatabaseBusy)
 
 
 async def create(name: str, role: Role, *, replace: bool) -> str:
