@@ -184,6 +184,9 @@ class Mark:
     at: float
     cpu: dict[str, float]
     machine_busy: float
+    # CPU time the hypervisor gave to other guests while this one wanted to run: on a shared
+    # virtual machine it swings from run to run, and every latency here carries it.
+    machine_stolen: float
 
 
 class ProcessMonitor:
@@ -228,11 +231,12 @@ class ProcessMonitor:
                 cpu[name] = times.user + times.system
         machine = psutil.cpu_times()
         busy = machine.user + machine.system + machine.nice + machine.irq + machine.softirq
-        return Mark(time.monotonic(), cpu, busy)
+        return Mark(time.monotonic(), cpu, busy, getattr(machine, "steal", 0.0))
 
     def between(self, start: Mark, end: Mark) -> dict[str, dict[str, float]]:
         """Per process: CPU in % of one core, and peak RSS (MB), from `start` to `end`; the
-        machine's CPU in % of one core (so 200 is two busy cores)."""
+        machine's CPU in % of one core (so 200 is two busy cores), and the share of a core
+        stolen by the hypervisor."""
         wall = max(end.at - start.at, 1e-9)
         usage: dict[str, dict[str, float]] = {}
         for name, cpu in end.cpu.items():
@@ -247,9 +251,17 @@ class ProcessMonitor:
             }
         usage["machine"] = {
             "cpu_percent": round(100 * (end.machine_busy - start.machine_busy) / wall, 1),
+            "stolen_percent": round(100 * (end.machine_stolen - start.machine_stolen) / wall, 1),
             "rss_peak_mb": 0.0,
         }
         return usage
+
+    @staticmethod
+    def cpu_seconds(start: Mark, end: Mark) -> dict[str, float]:
+        """CPU seconds each process (and the machine as a whole) spent from `start` to `end`."""
+        spent = {name: cpu - start.cpu[name] for name, cpu in end.cpu.items() if name in start.cpu}
+        spent["machine"] = end.machine_busy - start.machine_busy
+        return spent
 
     def peak_rss(self) -> dict[str, float]:
         peaks: dict[str, float] = {}

@@ -207,11 +207,13 @@ def _latency(step: dict[str, Any], name: str) -> str:
     return f"{latency['p50']:,.0f} / {latency['p99']:,.0f} / {latency['max']:,.0f}"
 
 
-def _cpu(step: dict[str, Any], names: tuple[str, ...]) -> str:
-    return " / ".join(_fmt(step["resources"].get(name, {}).get("cpu_percent")) for name in names)
+def _cpu(step: dict[str, Any], names: tuple[str, ...], figure: str = "cpu_percent") -> str:
+    digits = 1 if figure == "cpu_ms_per_change" else 0
+    return " / ".join(_fmt(step["resources"].get(name, {}).get(figure), digits) for name in names)
 
 
 CPU_COLUMNS = ("order", "notifier", "audit", "kafka", "machine")
+COST_COLUMNS = ("order", "notifier", "audit", "machine")
 
 
 def markdown(document: dict[str, Any]) -> str:
@@ -243,6 +245,15 @@ def markdown(document: dict[str, Any]) -> str:
         f"{_fmt(system['bursts'][0]['notifier_events_per_s'])} → "
         f"{_fmt(system['bursts'][-1]['notifier_events_per_s'])} | | |",
     ]
+    cost = system["http"].get("sustained_cpu_ms_per_change")
+    if cost:
+        lines.append(
+            "| CPU ms per HTTP change at the sustained rate: "
+            + " / ".join(COST_COLUMNS)
+            + " | "
+            + " / ".join(_fmt(cost.get(name), 1) for name in COST_COLUMNS)
+            + " | | |"
+        )
     for target in document["targets"]:
         sign = "≥" if target["at_least"] else "≤"
         digits = 2 if target["target"] < 1 else 0
@@ -255,11 +266,14 @@ def markdown(document: dict[str, Any]) -> str:
         "### Load steps",
         "",
         "Latencies in ms as p50 / p99 / max, each from the moment the change was due. "
-        "CPU in % of one core: " + " / ".join(CPU_COLUMNS) + ".",
+        "CPU in % of one core: " + " / ".join(CPU_COLUMNS) + "; stolen: % of a core the "
+        "hypervisor gave to other guests while this machine wanted it. CPU per change in ms, "
+        "the step's drain included: " + " / ".join(COST_COLUMNS) + " (what runs whatever "
+        "the load, such as polling and metrics, weighs more at low rates).",
         "",
         "| phase | offered/s | achieved/s | ok / sent | HTTP | change→event | change→email "
-        "| change→audit | CPU | verdict |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| change→audit | CPU | stolen | CPU per change | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     phases = [system["http"]["steps"]]
     if "http_half_rate" in system:
@@ -273,7 +287,8 @@ def markdown(document: dict[str, Any]) -> str:
                 f"{_fmt(step['achieved_rate'])} | {step['ok']} / {step['sent']} | "
                 f"{_latency(step, 'http')} | {_latency(step, 'event')} | "
                 f"{_latency(step, 'email')} | {_latency(step, 'audit')} | "
-                f"{_cpu(step, CPU_COLUMNS)} | {verdict} |"
+                f"{_cpu(step, CPU_COLUMNS)} | {_cpu(step, ('machine',), 'stolen_percent')} | "
+                f"{_cpu(step, COST_COLUMNS, 'cpu_ms_per_change')} | {verdict} |"
             )
     lines += [
         "",

@@ -154,11 +154,27 @@ def next_probe(steps: Sequence[Step], resolution: float) -> float | None:
     return probe if held.offered_rate < probe < broke.offered_rate else None
 
 
-def sustained_rate(steps: Sequence[Step]) -> float:
-    """The achieved rate of the last step of the unbroken run from the lowest offered rate:
-    a step that passes after an earlier one broke does not count."""
+def sustained_step(steps: Sequence[Step]) -> Step | None:
+    """The last step of the unbroken run from the lowest offered rate: a step that passes
+    after an earlier one broke does not count."""
     held, _ = _bracket(steps)
+    return held
+
+
+def sustained_rate(steps: Sequence[Step]) -> float:
+    held = sustained_step(steps)
     return 0.0 if held is None else held.achieved_rate
+
+
+def cpu_cost(step: Step | None) -> dict[str, float]:
+    """CPU ms per change of each process in `step` (none for no step)."""
+    if step is None:
+        return {}
+    return {
+        name: figures["cpu_ms_per_change"]
+        for name, figures in step.resources.items()
+        if "cpu_ms_per_change" in figures
+    }
 
 
 def broke_at(steps: Sequence[Step]) -> float | None:

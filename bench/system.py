@@ -23,6 +23,7 @@ from bench.observe import (
     ChangeKey,
     EventWatch,
     Maildir,
+    Mark,
     ProcessMonitor,
     audit_times,
     consumer_lag,
@@ -35,9 +36,11 @@ from bench.stats import (
     Latency,
     Step,
     broke_at,
+    cpu_cost,
     hotspots,
     next_probe,
     sustained_rate,
+    sustained_step,
 )
 from contracts import (
     NOTIFICATIONS_EVENTS,
@@ -227,7 +230,7 @@ class System:
         answered = [c.latency for c in offered.calls if c.latency is not None and c.status]
         step.latencies = {"http": Latency.of_seconds(answered), **await self._latencies(ok)}
         step.drained, step.drain_seconds = drained, round(drain_seconds, 2)
-        step.resources = self._resources(before, loaded)
+        step.resources = self._resources(before, loaded, len(ok))
         step.judge(self.plan.breaking)
         log.info("%s %.0f/s: %s", phase, rate, _summary(step))
         return step
@@ -257,7 +260,7 @@ class System:
         step = self._step(phase, rate, offered, ok, max(last_event, offered.finished))
         step.latencies = await self._latencies(ok)
         step.drained, step.drain_seconds = drained, round(drain_seconds, 2)
-        step.resources = self._resources(before, loaded)
+        step.resources = self._resources(before, loaded, len(ok))
         step.judge(self.plan.breaking)
         rejected = self.watch.results["CommandRejected"] - rejected_before
         if rejected:
@@ -265,12 +268,19 @@ class System:
         log.info("%s %.0f/s: %s", phase, rate, _summary(step))
         return step
 
-    def _resources(self, before: Any, loaded: Any) -> dict[str, dict[str, float]]:
-        """CPU over the offered load; peak RSS up to now, drain included."""
+    def _resources(self, before: Mark, loaded: Mark, changes: int) -> dict[str, dict[str, float]]:
+        """CPU over the offered load; peak RSS up to now, drain included; and the CPU time of
+        each process per change made, drain included (the consumers' backlog is the step's
+        work too). CPU time per change depends far less than latency or throughput on what
+        else the machine runs, so it compares code across runs and machines better."""
+        drained = self.monitor.mark()
         usage = self.monitor.between(before, loaded)
-        peaks = self.monitor.between(before, self.monitor.mark())
+        peaks = self.monitor.between(before, drained)
+        spent = self.monitor.cpu_seconds(before, drained)
         for name, figures in usage.items():
             figures["rss_peak_mb"] = peaks.get(name, figures)["rss_peak_mb"]
+            if changes and name in spent:
+                figures["cpu_ms_per_change"] = round(1000 * spent[name] / changes, 2)
         return usage
 
     async def ladder(self, phase: str, rates: list[float], over_http: bool) -> dict[str, Any]:
@@ -294,6 +304,7 @@ class System:
         return {
             "steps": [s.to_json() for s in steps],
             "sustained_per_s": sustained_rate(steps),
+            "sustained_cpu_ms_per_change": cpu_cost(sustained_step(steps)),
             "broke_at": broke_at(steps),
         }
 

@@ -6,17 +6,20 @@ from __future__ import annotations
 import pytest
 
 from bench.load import orders_needed, schedule
+from bench.observe import Mark, ProcessMonitor
 from bench.stats import (
     BreakingPoint,
     Latency,
     Step,
     broke_at,
+    cpu_cost,
     frame_name,
     hotspots,
     ladder,
     next_probe,
     percentile,
     sustained_rate,
+    sustained_step,
 )
 
 
@@ -97,6 +100,24 @@ def test_sustained_rate_is_the_last_step_before_the_first_break() -> None:
     assert sustained_rate(steps) == 98.0
     assert broke_at(steps) == 200
     assert sustained_rate([_step(50, drained=False)]) == 0.0
+
+
+def test_cpu_cost_is_that_of_the_sustained_step() -> None:
+    held = _step(100, resources={"order": {"cpu_percent": 50.0, "cpu_ms_per_change": 5.0}})
+    broke = _step(200, errors=500, resources={"order": {"cpu_ms_per_change": 4.0}})
+    assert sustained_step([_step(50), held, broke]) is held
+    assert cpu_cost(sustained_step([_step(50), held, broke])) == {"order": 5.0}
+    assert cpu_cost(sustained_step([broke])) == {}
+
+
+def test_monitor_reports_cpu_per_process_and_the_machine_with_what_was_stolen() -> None:
+    start = Mark(at=10.0, cpu={"order": 1.0, "gone": 3.0}, machine_busy=100.0, machine_stolen=5.0)
+    end = Mark(at=12.0, cpu={"order": 2.5, "new": 1.0}, machine_busy=103.0, machine_stolen=6.0)
+    usage = ProcessMonitor().between(start, end)
+    assert usage["order"]["cpu_percent"] == 75.0
+    assert usage["machine"] == {"cpu_percent": 150.0, "stolen_percent": 50.0, "rss_peak_mb": 0.0}
+    assert set(usage) == {"order", "machine"}  # a process watched at one mark only: none
+    assert ProcessMonitor.cpu_seconds(start, end) == {"order": 1.5, "machine": 3.0}
 
 
 def test_probes_halve_the_gap_between_held_and_broke_until_it_is_narrow() -> None:
