@@ -7,18 +7,28 @@ import asyncio
 import contextlib
 import json
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
+from uuid import uuid4
 
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from fastapi import FastAPI
 
+from audit.app import build_app as build_audit_app
+from audit.app import migrate as migrate_audit
+from audit.config import Settings as AuditSettings
+from audit.entrypoints.consumer import AUDITED_TOPICS
 from contracts import ORDERS_EVENTS
 from devstack import infra
 from devstack.processes import free_port, migrate, run_checked, service_env, service_process
 from devstack.waiting import wait_until
+from notifier.app import build_app as build_notifier_app
+from notifier.app import migrate as migrate_notifier
+from notifier.config import Settings as NotifierSettings
 from order import service as order_service
 from order.adapters.unit_of_work import UnitOfWorkFactory
 from order.app import build_app, build_engine
@@ -41,6 +51,28 @@ class OrderService:
 
 
 @contextlib.asynccontextmanager
+async def serving(
+    app: FastAPI, *, headers: Mapping[str, str] | None = None, ready: bool = False
+) -> AsyncIterator[httpx.AsyncClient]:
+    """`app` in this process, its lifespan running, and a client on it sending `headers`;
+    with `ready`, once /health/ready says so."""
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://service", headers=headers
+        ) as client,
+    ):
+        if ready:
+            await wait_until(
+                partial(client.get, "/health/ready"),
+                lambda response: response.status_code == 200,
+                within=60,
+                what=f"{app.title} to be ready",
+            )
+        yield client
+
+
+@contextlib.asynccontextmanager
 async def running_order_service(settings: OrderSettings) -> AsyncIterator[OrderService]:
     """The order service in this process (HTTP API and outbox relay), migrated, with an admin
     and a viewer token, its lifespan running."""
@@ -51,11 +83,81 @@ async def running_order_service(settings: OrderSettings) -> AsyncIterator[OrderS
     viewer = await order_service.issue_token(uow, "it-viewer", Role.VIEWER)
     await engine.dispose()
 
-    app = build_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://order") as client:
-            yield OrderService(client, admin, viewer)
+    async with serving(build_app(settings)) as client:
+        yield OrderService(client, admin, viewer)
+
+
+MESSAGE_ID_DOMAIN = "it.backbone.local"
+
+
+def notifier_settings(
+    databases: infra.TestDatabases, kafka_bootstrap: str, smtp_port: int, **overrides: Any
+) -> NotifierSettings:
+    """The notifier on `databases`, sending to the SMTP server at `smtp_port`, in a consumer
+    group of its own, with short pauses and retries, and `overrides`."""
+    fields: dict[str, Any] = {
+        "database_url": databases.urls["notifier"],
+        "migration_database_url": databases.migration_urls["notifier"],
+        "kafka_bootstrap_servers": kafka_bootstrap,
+        "consumer_group": f"notifier-it-{uuid4().hex[:8]}",
+        "smtp_port": smtp_port,
+        "smtp_timeout_seconds": 2.0,
+        "lease_seconds": 10.0,
+        "message_id_domain": MESSAGE_ID_DOMAIN,
+        "dispatch_poll_interval_seconds": 0.2,
+        "outbox_poll_interval_seconds": 0.2,
+        "backoff_base_seconds": 0.2,
+        "backoff_max_seconds": 1.0,
+        "max_attempts": 100,
+        "retry_seconds": 0.5,
+        **overrides,
+    }
+    return NotifierSettings(**fields)
+
+
+@contextlib.asynccontextmanager
+async def running_notifier(
+    settings: NotifierSettings, headers: Mapping[str, str] | None = None
+) -> AsyncIterator[tuple[httpx.AsyncClient, FastAPI]]:
+    """The notifier in this process (consumer, dispatcher, relay, read API) on its settings'
+    database, migrated, consuming only what is published from now on; ready. Its client
+    sends `headers`."""
+    await consumer_group_at_end(settings.kafka_bootstrap_servers, settings.consumer_group)
+    await asyncio.to_thread(migrate_notifier, settings)  # alembic runs its own event loop
+    app = build_notifier_app(settings)
+    async with serving(app, headers=headers, ready=True) as client:
+        yield client, app
+
+
+def audit_settings(
+    databases: infra.TestDatabases, kafka_bootstrap: str, **overrides: Any
+) -> AuditSettings:
+    """The audit service on `databases`, in a consumer group of its own, and `overrides`."""
+    fields: dict[str, Any] = {
+        "database_url": databases.urls["audit"],
+        "migration_database_url": databases.migration_urls["audit"],
+        "kafka_bootstrap_servers": kafka_bootstrap,
+        "consumer_group": f"audit-it-{uuid4().hex[:8]}",
+        **overrides,
+    }
+    return AuditSettings(**fields)
+
+
+@contextlib.asynccontextmanager
+async def running_audit(
+    settings: AuditSettings, headers: Mapping[str, str] | None = None
+) -> AsyncIterator[tuple[httpx.AsyncClient, FastAPI]]:
+    """The audit service in this process (consumer, read API) on its settings' database,
+    migrated, consuming only what is published from now on; ready. Its client sends
+    `headers`."""
+    for topic in AUDITED_TOPICS:
+        await consumer_group_at_end(
+            settings.kafka_bootstrap_servers, settings.consumer_group, topic
+        )
+    await asyncio.to_thread(migrate_audit, settings)
+    app = build_audit_app(settings)
+    async with serving(app, headers=headers, ready=True) as client:
+        yield client, app
 
 
 def order_settings(

@@ -47,7 +47,7 @@ from contracts import (
 from devstack import infra
 from devstack.processes import Process, free_port, service_env, service_process
 from devstack.waiting import wait_until
-from tests.integration.conftest import TokenIssuer
+from tests.integration.conftest import TokenIssuer, serving
 from tests.integration.read_api_auth import (
     TOKEN_CACHE_SECONDS,
     check_openapi,
@@ -93,29 +93,12 @@ async def audit_replicas(
         order_service_url=token_issuer.url,
         token_cache_seconds=TOKEN_CACHE_SECONDS,
     )
-    apps = [build_app(settings), build_app(settings)]
+    headers = token_issuer.as_viewer()
     async with (
-        apps[0].router.lifespan_context(apps[0]),
-        apps[1].router.lifespan_context(apps[1]),
+        serving(build_app(settings), headers=headers, ready=True) as first,
+        serving(build_app(settings), headers=headers, ready=True) as second,
     ):
-        clients = [
-            httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app),
-                base_url="http://audit",
-                headers=token_issuer.as_viewer(),
-            )
-            for app in apps
-        ]
-        for client in clients:
-            await wait_until(
-                partial(client.get, "/health/ready"),
-                lambda r: r.status_code == 200,
-                within=60,
-                what="audit replica ready",
-            )
-        yield clients
-        for client in clients:
-            await client.aclose()
+        yield [first, second]
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ letters and the consumer lag on every audited topic."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterator
 from uuid import uuid4
 
@@ -13,8 +12,6 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from audit.app import build_app, migrate
-from audit.config import Settings
 from audit.entrypoints.consumer import AUDITED_TOPICS
 from contracts import (
     ORDERS_COMMAND_RESULTS,
@@ -25,7 +22,7 @@ from contracts import (
 )
 from devstack import infra
 from devstack.waiting import wait_until
-from tests.integration.conftest import consumer_group_at_end
+from tests.integration.conftest import audit_settings, running_audit
 from tests.integration.test_audit import ADMIN, CUSTOMER, publish
 from tests.observability import Scrape, record_spans
 
@@ -41,23 +38,10 @@ def spans() -> Iterator[InMemorySpanExporter]:
 async def audit(kafka_bootstrap: str) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
     """The audit service in this process on a database of its own; its client and group."""
     own = infra.create_test_databases("aobs")
-    group = f"audit-obs-{uuid4().hex[:8]}"
-    for topic in AUDITED_TOPICS:
-        await consumer_group_at_end(kafka_bootstrap, group, topic)
-    settings = Settings(
-        database_url=own.urls["audit"],
-        migration_database_url=own.migration_urls["audit"],
-        kafka_bootstrap_servers=kafka_bootstrap,
-        consumer_group=group,
-        metrics_interval_seconds=0.2,
-    )
-    await asyncio.to_thread(migrate, settings)
-    app = build_app(settings)
+    settings = audit_settings(own, kafka_bootstrap, metrics_interval_seconds=0.2)
     try:
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://a") as client:
-                yield client, group
+        async with running_audit(settings) as (client, _):
+            yield client, settings.consumer_group
     finally:
         infra.drop_test_databases(own)
 

@@ -10,36 +10,32 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from audit.app import build_app as build_audit_app
-from audit.app import migrate as migrate_audit
-from audit.config import Settings as AuditSettings
-from audit.entrypoints.consumer import AUDITED_TOPICS
 from devstack import infra
 from devstack.processes import free_port
 from devstack.waiting import wait_until
-from notifier.app import build_app as build_notifier_app
-from notifier.app import migrate as migrate_notifier
 from order.config import Settings
 from tests.integration.conftest import (
     OrderService,
     TokenIssuer,
     TopicReader,
-    consumer_group_at_end,
+    audit_settings,
+    notifier_settings,
     order_settings,
+    running_audit,
+    running_notifier,
     running_order_service,
 )
-from tests.integration.test_notifier import notifier_settings
 
 LIFECYCLE = ["confirmed", "preparing", "ready", "out_for_delivery", "delivered"]
 
@@ -166,58 +162,21 @@ async def test_a_database_away_longer_than_the_wait_gives_503_then_recovers(
 READ_APIS = {"notifier": "/communications", "audit": "/audit"}
 
 
-@asynccontextmanager
-async def read_api(
+def read_api(
     service: str,
     databases: infra.TestDatabases,
     kafka_bootstrap: str,
     token_issuer: TokenIssuer,
     **overrides: Any,
-) -> AsyncIterator[tuple[httpx.AsyncClient, FastAPI]]:
-    """The notifier or the audit service, running in this process on `databases` (migrated),
-    consuming only what comes next; the client reads with a viewer token."""
-    group = f"{service}-pgdown-{uuid4().hex[:8]}"
-    app: FastAPI
+) -> AbstractAsyncContextManager[tuple[httpx.AsyncClient, FastAPI]]:
+    """The notifier or the audit service, running in this process on `databases`; the client
+    reads with a viewer token."""
+    overrides["order_service_url"] = token_issuer.url
     if service == "notifier":
-        await consumer_group_at_end(kafka_bootstrap, group)
-        notifier = notifier_settings(
-            databases,
-            kafka_bootstrap,
-            free_port(),
-            consumer_group=group,
-            order_service_url=token_issuer.url,
-            **overrides,
-        )
-        await asyncio.to_thread(migrate_notifier, notifier)  # alembic runs its own event loop
-        app = build_notifier_app(notifier)
-    else:
-        for topic in AUDITED_TOPICS:
-            await consumer_group_at_end(kafka_bootstrap, group, topic)
-        audit = AuditSettings(
-            database_url=databases.urls["audit"],
-            migration_database_url=databases.migration_urls["audit"],
-            kafka_bootstrap_servers=kafka_bootstrap,
-            consumer_group=group,
-            order_service_url=token_issuer.url,
-            **overrides,
-        )
-        await asyncio.to_thread(migrate_audit, audit)
-        app = build_audit_app(audit)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url=f"http://{service}",
-            headers=token_issuer.as_viewer(),
-        ) as client,
-    ):
-        await wait_until(
-            lambda: client.get("/health/ready"),
-            lambda response: response.status_code == 200,
-            within=60,
-            what=f"the {service} service to be ready",
-        )
-        yield client, app
+        notifier = notifier_settings(databases, kafka_bootstrap, free_port(), **overrides)
+        return running_notifier(notifier, token_issuer.as_viewer())
+    audit = audit_settings(databases, kafka_bootstrap, **overrides)
+    return running_audit(audit, token_issuer.as_viewer())
 
 
 def assert_database_answer(response: httpx.Response, code: str) -> None:

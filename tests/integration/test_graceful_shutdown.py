@@ -56,15 +56,13 @@ from notifier.app import migrate as migrate_notifier
 from notifier.config import Settings as NotifierSettings
 from order.app import migrate as migrate_order
 from order.config import Settings as OrderSettings
-from tests.integration.conftest import consumer_group_at_end, values_on_topic
-from tests.integration.test_notifier import (
+from tests.integration.conftest import (
     MESSAGE_ID_DOMAIN,
-    customer_for,
-    message_id,
+    consumer_group_at_end,
     notifier_settings,
-    publish,
-    status_changed,
+    values_on_topic,
 )
+from tests.integration.test_notifier import customer_for, message_id, publish, status_changed
 from tests.integration.test_order_commands import change_command, create_command, send
 from tests.observability import Scrape
 

@@ -55,9 +55,13 @@ from notifier.domain.communication import Communication, CommunicationStatus
 from notifier.domain.dedupe import dedupe_key
 from notifier.domain.planning import template_context
 from tests.integration.conftest import (
+    MESSAGE_ID_DOMAIN,
     TokenIssuer,
     commit_one_then_two_back_to_back,
     consumer_group_at_end,
+    notifier_settings,
+    running_notifier,
+    serving,
 )
 from tests.integration.read_api_auth import (
     TOKEN_CACHE_SECONDS,
@@ -68,7 +72,6 @@ from tests.integration.read_api_auth import (
     get_without_token,
 )
 
-MESSAGE_ID_DOMAIN = "it.backbone.local"
 SHOP = Actor(id="shop", role="admin")
 
 
@@ -107,29 +110,6 @@ def smtp_sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmtpSink]:
     sink.stop()
 
 
-def notifier_settings(
-    databases: infra.TestDatabases, kafka_bootstrap: str, smtp_port: int, **overrides: Any
-) -> Settings:
-    fields: dict[str, Any] = {
-        "database_url": databases.urls["notifier"],
-        "migration_database_url": databases.migration_urls["notifier"],
-        "kafka_bootstrap_servers": kafka_bootstrap,
-        "consumer_group": f"notifier-it-{uuid4().hex[:8]}",
-        "smtp_port": smtp_port,
-        "smtp_timeout_seconds": 2.0,
-        "lease_seconds": 10.0,
-        "message_id_domain": MESSAGE_ID_DOMAIN,
-        "dispatch_poll_interval_seconds": 0.2,
-        "outbox_poll_interval_seconds": 0.2,
-        "backoff_base_seconds": 0.2,
-        "backoff_max_seconds": 1.0,
-        "max_attempts": 100,
-        "retry_seconds": 0.5,
-        **overrides,
-    }
-    return Settings(**fields)
-
-
 @pytest.fixture(scope="module")
 async def notifier_api(
     kafka_bootstrap: str,
@@ -139,29 +119,15 @@ async def notifier_api(
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The notifier (consumer, dispatcher, relay and HTTP API) running in this process; the
     client reads with a viewer token."""
-    group = await consumer_group_at_end(kafka_bootstrap, f"notifier-it-{uuid4().hex[:8]}")
     settings = notifier_settings(
         databases,
         kafka_bootstrap,
         smtp_sink.port,
-        consumer_group=group,
         order_service_url=token_issuer.url,
         token_cache_seconds=TOKEN_CACHE_SECONDS,
     )
-    await asyncio.to_thread(migrate_in_process, settings)  # alembic runs its own event loop
-    app = build_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://notifier", headers=token_issuer.as_viewer()
-        ) as client:
-            await wait_until(
-                lambda: client.get("/health/ready"),
-                lambda response: response.status_code == 200,
-                within=60,
-                what="the notifier to be ready",
-            )
-            yield client
+    async with running_notifier(settings, token_issuer.as_viewer()) as (client, _):
+        yield client
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -593,21 +559,16 @@ async def test_with_kafka_unreachable_the_api_serves_and_readiness_says_why(
         smtp_sink.port,
         order_service_url=token_issuer.url,
     )
-    app = build_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://notifier", headers=token_issuer.as_viewer()
-        ) as client:
-            assert (await client.get("/health/live")).status_code == 200
-            ready = await client.get("/health/ready")
-            assert ready.status_code == 503
-            error = ready.json()["error"]
-            assert (error["code"], error["details"]) == ("not_ready", {})
-            assert "kafka" in error["message"]
-            listed = await client.get("/communications", params={"limit": 1})
-            assert listed.status_code == 200
-            assert set(listed.json()) == {"items", "next_cursor"}
+    async with serving(build_app(settings), headers=token_issuer.as_viewer()) as client:
+        assert (await client.get("/health/live")).status_code == 200
+        ready = await client.get("/health/ready")
+        assert ready.status_code == 503
+        error = ready.json()["error"]
+        assert (error["code"], error["details"]) == ("not_ready", {})
+        assert "kafka" in error["message"]
+        listed = await client.get("/communications", params={"limit": 1})
+        assert listed.status_code == 200
+        assert set(listed.json()) == {"items", "next_cursor"}
 
 
 async def test_the_api_answers_bad_requests_in_the_error_shape(
@@ -697,30 +658,17 @@ async def test_a_permanently_failing_address_ends_dead_after_the_attempts_and_re
     sink = Controller(handler, hostname="127.0.0.1", port=free_port())
     sink.start()
     own = infra.create_test_databases("refused")
-    group = await consumer_group_at_end(kafka_bootstrap, f"notifier-it-{uuid4().hex[:8]}")
     settings = notifier_settings(
-        own,
-        kafka_bootstrap,
-        sink.port,
-        consumer_group=group,
-        max_attempts=3,
-        order_service_url=token_issuer.url,
+        own, kafka_bootstrap, sink.port, max_attempts=3, order_service_url=token_issuer.url
     )
-    await asyncio.to_thread(migrate_in_process, settings)
     dead_letters = await read_topic(dlq_topic(NOTIFICATIONS_EVENTS))
     order_id = uuid4()
     event = status_changed(order_id, OrderStatus.CONFIRMED, 2)
     recipient = customer_for(order_id).email
     assert recipient is not None
     handler.refused.add(recipient)
-    app = build_app(settings)
     try:
-        async with app.router.lifespan_context(app):
-            api = httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app),
-                base_url="http://n",
-                headers=token_issuer.as_viewer(),
-            )
+        async with running_notifier(settings, token_issuer.as_viewer()) as (api, _):
             await publish(producer, order_id, event)
 
             (item,) = await wait_for_statuses(api, order_id, ["dead"])
@@ -738,7 +686,6 @@ async def test_a_permanently_failing_address_ends_dead_after_the_attempts_and_re
             assert again.splitlines() == ["0 replayed"]
             sent = [m for m in read_messages(handler.maildir) if m["To"] == recipient]
             assert [m["Message-ID"] for m in sent] == [message_id(event)]
-            await api.aclose()
     finally:
         sink.stop()
         infra.drop_test_databases(own)
@@ -771,11 +718,7 @@ async def test_with_the_order_service_unreachable_reading_is_503_not_500(
         smtp_sink.port,
         order_service_url=f"http://127.0.0.1:{free_port()}",
     )
-    app = build_app(settings)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://n") as client,
-    ):
+    async with serving(build_app(settings)) as client:
         await check_unreachable_order_service(client, "/communications")
 
 

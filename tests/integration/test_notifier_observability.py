@@ -4,7 +4,6 @@ event's trace continues through recording, the SMTP send and the outcome's annou
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +20,14 @@ from devstack import infra
 from devstack.processes import free_port
 from devstack.smtp_sink import MaildirHandler
 from devstack.waiting import wait_until
-from notifier.app import build_app, migrate
-from tests.integration.conftest import TokenIssuer, TopicReader, consumer_group_at_end
+from tests.integration.conftest import (
+    TokenIssuer,
+    TopicReader,
+    notifier_settings,
+    running_notifier,
+)
 from tests.integration.test_notifier import (
     customer_for,
-    notifier_settings,
     publish,
     status_changed,
     wait_for_statuses,
@@ -62,25 +64,17 @@ async def notifier(
 ) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
     """The notifier in this process on databases of its own; its client and consumer group."""
     own = infra.create_test_databases("nobs")
-    group = await consumer_group_at_end(kafka_bootstrap, f"notifier-obs-{uuid4().hex[:8]}")
     settings = notifier_settings(
         own,
         kafka_bootstrap,
         sink.port,
-        consumer_group=group,
         max_attempts=2,
         metrics_interval_seconds=0.2,
         order_service_url=token_issuer.url,
     )
-    await asyncio.to_thread(migrate, settings)
-    app = build_app(settings)
     try:
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(
-                transport=transport, base_url="http://n", headers=token_issuer.as_viewer()
-            ) as client:
-                yield client, group
+        async with running_notifier(settings, token_issuer.as_viewer()) as (client, _):
+            yield client, settings.consumer_group
     finally:
         infra.drop_test_databases(own)
 

@@ -3,7 +3,6 @@ notifier texting a customer with a phone on `out_for_delivery` only, once per ev
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -20,18 +19,15 @@ from contracts import Channel, Customer, OrderStatus, OrderStatusChanged
 from devstack import infra
 from devstack.processes import free_port
 from devstack.sms_sink import SmsSink, read_sms
-from devstack.waiting import wait_until
 from notifier.adapters.sms import HttpSmsSender, HttpSmsSettings
 from notifier.adapters.templates import TextTemplates
-from notifier.app import build_app, migrate
 from notifier.domain.communication import Communication
 from notifier.domain.dedupe import dedupe_key
 from notifier.domain.delivery import DeliveryFailed, Undeliverable
-from tests.integration.conftest import TokenIssuer, consumer_group_at_end
+from tests.integration.conftest import TokenIssuer, notifier_settings, running_notifier
 from tests.integration.test_notifier import (
     SHOP,
     SmtpSink,
-    notifier_settings,
     publish,
     wait_for_mail,
     wait_for_statuses,
@@ -135,29 +131,14 @@ async def sms_notifier(
         databases,
         kafka_bootstrap,
         mail_sink.port,
-        consumer_group=await consumer_group_at_end(
-            kafka_bootstrap, f"notifier-sms-{uuid4().hex[:8]}"
-        ),
         notify_channels=[Channel.EMAIL, Channel.SMS],
         sms_url=sms_sink.url,
         sms_token=TOKEN,
         sms_timeout_seconds=2.0,
         order_service_url=token_issuer.url,
     )
-    await asyncio.to_thread(migrate, settings)
-    app = build_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://notifier", headers=token_issuer.as_viewer()
-        ) as client:
-            await wait_until(
-                lambda: client.get("/health/ready"),
-                lambda response: response.status_code == 200,
-                within=60,
-                what="the notifier to be ready",
-            )
-            yield client
+    async with running_notifier(settings, token_issuer.as_viewer()) as (client, _):
+        yield client
 
 
 async def test_out_for_delivery_texts_a_customer_with_a_phone_once(
