@@ -7,10 +7,11 @@ from audit import service
 from audit.adapters.unit_of_work import DatabaseBusy, DatabaseUnavailable, UnitOfWorkFactory
 from audit.app import build_engine
 from audit.config import Settings
-from audit.domain.entries import ChainReport
+from audit.domain.entries import CHAIN_NOT_CHECKED, ChainReport
 
 # The audit service's own errors for a database that does not answer.
 UNREACHABLE = (DatabaseUnavailable, DatabaseBusy)
+NOT_CHECKED = CHAIN_NOT_CHECKED
 
 
 async def verify() -> ChainReport:

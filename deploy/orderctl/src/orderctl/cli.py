@@ -77,16 +77,16 @@ def _kafka(bootstrap_servers: str, work: Coroutine[Any, Any, T]) -> T:
         output.fail(f"kafka at {bootstrap_servers}: {error}")
 
 
-def _database(work: Coroutine[Any, Any, T], *unreachable: type[Exception]) -> T:
+def _database(work: Coroutine[Any, Any, T], *unreachable: type[Exception], exit_code: int = 1) -> T:
     """Run `work` on a service's database; an unreachable one ends the command with a message
-    (`unreachable`: the service's own errors for that)."""
+    and `exit_code` (`unreachable`: the service's own errors for that)."""
     from sqlalchemy.exc import SQLAlchemyError  # imported with the service packages anyway
 
     caught: tuple[type[Exception], ...] = (SQLAlchemyError, OSError, *unreachable)
     try:
         return asyncio.run(work)
     except caught as error:
-        output.fail(f"database: {error}")
+        output.fail(f"database: {error}", code=exit_code)
 
 
 # --- orders -------------------------------------------------------------------------------
@@ -277,10 +277,13 @@ def dead_replay(
 
 @audit_app.command("verify")
 def audit_verify(as_json: Json = False) -> None:
-    """Walk the audit hash chain; exit 1 at the first broken link."""
+    """Walk the audit hash chain; exit 1 at the first broken link, 2 when the audit database
+    cannot be read (nothing was checked)."""
     from orderctl import audit_chain
 
-    report = _database(audit_chain.verify(), *audit_chain.UNREACHABLE)
+    report = _database(
+        audit_chain.verify(), *audit_chain.UNREACHABLE, exit_code=audit_chain.NOT_CHECKED
+    )
     if as_json:
         output.emit_json(report.as_dict())
     elif report.ok:
@@ -290,7 +293,7 @@ def audit_verify(as_json: Json = False) -> None:
         for name, value in (report.first_broken or {}).items():
             output.say(f"  {name}: {value}")
     if not report.ok:
-        raise typer.Exit(1)
+        raise typer.Exit(report.exit_status)
 
 
 # --- tokens -------------------------------------------------------------------------------

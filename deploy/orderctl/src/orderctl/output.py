@@ -35,11 +35,11 @@ def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | No
     stdout.print(shown)
 
 
-def fail(message: str, details: dict[str, Any] | None = None) -> NoReturn:
+def fail(message: str, details: dict[str, Any] | None = None, *, code: int = 1) -> NoReturn:
     stderr.print(Text(f"error: {message}"))
     for name, value in (details or {}).items():
         stderr.print(Text(f"  {name}: {_detail(value)}"))
-    raise typer.Exit(1)
+    raise typer.Exit(code)
 
 
 def _detail(value: Any) -> str:

@@ -13,10 +13,10 @@ from pydantic import ValidationError
 
 from audit import service
 from audit.adapters.telemetry import configure_tracing, shutdown_tracing
-from audit.adapters.unit_of_work import UnitOfWorkFactory
+from audit.adapters.unit_of_work import DatabaseBusy, DatabaseUnavailable, UnitOfWorkFactory
 from audit.app import build_app, build_engine, migrate
 from audit.config import DevSecretRefused, Settings, refuse_dev_secrets
-from audit.domain.entries import ChainReport
+from audit.domain.entries import CHAIN_BROKEN, CHAIN_NOT_CHECKED, ChainReport
 from audit.logging_config import configure_logging
 
 
@@ -33,7 +33,11 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="consume the audited topics and serve the read API")
     commands.add_parser("migrate", help="upgrade the database schema to the latest migration")
-    commands.add_parser("verify", help="walk the hash chain; exit 1 at the first broken link")
+    commands.add_parser(
+        "verify",
+        help=f"walk the hash chain; exit {CHAIN_BROKEN} at the first broken link, "
+        f"{CHAIN_NOT_CHECKED} when the database cannot be read",
+    )
     args = parser.parse_args(argv)
     try:
         settings = Settings()
@@ -49,9 +53,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "migrate":
         migrate(settings)
     elif args.command == "verify":
-        report = asyncio.run(_verify(settings))
+        try:
+            report = asyncio.run(_verify(settings))
+        except (DatabaseUnavailable, DatabaseBusy) as error:
+            print(f"audit: database: {error}", file=sys.stderr)
+            sys.exit(CHAIN_NOT_CHECKED)
         print(json.dumps(report.as_dict()))
-        sys.exit(0 if report.ok else 1)
+        sys.exit(report.exit_status)
     else:
         tracing = configure_tracing("audit")
         try:

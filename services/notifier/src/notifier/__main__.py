@@ -6,7 +6,8 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 from uuid import UUID
 
 import uvicorn
@@ -15,7 +16,7 @@ from pydantic import ValidationError
 from contracts import Channel
 from notifier import service
 from notifier.adapters.telemetry import configure_tracing, shutdown_tracing
-from notifier.adapters.unit_of_work import UnitOfWorkFactory
+from notifier.adapters.unit_of_work import DatabaseBusy, DatabaseUnavailable, UnitOfWorkFactory
 from notifier.app import build_app, build_engine, migrate
 from notifier.config import DevSecretRefused, Settings, refuse_dev_secrets
 from notifier.logging_config import configure_logging
@@ -56,6 +57,14 @@ async def _with_uow(
         await engine.dispose()
 
 
+def _on_database(work: Coroutine[Any, Any, None]) -> None:
+    """Run a command's `work`; a database it cannot reach ends it with one line, exit 1."""
+    try:
+        asyncio.run(work)
+    except (DatabaseUnavailable, DatabaseBusy) as error:
+        sys.exit(f"notifier: database: {error}")
+
+
 async def _dead(args: argparse.Namespace, uow_factory: UnitOfWorkFactory) -> None:
     if args.action == "list":
         for c in await service.list_dead(uow_factory):
@@ -90,9 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "migrate":
         migrate(settings)
     elif args.command == "dead":
-        asyncio.run(_with_uow(settings, lambda uow_factory: _dead(args, uow_factory)))
+        _on_database(_with_uow(settings, lambda uow_factory: _dead(args, uow_factory)))
     elif args.command == "opt-out":
-        asyncio.run(_with_uow(settings, lambda uow_factory: _opt_out(args, uow_factory)))
+        _on_database(_with_uow(settings, lambda uow_factory: _opt_out(args, uow_factory)))
     else:
         tracing = configure_tracing("notifier")
         try:

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from order import service
 from order.adapters.telemetry import configure_tracing, shutdown_tracing
-from order.adapters.unit_of_work import UnitOfWorkFactory
+from order.adapters.unit_of_work import DatabaseBusy, DatabaseUnavailable, UnitOfWorkFactory
 from order.app import build_app, build_engine, migrate, run_relay
 from order.config import DevSecretRefused, Settings, refuse_dev_secrets
 from order.domain.auth import Role
@@ -60,7 +60,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "migrate":
         migrate(settings)
     elif args.command == "token":
-        asyncio.run(_tokens(settings, args))
+        try:
+            asyncio.run(_tokens(settings, args))
+        except (DatabaseUnavailable, DatabaseBusy) as error:
+            sys.exit(f"order: database: {error}")
     else:
         tracing = configure_tracing("order")
         try:

@@ -269,12 +269,21 @@ class StoredEntry:
     hash: str
 
 
+# How a verification ends, as the exit status of `python -m audit verify` and `orderctl audit
+# verify`: a monitoring job tells a broken chain (tampering) from a check that could not run.
+CHAIN_INTACT, CHAIN_BROKEN, CHAIN_NOT_CHECKED = 0, 1, 2
+
+
 @dataclass(frozen=True)
 class ChainReport:
     ok: bool
     checked: int
     head: str
     first_broken: dict[str, Any] | None = None
+
+    @property
+    def exit_status(self) -> int:
+        return CHAIN_INTACT if self.ok else CHAIN_BROKEN
 
     def as_dict(self) -> dict[str, Any]:
         """`{"ok": true, "checked": N, "head": ...}`, or with `first_broken` when not ok."""
