@@ -620,6 +620,24 @@ async def test_the_cli_reports_an_intact_chain(own_audit_database: infra.TestDat
     assert "first_broken" not in printed
 
 
+async def test_the_cli_says_nothing_was_checked_when_the_check_cannot_run() -> None:
+    unmigrated = infra.create_test_databases("audit")  # no table to read the chain from
+    try:
+        cli = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "audit", "verify"],
+            env={**os.environ, "AUDIT_DATABASE_URL": unmigrated.urls["audit"]},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    finally:
+        infra.drop_test_databases(unmigrated)
+    assert cli.returncode == 2, cli.stderr  # not 1: no broken link was found
+    assert cli.stdout == ""
+    assert "nothing was checked" in cli.stderr
+
+
 # --- two replicas as processes ---------------------------------------------------------
 
 

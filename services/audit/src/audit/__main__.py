@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser(
         "verify",
         help=f"walk the hash chain; exit {CHAIN_BROKEN} at the first broken link, "
-        f"{CHAIN_NOT_CHECKED} when the database cannot be read",
+        f"{CHAIN_NOT_CHECKED} when the check could not run (e.g. the database is unreachable)",
     )
     args = parser.parse_args(argv)
     try:
@@ -57,6 +57,10 @@ def main(argv: list[str] | None = None) -> None:
             report = asyncio.run(_verify(settings))
         except (DatabaseUnavailable, DatabaseBusy) as error:
             print(f"audit: database: {error}", file=sys.stderr)
+            sys.exit(CHAIN_NOT_CHECKED)
+        except Exception:
+            # Not the exit status of an uncaught exception (1): that one says the chain broke.
+            logging.getLogger("audit").exception("verify failed; nothing was checked")
             sys.exit(CHAIN_NOT_CHECKED)
         print(json.dumps(report.as_dict()))
         sys.exit(report.exit_status)
