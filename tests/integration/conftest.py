@@ -36,6 +36,12 @@ from order.app import migrate as migrate_order
 from order.config import Settings as OrderSettings
 from order.domain.auth import Role
 
+# The helper modules' asserts explain their failures as a test's do (pytest rewrites only test
+# modules and conftest files by itself).
+pytest.register_assert_rewrite(
+    "tests.integration.notifier_support", "tests.integration.read_api_auth"
+)
+
 
 @dataclass
 class OrderService:

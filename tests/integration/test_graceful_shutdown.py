@@ -62,7 +62,7 @@ from tests.integration.conftest import (
     notifier_settings,
     values_on_topic,
 )
-from tests.integration.test_notifier import customer_for, message_id, publish, status_changed
+from tests.integration.notifier_support import customer_for, message_id, publish, status_changed
 from tests.integration.test_order_commands import change_command, create_command, send
 from tests.observability import Scrape
 

@@ -12,10 +12,9 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import uuid4
 
 import httpx
 import pytest
@@ -29,10 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from contracts import (
     NOTIFICATIONS_EVENTS,
     ORDERS_EVENTS,
-    Actor,
     Channel,
-    Customer,
-    Message,
     OrderCreated,
     OrderStatus,
     OrderStatusChanged,
@@ -52,7 +48,6 @@ from notifier.app import build_app, build_engine, build_senders
 from notifier.app import migrate as migrate_in_process
 from notifier.config import Settings
 from notifier.domain.communication import Communication, CommunicationStatus
-from notifier.domain.dedupe import dedupe_key
 from notifier.domain.planning import template_context
 from tests.integration.conftest import (
     MESSAGE_ID_DOMAIN,
@@ -63,6 +58,17 @@ from tests.integration.conftest import (
     running_notifier,
     serving,
 )
+from tests.integration.notifier_support import (
+    SHOP,
+    SmtpSink,
+    communications,
+    customer_for,
+    message_id,
+    publish,
+    status_changed,
+    wait_for_mail,
+    wait_for_statuses,
+)
 from tests.integration.read_api_auth import (
     TOKEN_CACHE_SECONDS,
     check_openapi,
@@ -72,34 +78,7 @@ from tests.integration.read_api_auth import (
     get_without_token,
 )
 
-SHOP = Actor(id="shop", role="admin")
-
-
 # --- fixtures: an SMTP sink that can go down, the notifier in this process, topic readers ---
-
-
-class SmtpSink:
-    """aiosmtpd on a fixed port, writing to a maildir; `stop()` and `start()` simulate an
-    outage of the mail server."""
-
-    def __init__(self, maildir: Path, port: int) -> None:
-        self.maildir = maildir
-        self.port = port
-        self._controller: Controller | None = None
-
-    def start(self) -> None:
-        self._controller = Controller(
-            MaildirHandler(self.maildir), hostname="127.0.0.1", port=self.port
-        )
-        self._controller.start()
-
-    def stop(self) -> None:
-        if self._controller is not None:
-            self._controller.stop()
-            self._controller = None
-
-    def messages_to(self, recipient: str) -> list[EmailMessage]:
-        return [m for m in read_messages(self.maildir) if m["To"] == recipient]
 
 
 @pytest.fixture(scope="module")
@@ -133,24 +112,6 @@ async def notifier_api(
 # --- helpers ------------------------------------------------------------------------------
 
 
-def customer_for(order_id: UUID) -> Customer:
-    """A recipient of the test's own, so its mail is told apart from every other test's."""
-    return Customer(name="Ann O'Neil", email=f"ann+{order_id.hex[:12]}@example.com")
-
-
-def status_changed(
-    order_id: UUID, to: OrderStatus, version: int, frm: OrderStatus = OrderStatus.PENDING
-) -> OrderStatusChanged:
-    return OrderStatusChanged(
-        order_id=order_id,
-        from_status=frm,
-        to_status=to,
-        version=version,
-        actor=SHOP,
-        customer=customer_for(order_id),
-    )
-
-
 def confirmation_email(event: OrderStatusChanged, recipient: str) -> Communication:
     """The email the notifier queues for a confirmed order, as it queues it."""
     return Communication.queue(
@@ -161,54 +122,6 @@ def confirmation_email(event: OrderStatusChanged, recipient: str) -> Communicati
         recipient=recipient,
         context=template_context(event),
         now=datetime.now(UTC),
-    )
-
-
-async def publish(
-    producer: AIOKafkaProducer,
-    order_id: UUID,
-    value: bytes | Message,
-    headers: list[tuple[str, bytes]] | None = None,
-) -> None:
-    payload = value if isinstance(value, bytes) else value.model_dump_json().encode()
-    await producer.send_and_wait(
-        ORDERS_EVENTS, payload, key=str(order_id).encode(), headers=headers
-    )
-
-
-def message_id(event: OrderStatusChanged) -> str:
-    email = event.customer.email
-    assert email is not None
-    key = dedupe_key(event.event_id, Channel.EMAIL, f"order_{event.to_status.value}", email)
-    return f"<{key}@{MESSAGE_ID_DOMAIN}>"
-
-
-async def communications(api: httpx.AsyncClient, order_id: UUID) -> list[dict[str, Any]]:
-    response = await api.get("/communications", params={"order_id": str(order_id)})
-    assert response.status_code == 200, response.text
-    items: list[dict[str, Any]] = response.json()["items"]
-    return items
-
-
-async def wait_for_mail(
-    sink: SmtpSink, recipient: str, count: int, within: float = 60
-) -> list[EmailMessage]:
-    async def probe() -> list[EmailMessage]:
-        return sink.messages_to(recipient)
-
-    return await wait_until(
-        probe, lambda mail: len(mail) >= count, within=within, what=f"{count} email(s)"
-    )
-
-
-async def wait_for_statuses(
-    api: httpx.AsyncClient, order_id: UUID, statuses: list[str], within: float = 60
-) -> list[dict[str, Any]]:
-    return await wait_until(
-        lambda: communications(api, order_id),
-        lambda items: [item["status"] for item in items] == statuses,
-        within=within,
-        what=f"communications {statuses}",
     )
 
 

@@ -26,7 +26,7 @@ from tests.integration.conftest import (
     notifier_settings,
     running_notifier,
 )
-from tests.integration.test_notifier import (
+from tests.integration.notifier_support import (
     customer_for,
     publish,
     status_changed,

@@ -27,7 +27,7 @@ from devstack.processes import (
 from devstack.waiting import wait_until
 from notifier.domain.dedupe import dedupe_key
 from tests.integration.conftest import consumer_group_at_end
-from tests.integration.test_notifier import SHOP
+from tests.integration.notifier_support import SHOP
 
 EVENTS = 1_000
 DOMAIN = "scale.backbone.local"

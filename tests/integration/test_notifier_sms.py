@@ -25,7 +25,7 @@ from notifier.domain.communication import Communication
 from notifier.domain.dedupe import dedupe_key
 from notifier.domain.delivery import DeliveryFailed, Undeliverable
 from tests.integration.conftest import TokenIssuer, notifier_settings, running_notifier
-from tests.integration.test_notifier import (
+from tests.integration.notifier_support import (
     SHOP,
     SmtpSink,
     publish,
