@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import httpx
 import pytest
@@ -22,7 +22,7 @@ from audit.app import build_app as build_audit_app
 from audit.app import migrate as migrate_audit
 from audit.config import Settings as AuditSettings
 from audit.entrypoints.consumer import AUDITED_TOPICS
-from contracts import ORDERS_EVENTS
+from contracts import ORDERS_EVENTS, Message
 from devstack import infra
 from devstack.processes import free_port, migrate, run_checked, service_env, service_process
 from devstack.waiting import wait_until
@@ -341,6 +341,18 @@ async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
     await client.start()
     yield client
     await client.stop()
+
+
+async def produce(
+    producer: AIOKafkaProducer,
+    topic: str,
+    key: UUID,
+    message: Message | bytes,
+    headers: list[tuple[str, bytes]] | None = None,
+) -> None:
+    """`message` (a contract, or bytes as they are) on `topic` under `key`, acknowledged."""
+    value = message if isinstance(message, bytes) else message.model_dump_json().encode()
+    await producer.send_and_wait(topic, value, key=str(key).encode(), headers=headers)
 
 
 async def consumer_group_at_end(

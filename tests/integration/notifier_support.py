@@ -25,7 +25,7 @@ from contracts import (
 from devstack.smtp_sink import MaildirHandler, read_messages
 from devstack.waiting import wait_until
 from notifier.domain.dedupe import dedupe_key
-from tests.integration.conftest import MESSAGE_ID_DOMAIN
+from tests.integration.conftest import MESSAGE_ID_DOMAIN, produce
 
 SHOP = Actor(id="shop", role="admin")
 
@@ -78,10 +78,8 @@ async def publish(
     value: bytes | Message,
     headers: list[tuple[str, bytes]] | None = None,
 ) -> None:
-    payload = value if isinstance(value, bytes) else value.model_dump_json().encode()
-    await producer.send_and_wait(
-        ORDERS_EVENTS, payload, key=str(order_id).encode(), headers=headers
-    )
+    """`value` on orders.events, keyed by its order."""
+    await produce(producer, ORDERS_EVENTS, order_id, value, headers)
 
 
 def message_id(event: OrderStatusChanged) -> str:

@@ -38,7 +38,6 @@ from contracts import (
     CommandRejected,
     CommunicationSent,
     Customer,
-    Envelope,
     OrderCreated,
     OrderStatus,
     OrderStatusChanged,
@@ -47,7 +46,7 @@ from contracts import (
 from devstack import infra
 from devstack.processes import Process, free_port, service_env, service_process
 from devstack.waiting import wait_until
-from tests.integration.conftest import TokenIssuer, serving
+from tests.integration.conftest import TokenIssuer, produce, serving
 from tests.integration.read_api_auth import (
     TOKEN_CACHE_SECONDS,
     check_openapi,
@@ -129,20 +128,9 @@ def own_audit_database() -> Iterator[infra.TestDatabases]:
 # --- helpers ----------------------------------------------------------------------------
 
 
-async def publish(
-    producer: AIOKafkaProducer,
-    topic: str,
-    key: UUID,
-    message: Envelope | bytes,
-    headers: list[tuple[str, bytes]] | None = None,
-) -> None:
-    value = message if isinstance(message, bytes) else message.model_dump_json().encode()
-    await producer.send_and_wait(topic, value, key=str(key).encode(), headers=headers)
-
-
 async def publish_all(producer: AIOKafkaProducer, key: UUID, story: Story) -> None:
     for topic, message in story:
-        await publish(producer, topic, key, message)
+        await produce(producer, topic, key, message)
 
 
 def created(order_id: UUID) -> OrderCreated:
@@ -283,7 +271,7 @@ async def test_every_message_is_audited_once_and_redelivery_changes_nothing(
         await publish_all(producer, order_id, story)
         (first_refusal,) = [m for _, m in story if isinstance(m, CommandRejected)]
         again = refusal(order_id, first_refusal.command_id)
-        await publish(producer, ORDERS_COMMAND_RESULTS, order_id, again)
+        await produce(producer, ORDERS_COMMAND_RESULTS, order_id, again)
     markers = await mark_every_partition(producer)
     await wait_for_markers(audit_replicas[1], markers)
 
@@ -407,8 +395,8 @@ async def test_poison_is_dead_lettered_with_its_reason_and_auditing_carries_on(
     reason: str,
 ) -> None:
     key = uuid4()
-    await publish(producer, ORDERS_EVENTS, key, poison, headers)
-    await publish(producer, ORDERS_EVENTS, key, created(key))
+    await produce(producer, ORDERS_EVENTS, key, poison, headers)
+    await produce(producer, ORDERS_EVENTS, key, created(key))
 
     entries = await wait_until(
         lambda: timeline(audit_replicas[0], key),
@@ -436,7 +424,7 @@ async def test_a_message_with_a_binary_header_is_still_audited(
     audit_replicas: list[httpx.AsyncClient], producer: AIOKafkaProducer
 ) -> None:
     key = uuid4()
-    await publish(producer, ORDERS_EVENTS, key, created(key), headers=[("trace", b"\xff\x00")])
+    await produce(producer, ORDERS_EVENTS, key, created(key), headers=[("trace", b"\xff\x00")])
 
     entries = await wait_until(
         lambda: timeline(audit_replicas[0], key),

@@ -16,14 +16,15 @@ from audit.entrypoints.consumer import AUDITED_TOPICS
 from contracts import (
     ORDERS_COMMAND_RESULTS,
     ORDERS_EVENTS,
+    Actor,
+    Customer,
     OrderStatus,
     OrderStatusChanged,
     dlq_topic,
 )
 from devstack import infra
 from devstack.waiting import wait_until
-from tests.integration.conftest import audit_settings, running_audit
-from tests.integration.test_audit import ADMIN, CUSTOMER, publish
+from tests.integration.conftest import audit_settings, produce, running_audit
 from tests.observability import Scrape, record_spans
 
 
@@ -65,14 +66,14 @@ async def test_each_message_continues_its_trace_and_metrics_count_entries_and_de
             from_status=OrderStatus.PENDING,
             to_status=OrderStatus.CONFIRMED,
             version=2,
-            actor=ADMIN,
-            customer=CUSTOMER,
+            actor=Actor(id="alice", role="admin"),
+            customer=Customer(name="Ann", email="ann@example.com"),
         )
         for order_id in (order_id, uuid4())
     )
-    await publish(producer, ORDERS_EVENTS, order_id, traced, [("traceparent", traceparent)])
-    await publish(producer, ORDERS_EVENTS, untraced.order_id, untraced)
-    await publish(producer, ORDERS_COMMAND_RESULTS, order_id, b"not json")
+    await produce(producer, ORDERS_EVENTS, order_id, traced, [("traceparent", traceparent)])
+    await produce(producer, ORDERS_EVENTS, untraced.order_id, untraced)
+    await produce(producer, ORDERS_COMMAND_RESULTS, order_id, b"not json")
 
     metrics = await wait_until(
         lambda: scrape(client),

@@ -44,6 +44,10 @@ from contracts import (
     ORDERS_COMMAND_RESULTS,
     ORDERS_COMMANDS,
     ORDERS_EVENTS,
+    Actor,
+    ChangeOrderStatus,
+    CreateOrder,
+    Customer,
     OrderStatus,
     OrderStatusChanged,
 )
@@ -60,10 +64,10 @@ from tests.integration.conftest import (
     MESSAGE_ID_DOMAIN,
     consumer_group_at_end,
     notifier_settings,
+    produce,
     values_on_topic,
 )
 from tests.integration.notifier_support import customer_for, message_id, publish, status_changed
-from tests.integration.test_order_commands import change_command, create_command, send
 from tests.observability import Scrape
 
 pytestmark = pytest.mark.integration
@@ -564,13 +568,18 @@ async def test_a_command_in_hand_at_sigterm_is_applied_answered_and_committed_on
     )
     dsn = own_databases.dsn("order")
     order_id = uuid4()
-    create = create_command(order_id)
-    confirm = change_command(order_id, OrderStatus.CONFIRMED)
+    upstream = Actor(id="upstream-shop", role="system")
+    create = CreateOrder(
+        command_id=uuid4(), order_id=order_id, customer=Customer(name="Lin"), actor=upstream
+    )
+    confirm = ChangeOrderStatus(
+        command_id=uuid4(), order_id=order_id, status=OrderStatus.CONFIRMED, actor=upstream
+    )
 
     first = service_process("order", env, port, tmp_path, name="order-first")
     try:
         await asyncio.to_thread(first.start)
-        await send(producer, order_id, create)
+        await produce(producer, ORDERS_COMMANDS, order_id, create)
         await answers_published(dsn, order_id, 1)
         # A status change first locks its order's row, which waits while the table is locked:
         # the command stays in hand.
@@ -599,8 +608,10 @@ async def test_a_command_in_hand_at_sigterm_is_applied_answered_and_committed_on
         await asyncio.to_thread(restarted.start)
         # Per order, results are published in the order they were written: once the marker's
         # is out, anything the confirmation could have caused again is out too.
-        marker = change_command(order_id, OrderStatus.PREPARING)
-        await send(producer, order_id, marker)
+        marker = ChangeOrderStatus(
+            command_id=uuid4(), order_id=order_id, status=OrderStatus.PREPARING, actor=upstream
+        )
+        await produce(producer, ORDERS_COMMANDS, order_id, marker)
         await answers_published(dsn, order_id, 3)
         await asyncio.to_thread(restarted.stop)
     finally:

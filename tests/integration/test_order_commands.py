@@ -10,8 +10,16 @@ from uuid import UUID, uuid4
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from contracts import Actor, ChangeOrderStatus, CreateOrder, Customer, Message, OrderStatus
-from tests.integration.conftest import OrderService, TopicReader
+from contracts import (
+    ORDERS_COMMANDS,
+    Actor,
+    ChangeOrderStatus,
+    CreateOrder,
+    Customer,
+    Message,
+    OrderStatus,
+)
+from tests.integration.conftest import OrderService, TopicReader, produce
 
 UPSTREAM = Actor(id="upstream-shop", role="system")
 
@@ -22,8 +30,7 @@ async def send(
     value: bytes | Message,
     headers: list[tuple[str, bytes]] | None = None,
 ) -> None:
-    payload = value if isinstance(value, bytes) else value.model_dump_json().encode()
-    await producer.send_and_wait("orders.commands", payload, key=str(key).encode(), headers=headers)
+    await produce(producer, ORDERS_COMMANDS, key, value, headers)
 
 
 def create_command(order_id: UUID) -> CreateOrder:
