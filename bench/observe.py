@@ -238,22 +238,19 @@ class ProcessMonitor:
         machine's CPU in % of one core (so 200 is two busy cores), and the share of a core
         stolen by the hypervisor."""
         wall = max(end.at - start.at, 1e-9)
+        spent = self.cpu_seconds(start, end)
         usage: dict[str, dict[str, float]] = {}
-        for name, cpu in end.cpu.items():
-            if name not in start.cpu:
-                continue
+        for name, seconds in spent.items():
             peaks = [
                 rss[name] for at, rss in self.samples if start.at <= at <= end.at and name in rss
             ]
             usage[name] = {
-                "cpu_percent": round(100 * (cpu - start.cpu[name]) / wall, 1),
+                "cpu_percent": round(100 * seconds / wall, 1),
                 "rss_peak_mb": round(max(peaks), 1) if peaks else 0.0,
             }
-        usage["machine"] = {
-            "cpu_percent": round(100 * (end.machine_busy - start.machine_busy) / wall, 1),
-            "stolen_percent": round(100 * (end.machine_stolen - start.machine_stolen) / wall, 1),
-            "rss_peak_mb": 0.0,
-        }
+        usage["machine"]["stolen_percent"] = round(
+            100 * (end.machine_stolen - start.machine_stolen) / wall, 1
+        )
         return usage
 
     @staticmethod

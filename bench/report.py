@@ -207,8 +207,9 @@ def _latency(step: dict[str, Any], name: str) -> str:
     return f"{latency['p50']:,.0f} / {latency['p99']:,.0f} / {latency['max']:,.0f}"
 
 
-def _cpu(step: dict[str, Any], names: tuple[str, ...], figure: str = "cpu_percent") -> str:
-    digits = 1 if figure == "cpu_ms_per_change" else 0
+def _cpu(
+    step: dict[str, Any], names: tuple[str, ...], figure: str = "cpu_percent", digits: int = 0
+) -> str:
     return " / ".join(_fmt(step["resources"].get(name, {}).get(figure), digits) for name in names)
 
 
@@ -288,7 +289,7 @@ def markdown(document: dict[str, Any]) -> str:
                 f"{_latency(step, 'http')} | {_latency(step, 'event')} | "
                 f"{_latency(step, 'email')} | {_latency(step, 'audit')} | "
                 f"{_cpu(step, CPU_COLUMNS)} | {_cpu(step, ('machine',), 'stolen_percent')} | "
-                f"{_cpu(step, COST_COLUMNS, 'cpu_ms_per_change')} | {verdict} |"
+                f"{_cpu(step, COST_COLUMNS, 'cpu_ms_per_change', digits=1)} | {verdict} |"
             )
     lines += [
         "",

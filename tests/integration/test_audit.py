@@ -608,12 +608,15 @@ async def test_the_cli_reports_an_intact_chain(own_audit_database: infra.TestDat
     assert "first_broken" not in printed
 
 
-async def test_the_cli_says_nothing_was_checked_when_the_check_cannot_run() -> None:
+@pytest.mark.parametrize("command", [("audit", "verify"), ("orderctl", "audit", "verify")])
+async def test_the_cli_says_nothing_was_checked_when_the_check_cannot_run(
+    command: tuple[str, ...],
+) -> None:
     unmigrated = infra.create_test_databases("audit")  # no table to read the chain from
     try:
         cli = await asyncio.to_thread(
             subprocess.run,
-            [sys.executable, "-m", "audit", "verify"],
+            [sys.executable, "-m", *command],
             env={**os.environ, "AUDIT_DATABASE_URL": unmigrated.urls["audit"]},
             capture_output=True,
             text=True,

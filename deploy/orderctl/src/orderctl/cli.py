@@ -77,16 +77,16 @@ def _kafka(bootstrap_servers: str, work: Coroutine[Any, Any, T]) -> T:
         output.fail(f"kafka at {bootstrap_servers}: {error}")
 
 
-def _database(work: Coroutine[Any, Any, T], *unreachable: type[Exception], exit_code: int = 1) -> T:
+def _database(work: Coroutine[Any, Any, T], *unreachable: type[Exception]) -> T:
     """Run `work` on a service's database; an unreachable one ends the command with a message
-    and `exit_code` (`unreachable`: the service's own errors for that)."""
+    (`unreachable`: the service's own errors for that)."""
     from sqlalchemy.exc import SQLAlchemyError  # imported with the service packages anyway
 
     caught: tuple[type[Exception], ...] = (SQLAlchemyError, OSError, *unreachable)
     try:
         return asyncio.run(work)
     except caught as error:
-        output.fail(f"database: {error}", code=exit_code)
+        output.fail(f"database: {error}")
 
 
 # --- orders -------------------------------------------------------------------------------
@@ -279,11 +279,12 @@ def dead_replay(
 def audit_verify(as_json: Json = False) -> None:
     """Walk the audit hash chain; exit 1 at the first broken link, 2 when the audit database
     cannot be read (nothing was checked)."""
+    from audit.domain.entries import ChainNotChecked
     from orderctl import audit_chain
 
-    report = _database(
-        audit_chain.verify(), *audit_chain.UNREACHABLE, exit_code=audit_chain.NOT_CHECKED
-    )
+    report = asyncio.run(audit_chain.verify())
+    if isinstance(report, ChainNotChecked):
+        output.fail(report.reason, code=report.exit_status)
     if as_json:
         output.emit_json(report.as_dict())
     elif report.ok:

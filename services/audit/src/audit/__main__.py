@@ -11,21 +11,11 @@ import sys
 import uvicorn
 from pydantic import ValidationError
 
-from audit import service
 from audit.adapters.telemetry import configure_tracing, shutdown_tracing
-from audit.adapters.unit_of_work import DatabaseBusy, DatabaseUnavailable, UnitOfWorkFactory
-from audit.app import build_app, build_engine, migrate
+from audit.app import build_app, check_chain, migrate
 from audit.config import DevSecretRefused, Settings, refuse_dev_secrets
-from audit.domain.entries import CHAIN_BROKEN, CHAIN_NOT_CHECKED, ChainReport
+from audit.domain.entries import CHAIN_BROKEN, CHAIN_NOT_CHECKED, ChainNotChecked
 from audit.logging_config import configure_logging
-
-
-async def _verify(settings: Settings) -> ChainReport:
-    engine = build_engine(settings)
-    try:
-        return await service.verify(UnitOfWorkFactory(engine))
-    finally:
-        await engine.dispose()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -53,17 +43,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "migrate":
         migrate(settings)
     elif args.command == "verify":
-        try:
-            report = asyncio.run(_verify(settings))
-        except (DatabaseUnavailable, DatabaseBusy) as error:
-            print(f"audit: database: {error}", file=sys.stderr)
-            sys.exit(CHAIN_NOT_CHECKED)
-        except Exception:
-            # Not the exit status of an uncaught exception (1): that one says the chain broke.
-            logging.getLogger("audit").exception("verify failed; nothing was checked")
-            sys.exit(CHAIN_NOT_CHECKED)
-        print(json.dumps(report.as_dict()))
-        sys.exit(report.exit_status)
+        checked = asyncio.run(check_chain(settings))
+        if isinstance(checked, ChainNotChecked):
+            print(f"audit: {checked.reason}", file=sys.stderr)
+        else:
+            print(json.dumps(checked.as_dict()))
+        sys.exit(checked.exit_status)
     else:
         tracing = configure_tracing("audit")
         try:

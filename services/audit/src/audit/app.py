@@ -13,13 +13,20 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from audit import service
 from audit.adapters.broker import BrokerConnection
 from audit.adapters.consumer_lag import ConsumerLagReader
 from audit.adapters.metrics import PREFIX, AuditMetrics, MetricsSampler
 from audit.adapters.schema import assert_schema_current, upgrade_to_head
 from audit.adapters.token_verifier import TokenVerifier
-from audit.adapters.unit_of_work import UnitOfWorkFactory, ping_when_idle
+from audit.adapters.unit_of_work import (
+    DatabaseBusy,
+    DatabaseUnavailable,
+    UnitOfWorkFactory,
+    ping_when_idle,
+)
 from audit.config import Settings, database_role, refuse_dev_secrets
+from audit.domain.entries import ChainNotChecked, ChainReport
 from audit.entrypoints import http, observability
 from audit.entrypoints.consumer import AUDITED_TOPICS, register_audit_handlers
 from audit.entrypoints.publications import declare_publications
@@ -48,6 +55,23 @@ def migrate(settings: Settings) -> None:
     """Upgrade the schema to the latest migration, as the database's owner."""
     refuse_dev_secrets(settings, migrating=True)
     upgrade_to_head(settings.migration_database_url.get_secret_value(), database_role(settings))
+
+
+async def check_chain(settings: Settings) -> ChainReport | ChainNotChecked:
+    """The hash chain verified on the audit database, for both CLIs (`python -m audit verify`,
+    `orderctl audit verify`). Whatever stops the check is "not checked", never a broken chain:
+    a monitoring job must not read an outage as tampering."""
+    try:
+        engine = build_engine(settings)
+        try:
+            return await service.verify(UnitOfWorkFactory(engine))
+        finally:
+            await engine.dispose()
+    except (DatabaseUnavailable, DatabaseBusy) as error:
+        return ChainNotChecked(f"database: {error}")
+    except Exception as error:
+        logging.getLogger("audit").exception("verify failed")
+        return ChainNotChecked(f"nothing was checked: {error}")
 
 
 def build_sampler(settings: Settings, metrics: AuditMetrics) -> MetricsSampler:

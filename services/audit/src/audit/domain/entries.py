@@ -293,6 +293,18 @@ class ChainReport:
         return report
 
 
+@dataclass(frozen=True)
+class ChainNotChecked:
+    """A verification that could not run (the database unreachable, its schema missing…):
+    no link was found broken, none was found sound."""
+
+    reason: str
+
+    @property
+    def exit_status(self) -> int:
+        return CHAIN_NOT_CHECKED
+
+
 class ChainCheck:
     """Checks a chain one entry at a time, so a long chain is verified without holding it
     all in memory. `checked` counts the entries that hold; `head` is the last one's hash."""
