@@ -279,10 +279,12 @@ def dead_replay(
 def audit_verify(as_json: Json = False) -> None:
     """Walk the audit hash chain; exit 1 at the first broken link, 2 when the audit database
     cannot be read (nothing was checked)."""
+    # The audit service's own check, on its database (`AUDIT_*`).
+    from audit.app import check_chain
+    from audit.config import Settings
     from audit.domain.entries import ChainNotChecked
-    from orderctl import audit_chain
 
-    report = asyncio.run(audit_chain.verify())
+    report = asyncio.run(check_chain(Settings()))
     if isinstance(report, ChainNotChecked):
         output.fail(report.reason, code=report.exit_status)
     if as_json:
