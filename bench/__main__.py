@@ -38,6 +38,10 @@ FULL = Plan(
     limit_b_one_by_one=5_000,
     burst_events=3_000,
     replica_steps=4,
+    warm_up_seconds=15,
+    idle_seconds=20,
+    unloaded_rate=5,
+    unloaded_seconds=30,
     profile=False,
     profile_seconds=15,
     breaking=BreakingPoint(),
@@ -57,6 +61,10 @@ QUICK = Plan(
     limit_b_one_by_one=1_000,
     burst_events=500,
     replica_steps=2,
+    warm_up_seconds=5,
+    idle_seconds=5,
+    unloaded_rate=5,
+    unloaded_seconds=8,
     profile=False,
     profile_seconds=8,
     breaking=BreakingPoint(),
@@ -114,12 +122,19 @@ async def measure(plan: Plan, kafka: infra.Kafka, databases: infra.TestDatabases
 
 async def _system(plan: Plan, system: System) -> dict[str, Any]:
     measured: dict[str, Any] = {}
+    log.info("warming up at %s changes/s", plan.rates[0])
+    await system.http_step("warm-up", plan.rates[0], plan.warm_up_seconds)
     log.info("HTTP: stepped load %s", plan.rates)
     measured["http"] = http = await system.ladder("http", plan.rates, over_http=True)
     half = http["sustained_per_s"] / 2
     if half > 0:
         step = await system.http_step("http-half", round(half), plan.half_rate_seconds)
         measured["http_half_rate"] = step.to_json()
+
+    log.info("unloaded: idle, then %s changes/s", plan.unloaded_rate)
+    measured["idle"] = await system.idle(plan.idle_seconds)
+    unloaded = await system.http_step("unloaded", plan.unloaded_rate, plan.unloaded_seconds)
+    measured["unloaded"] = unloaded.to_json()
 
     log.info("orders.commands: stepped load")
     measured["commands"] = await system.ladder("commands", plan.rates, over_http=False)

@@ -200,21 +200,39 @@ def _fmt(value: float | None, digits: int = 0) -> str:
     return "n/a" if value is None else f"{value:,.{digits}f}"
 
 
-def _latency(step: dict[str, Any], name: str) -> str:
+def _latency(
+    step: dict[str, Any], name: str, percentiles: tuple[str, ...] = ("p50", "p99", "max")
+) -> str:
     latency = step["latencies"].get(name)
     if latency is None:
         return "n/a"
-    return f"{latency['p50']:,.0f} / {latency['p99']:,.0f} / {latency['max']:,.0f}"
+    return " / ".join(f"{latency[p]:,.0f}" for p in percentiles)
 
 
 def _cpu(
-    step: dict[str, Any], names: tuple[str, ...], figure: str = "cpu_percent", digits: int = 0
+    resources: dict[str, Any],
+    names: tuple[str, ...],
+    figure: str = "cpu_percent",
+    digits: int = 0,
 ) -> str:
-    return " / ".join(_fmt(step["resources"].get(name, {}).get(figure), digits) for name in names)
+    return " / ".join(_fmt(resources.get(name, {}).get(figure), digits) for name in names)
 
 
 CPU_COLUMNS = ("order", "notifier", "audit", "kafka", "machine")
 COST_COLUMNS = ("order", "notifier", "audit", "machine")
+BURST_CPU_COLUMNS = ("notifier", "audit", "smtp-sink", "machine")
+
+
+def with_replicas_added(resources: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Each process's figures, a replica's CPU (`notifier-2`) added to its service's."""
+    added: dict[str, dict[str, float]] = {}
+    for name, figures in resources.items():
+        service = re.sub(r"-\d+$", "", name)
+        if service in added:
+            added[service]["cpu_percent"] += figures["cpu_percent"]
+        else:
+            added[service] = dict(figures)
+    return added
 
 
 def markdown(document: dict[str, Any]) -> str:
@@ -255,6 +273,18 @@ def markdown(document: dict[str, Any]) -> str:
             + " / ".join(_fmt(cost.get(name), 1) for name in COST_COLUMNS)
             + " | | |"
         )
+    unloaded = system.get("unloaded")
+    if unloaded:
+        lines.append(
+            f"| HTTP change p50 / p99 ms unloaded ({_fmt(unloaded['offered_rate'])} changes/s) | "
+            f"{_latency(unloaded, 'http', ('p50', 'p99'))} | | |"
+        )
+    if "idle" in system:
+        lines.append(
+            "| CPU % of a core, idle: "
+            + " / ".join(CPU_COLUMNS)
+            + f" | {_cpu(system['idle'], CPU_COLUMNS, digits=1)} | | |"
+        )
     for target in document["targets"]:
         sign = "≥" if target["at_least"] else "≤"
         digits = 2 if target["target"] < 1 else 0
@@ -279,33 +309,40 @@ def markdown(document: dict[str, Any]) -> str:
     phases = [system["http"]["steps"]]
     if "http_half_rate" in system:
         phases.append([system["http_half_rate"]])
+    if unloaded:
+        phases.append([unloaded])
     phases += [system["commands"]["steps"], system["http_2_replicas"]["steps"]]
     for steps in phases:
         for step in steps:
             verdict = "held" if step["passed"] else "broke: " + "; ".join(step["breaks"])
+            used = step["resources"]
             lines.append(
                 f"| {step['phase']} | {_fmt(step['offered_rate'])} | "
                 f"{_fmt(step['achieved_rate'])} | {step['ok']} / {step['sent']} | "
                 f"{_latency(step, 'http')} | {_latency(step, 'event')} | "
                 f"{_latency(step, 'email')} | {_latency(step, 'audit')} | "
-                f"{_cpu(step, CPU_COLUMNS)} | {_cpu(step, ('machine',), 'stolen_percent')} | "
-                f"{_cpu(step, COST_COLUMNS, 'cpu_ms_per_change', digits=1)} | {verdict} |"
+                f"{_cpu(used, CPU_COLUMNS)} | {_cpu(used, ('machine',), 'stolen_percent')} | "
+                f"{_cpu(used, COST_COLUMNS, 'cpu_ms_per_change', digits=1)} | {verdict} |"
             )
     lines += [
         "",
         "### Consumers on their own",
         "",
-        "A burst of `OrderStatusChanged` events written straight to orders.events.",
+        "A burst of `OrderStatusChanged` events written straight to orders.events. CPU in % "
+        "of one core, from the burst to its last audit entry: notifier / audit / smtp-sink / "
+        "machine (replicas added together).",
         "",
-        "| replicas | events | notifier recorded/s | emails/s | audit entries/s |",
-        "|---|---|---|---|---|",
+        "| replicas | events | notifier recorded/s | emails/s | audit entries/s | CPU | stolen |",
+        "|---|---|---|---|---|---|---|",
     ]
     for burst in system["bursts"]:
         unfinished = "" if burst.get("finished", True) else " (unfinished in time)"
+        used = with_replicas_added(burst["resources"])
         lines.append(
             f"| {burst['label']}{unfinished} | {burst['events']} | "
             f"{_fmt(burst['notifier_events_per_s'])} | {_fmt(burst['emails_per_s'])} | "
-            f"{_fmt(burst['audit_entries_per_s'])} |"
+            f"{_fmt(burst['audit_entries_per_s'])} | {_cpu(used, BURST_CPU_COLUMNS)} | "
+            f"{_cpu(used, ('machine',), 'stolen_percent')} |"
         )
     sweep = ", ".join(f"{p['concurrency']}: {_fmt(p['changes_per_s'])}" for p in limit_a["sweep"])
     shapes = limit_a["shapes"]

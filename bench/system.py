@@ -98,6 +98,14 @@ class Plan:
     # are within this ratio of each other.
     resolution: float
     replica_steps: int  # ladder steps re-run with two consumer replicas, up to the break
+    # An unrecorded HTTP step at the first rung before anything is measured: consumer groups
+    # settle and the broker's JIT warms up in it instead of in the first rung.
+    warm_up_seconds: float
+    # The system unloaded: this long with nothing offered, then a step at this low rate,
+    # whose latencies are what the code takes with no queue to wait in.
+    idle_seconds: float
+    unloaded_rate: float
+    unloaded_seconds: float
     profile: bool
     profile_seconds: float
     breaking: BreakingPoint
@@ -214,6 +222,14 @@ class System:
             errors=len(offered.calls) - len(ok),
             achieved_rate=round(len(ok) / max(finished - offered.started, 1e-9), 1),
         )
+
+    async def idle(self, seconds: float) -> dict[str, dict[str, float]]:
+        """Each process's CPU while nothing is offered: what polling, heartbeats and metrics
+        cost whatever the load, and a share of every core the loaded steps do not get."""
+        await self.settle()
+        before = self.monitor.mark()
+        await asyncio.sleep(seconds)  # the measurement itself: nothing offered for this long
+        return self.monitor.between(before, self.monitor.mark())
 
     # --- load steps --------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """The benchmark's arithmetic: percentiles, the load ladder, when a step breaks, the sustained
-rate, the open-loop schedule, and py-spy profile summaries."""
+rate, the open-loop schedule, py-spy profile summaries and the burst table's CPU."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import pytest
 
 from bench.load import orders_needed, schedule
 from bench.observe import Mark, ProcessMonitor
+from bench.report import with_replicas_added
 from bench.stats import (
     BreakingPoint,
     Latency,
@@ -178,3 +179,18 @@ def test_frame_names_drop_the_line_number() -> None:
         "send (aiokafka/producer.py)"
     )
     assert hotspots([]).samples == 0
+
+
+def test_a_burst_counts_the_cpu_of_a_services_replicas_as_the_services() -> None:
+    resources = {
+        "notifier": {"cpu_percent": 40.0, "rss_peak_mb": 120.0},
+        "notifier-2": {"cpu_percent": 30.0, "rss_peak_mb": 110.0},
+        "smtp-sink": {"cpu_percent": 20.0, "rss_peak_mb": 30.0},
+        "machine": {"cpu_percent": 150.0, "stolen_percent": 12.0, "rss_peak_mb": 0.0},
+    }
+    added = with_replicas_added(resources)
+    assert added["notifier"]["cpu_percent"] == 70.0
+    assert added["smtp-sink"]["cpu_percent"] == 20.0
+    assert added["machine"] == resources["machine"]
+    assert "notifier-2" not in added
+    assert resources["notifier"]["cpu_percent"] == 40.0  # the measurement itself is kept
