@@ -224,14 +224,11 @@ BURST_CPU_COLUMNS = ("notifier", "audit", "smtp-sink", "machine")
 
 
 def with_replicas_added(resources: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Each process's figures, a replica's CPU (`notifier-2`) added to its service's."""
+    """Each service's CPU, its replicas' (`notifier-2`) added to its own."""
     added: dict[str, dict[str, float]] = {}
     for name, figures in resources.items():
-        service = re.sub(r"-\d+$", "", name)
-        if service in added:
-            added[service]["cpu_percent"] += figures["cpu_percent"]
-        else:
-            added[service] = dict(figures)
+        service = added.setdefault(re.sub(r"-\d+$", "", name), {"cpu_percent": 0.0})
+        service["cpu_percent"] += figures["cpu_percent"]
     return added
 
 
@@ -337,11 +334,12 @@ def markdown(document: dict[str, Any]) -> str:
     ]
     for burst in system["bursts"]:
         unfinished = "" if burst.get("finished", True) else " (unfinished in time)"
-        used = with_replicas_added(burst["resources"])
+        used = burst["resources"]
         lines.append(
             f"| {burst['label']}{unfinished} | {burst['events']} | "
             f"{_fmt(burst['notifier_events_per_s'])} | {_fmt(burst['emails_per_s'])} | "
-            f"{_fmt(burst['audit_entries_per_s'])} | {_cpu(used, BURST_CPU_COLUMNS)} | "
+            f"{_fmt(burst['audit_entries_per_s'])} | "
+            f"{_cpu(with_replicas_added(used), BURST_CPU_COLUMNS)} | "
             f"{_cpu(used, ('machine',), 'stolen_percent')} |"
         )
     sweep = ", ".join(f"{p['concurrency']}: {_fmt(p['changes_per_s'])}" for p in limit_a["sweep"])
