@@ -9,7 +9,7 @@ import asyncio
 import json
 import signal
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaProducer
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from faststream.kafka import KafkaBroker
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, literal_column, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts import (
@@ -39,12 +39,13 @@ from devstack.processes import free_port, migrate, run_checked, service_env, ser
 from devstack.smtp_sink import MaildirHandler, read_messages
 from devstack.waiting import wait_until
 from notifier.adapters.broker import BrokerConnection
-from notifier.adapters.outbox_relay import OutboxRelay
+from notifier.adapters.metrics import NotifierMetrics
+from notifier.adapters.outbox_relay import OutboxRelay, Relayed
 from notifier.adapters.schema import SchemaBehind
 from notifier.adapters.smtp import SmtpEmailSender
-from notifier.adapters.tables import outbox
+from notifier.adapters.tables import communication_events, outbox
 from notifier.adapters.unit_of_work import UnitOfWorkFactory
-from notifier.app import build_app, build_engine, build_senders
+from notifier.app import build_app, build_dispatcher, build_engine, build_senders
 from notifier.app import migrate as migrate_in_process
 from notifier.config import Settings
 from notifier.domain.communication import Communication, CommunicationStatus
@@ -52,6 +53,7 @@ from notifier.domain.planning import template_context
 from tests.integration.conftest import (
     MESSAGE_ID_DOMAIN,
     TokenIssuer,
+    TopicReader,
     commit_one_then_two_back_to_back,
     consumer_group_at_end,
     notifier_settings,
@@ -744,6 +746,117 @@ async def test_commits_right_behind_the_one_that_woke_the_relay_share_its_batch(
         await relay.stop(running, grace=5)
 
     assert batches == [1, 2]
+
+
+async def test_a_keys_rows_share_a_batch_each_sent_once_the_one_before_is_acknowledged(
+    kafka_bootstrap: str,
+    own_engine: AsyncEngine,
+    read_topic: Callable[[str], Awaitable[TopicReader]],
+) -> None:
+    kafka = BrokerConnection(KafkaBroker(kafka_bootstrap), retry_interval=0.2)
+    relay = OutboxRelay(
+        own_engine,
+        kafka,
+        batch_size=10,
+        poll_interval=60,
+        retry_interval=0.2,
+        retention=timedelta(days=1),
+    )
+    order, refused, other = (str(uuid4()) for _ in range(3))
+    rows = [
+        (order, {"n": 1}),
+        (refused, {"pad": "x" * 2_000_000}),  # over the producer's request size: refused
+        (order, {"n": 2}),
+        (refused, {"n": 2}),
+        (other, {"n": 1}),
+        (order, {"n": 3}),
+    ]
+    async with own_engine.begin() as connection:
+        for key, payload in rows:
+            await connection.execute(
+                insert(outbox).values(
+                    event_id=uuid4(), topic=NOTIFICATIONS_EVENTS, key=key, payload=payload
+                )
+            )
+
+    async def unpublished() -> list[tuple[str, Any]]:
+        async with own_engine.connect() as connection:
+            query = select(outbox.c.key, outbox.c.payload).where(outbox.c.published_at.is_(None))
+            return [(row.key, row.payload.get("n")) for row in await connection.execute(query)]
+
+    events = await read_topic(NOTIFICATIONS_EVENTS)
+    await kafka.connect()
+    try:
+        # The first wave: the first row of each key; the refused one stops the batch there.
+        assert await relay.publish_batch() == Relayed(acknowledged=2, failed=1, more_waiting=True)
+        assert sorted(await unpublished(), key=str) == sorted(
+            [(order, 2), (order, 3), (refused, None), (refused, 2)], key=str
+        )
+        await kafka.renew()  # as the relay does after a failed send
+        async with own_engine.begin() as connection:
+            await connection.execute(
+                update(outbox).where(outbox.c.key == refused).values(published_at=func.now())
+            )
+        # One batch now sends the order's next two rows, one after the other.
+        assert await relay.publish_batch() == Relayed(acknowledged=2, failed=0)
+    finally:
+        await kafka.broker.stop()
+    values = await events.values_for(order, 3)
+    assert [value["n"] for value in values] == [1, 2, 3]
+    assert await events.values_for(other, 1) == [{"n": 1}]
+    assert not [r for r in events.records if r.key == refused.encode()]
+
+
+class SlowFor(MaildirHandler):
+    """Takes `seconds` to accept a message to `slow`, at once any other."""
+
+    def __init__(self, maildir: Path, slow: str, seconds: float) -> None:
+        super().__init__(maildir)
+        self._slow, self._seconds = slow, seconds
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self._slow in envelope.rcpt_tos:
+            await asyncio.sleep(self._seconds)
+        return await super().handle_DATA(server, session, envelope)
+
+
+@pytest.mark.parametrize(
+    ("linger_ms", "transactions"),
+    [
+        (1000, 1),  # the fast send's outcome waits for the slow one's: stored together
+        (0, 2),  # each stored as its send finished
+    ],
+)
+async def test_a_rounds_outcomes_finished_within_the_linger_share_one_transaction(
+    tmp_path: Path, own_engine: AsyncEngine, linger_ms: int, transactions: int
+) -> None:
+    server = Controller(
+        SlowFor(tmp_path, "slow@example.com", 0.3), hostname="127.0.0.1", port=free_port()
+    )
+    server.start()
+    settings = Settings(
+        smtp_port=server.port, notify_channels=[Channel.EMAIL], dispatch_outcome_linger_ms=linger_ms
+    )
+    uow_factory = UnitOfWorkFactory(own_engine, on_outbox_commit=lambda: None)
+    senders = build_senders(settings)
+    email = senders[Channel.EMAIL]
+    assert isinstance(email, SmtpEmailSender)
+    dispatcher = build_dispatcher(settings, uow_factory, NotifierMetrics(), senders)
+    confirmed = status_changed(uuid4(), OrderStatus.CONFIRMED, 2)
+    queued = [confirmation_email(confirmed, r) for r in ("fast@example.com", "slow@example.com")]
+    async with uow_factory() as uow:
+        await uow.communications.add_new(queued)
+    try:
+        assert await dispatcher.dispatch_due() == 2
+    finally:
+        await email.aclose()
+        server.stop()
+
+    table = communication_events.c
+    async with own_engine.connect() as connection:
+        stored = (await connection.execute(select(table.status, literal_column("xmin")))).all()
+    assert [status for status, _ in stored] == ["sent", "sent"]
+    assert len({xmin for _, xmin in stored}) == transactions
 
 
 async def test_the_relay_purges_rows_published_past_the_retention_oldest_first_in_batches(

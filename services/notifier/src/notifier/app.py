@@ -138,6 +138,7 @@ def build_dispatcher(
         lease=timedelta(seconds=settings.lease_seconds),
         retry_interval=settings.retry_seconds,
         consumer_group=settings.consumer_group,
+        outcome_linger=settings.dispatch_outcome_linger_ms / 1000,
         record_send=metrics.record_send,
     )
 

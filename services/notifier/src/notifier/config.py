@@ -132,6 +132,10 @@ class Settings(BaseSettings):
     # not hold up the others (emails among them share smtp_max_sessions).
     dispatch_rounds: int = Field(default=4, ge=1)
     dispatch_poll_interval_seconds: float = Field(default=1.0, gt=0)
+    # Once a send finished, its outcome waits this long for the round's other sends, to be
+    # stored (and announced) in the same transaction: an event's email and SMS finish a few
+    # milliseconds apart.
+    dispatch_outcome_linger_ms: int = Field(default=10, ge=0)
     # A claim expires after this; another worker then takes the communication over.
     lease_seconds: float = Field(default=60.0, gt=0)
     max_attempts: int = Field(default=8, ge=1)

@@ -6,6 +6,7 @@ notifications.events) and, when it goes dead, its dead letter (notifications.eve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -221,14 +222,17 @@ class Dispatcher:
     lease: timedelta
     retry_interval: float
     consumer_group: str  # named on the dead letters of communications
+    # Seconds a finished attempt's outcome waits for the round's others, to share their
+    # transaction (see Settings.dispatch_outcome_linger_ms).
+    outcome_linger: float = 0.0
     # Told each attempt's channel, outcome (sent, failed, dead) and duration (for metrics).
     record_send: Callable[[str, str, float], None] = lambda channel, outcome, seconds: None
 
     async def dispatch_due(self, on_claimed: Callable[[int], None] = lambda count: None) -> int:
         """One round: claim up to a batch and attempt them all concurrently; returns how many
         were attempted. `on_claimed` is told how many were claimed before any is attempted.
-        Outcomes are stored as the attempts finish, those that finished together in one
-        transaction."""
+        Outcomes are stored as the attempts finish: each with those that finished within the
+        outcome linger after it, in one transaction."""
         # Taken before the claim, so it never outlasts the lease the database records.
         deadline = time.monotonic() + self.lease.total_seconds()
         async with self.uow_factory() as uow:
@@ -247,8 +251,10 @@ class Dispatcher:
             stored = 0
             while stored < len(claimed):
                 outcomes = [await finished.get()]
-                while not finished.empty():
-                    outcomes.append(finished.get_nowait())
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.outcome_linger):
+                        while stored + len(outcomes) < len(claimed):
+                            outcomes.append(await finished.get())
                 await self._record_outcomes(outcomes, deadline)
                 stored += len(outcomes)
         return len(claimed)

@@ -2,8 +2,10 @@
 
 Rows are written in the same transaction as the communication change they announce, so an
 outcome is never lost and never announced for a change that rolled back. One relay publishes
-at a time (a transaction-scoped advisory lock), in `id` order, at most one row per key in a
-batch (a key's next row waits for the ack of the one before, whatever the producer does). Every
+at a time (a transaction-scoped advisory lock), in `id` order. A key's next row is sent only
+once Kafka acknowledged the one before, whatever the producer does: a batch goes out in waves,
+the first row of each key, then the next of each key whose row was acknowledged, and so on, so
+that the rows an order's channels write together (its email and its SMS) share one batch. Every
 acknowledged row is marked, also when others in its batch failed; after a failed send the
 producer is replaced, as aiokafka's idempotent producer can be left refusing a partition for
 good (aio-libs/aiokafka#1017). A crash between the ack and the mark re-sends a row, which the
@@ -19,7 +21,7 @@ import contextlib
 import json
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -185,8 +187,10 @@ class OutboxRelay:
         return Backlog(int(rows), float(oldest or 0.0))
 
     async def publish_batch(self) -> Relayed:
-        """Publish up to one batch of unpublished rows, at most one per key, and mark what
-        Kafka acknowledged."""
+        """Publish up to one batch of unpublished rows in waves (the first row of each key,
+        then the next of each key whose row was acknowledged, ...) and mark what Kafka
+        acknowledged. After a wave with a failed send, the rest waits for the next batch, and
+        a fresh producer."""
         async with self._engine.begin() as connection:
             locked = await connection.scalar(TRY_RELAY_LOCK)
             if not locked:
@@ -194,26 +198,37 @@ class OutboxRelay:
             waiting = (
                 await connection.execute(WAITING_ROWS, {"batch_size": self._batch_size})
             ).all()
-            rows = first_per_key(waiting)
-            if not rows:
+            if not waiting:
                 return Relayed(0, 0)
-            results = await self._send(rows)
             acknowledged: list[int] = []
+            failed = 0
             topics: Counter[str] = Counter()
-            for row, result in zip(rows, results, strict=True):
-                if isinstance(result, BaseException):
-                    log.warning("outbox row %s not acknowledged (%r); will retry", row.id, result)
-                    continue
-                acknowledged.append(row.id)
-                topics[row.topic] += 1
+            later = rows_by_key(waiting)
+            wave = [rows.popleft() for rows in later.values()]
+            while wave and not failed:
+                results = await self._send(wave)
+                following = []
+                for row, result in zip(wave, results, strict=True):
+                    if isinstance(result, BaseException):
+                        log.warning(
+                            "outbox row %s not acknowledged (%r); will retry", row.id, result
+                        )
+                        failed += 1
+                        continue
+                    acknowledged.append(row.id)
+                    topics[row.topic] += 1
+                    if later[row.key]:  # the key's next row may go now, not before
+                        following.append(later[row.key].popleft())
+                wave = following
             if acknowledged:
                 await connection.execute(MARK_PUBLISHED, {"ids": acknowledged})
         for topic, count in topics.items():
             self._on_acknowledged(topic, count)
         return Relayed(
             len(acknowledged),
-            len(rows) - len(acknowledged),
-            more_waiting=len(waiting) == self._batch_size or len(rows) < len(waiting),
+            failed,
+            more_waiting=len(waiting) == self._batch_size
+            or len(acknowledged) + failed < len(waiting),
         )
 
     async def _send(self, rows: Sequence[Any]) -> list[object]:
@@ -248,13 +263,9 @@ def settled(error: BaseException) -> asyncio.Future[Any]:
     return future
 
 
-def first_per_key(rows: Sequence[Any]) -> list[Any]:
-    """The earliest row of each key, in id order: a key's next row waits until Kafka has
-    acknowledged the one before it."""
-    seen: set[str] = set()
-    firsts = []
+def rows_by_key(rows: Sequence[Any]) -> dict[str, deque[Any]]:
+    """Each key's rows, in id order."""
+    by_key: dict[str, deque[Any]] = {}
     for row in rows:
-        if row.key not in seen:
-            seen.add(row.key)
-            firsts.append(row)
-    return firsts
+        by_key.setdefault(row.key, deque()).append(row)
+    return by_key
