@@ -27,6 +27,7 @@ FULL = Plan(
     quick=False,
     step_seconds=15,
     half_rate_seconds=45,
+    half_rate_repeats=3,
     rates=ladder(25, 1.5, 3000),
     resolution=1.15,
     drain_timeout=30,
@@ -50,6 +51,7 @@ QUICK = Plan(
     quick=True,
     step_seconds=5,
     half_rate_seconds=5,
+    half_rate_repeats=1,
     rates=ladder(25, 2, 1600),
     resolution=1.5,
     drain_timeout=15,
@@ -128,8 +130,10 @@ async def _system(plan: Plan, system: System) -> dict[str, Any]:
     measured["http"] = http = await system.ladder("http", plan.rates, over_http=True)
     half = http["sustained_per_s"] / 2
     if half > 0:
-        step = await system.http_step("http-half", round(half), plan.half_rate_seconds)
-        measured["http_half_rate"] = step.to_json()
+        measured["http_half_rate_steps"] = [
+            (await system.http_step("http-half", round(half), plan.half_rate_seconds)).to_json()
+            for _ in range(plan.half_rate_repeats)
+        ]
 
     log.info("unloaded: idle, then %s changes/s", plan.unloaded_rate)
     measured["idle"] = await system.idle(plan.idle_seconds)

@@ -1,13 +1,16 @@
 """The benchmark's arithmetic: percentiles, the load ladder, when a step breaks, the sustained
-rate, the open-loop schedule, py-spy profile summaries and the burst table's CPU."""
+rate, the open-loop schedule, py-spy profile summaries, the burst table's CPU and the
+half-rate medians."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 
 from bench.load import orders_needed, schedule
 from bench.observe import Mark, ProcessMonitor
-from bench.report import with_replicas_added
+from bench.report import median_p99, with_replicas_added
 from bench.stats import (
     BreakingPoint,
     Latency,
@@ -194,3 +197,17 @@ def test_a_burst_counts_the_cpu_of_a_services_replicas_as_the_services() -> None
     assert added["machine"]["cpu_percent"] == 150.0
     assert "notifier-2" not in added
     assert resources["notifier"]["cpu_percent"] == 40.0  # the measurement itself is kept
+
+
+def test_the_half_rate_figure_is_the_median_p99_of_the_steps_that_measured_it() -> None:
+    def step(http_p99: float, email_p99: float | None) -> dict[str, Any]:
+        latencies: dict[str, Any] = {"http": {"p99": http_p99}}
+        if email_p99 is not None:
+            latencies["email"] = {"p99": email_p99}
+        return {"latencies": latencies}
+
+    steps = [step(60.0, 800.0), step(21.0, None), step(149.0, 500.0)]
+    assert median_p99(steps, "http") == 60.0
+    assert median_p99(steps, "email") == 650.0  # of the two that measured it
+    assert median_p99(steps, "audit") is None
+    assert median_p99([], "http") is None
