@@ -232,8 +232,9 @@ class OutboxRelay:
         )
 
     async def _send(self, rows: Sequence[Any]) -> list[object]:
-        """Each row's acknowledgement or the error that stopped it, in the rows' order. The
-        whole batch is handed to the producer before any ack is awaited, so it can batch them."""
+        """Each row's acknowledgement or the error that stopped it, in the rows' order. All
+        the rows (a wave) are handed to the producer before any ack is awaited, so it can batch
+        them."""
         pending: list[asyncio.Future[Any]] = []
         refused: BaseException | None = None
         for row in rows:
