@@ -1,7 +1,7 @@
 """Relays committed outbox rows to Kafka until the broker acknowledges them.
 
 - Woken by LISTEN/NOTIFY on commit, with a polling fallback for lost notifications. Once
-  woken, it lingers a few milliseconds, so that the commits right behind share the batch.
+  woken, it lingers (50 ms by default), so that the commits right behind share the batch.
 - One relay publishes at a time: each batch runs under a transaction-scoped advisory lock,
   so replicas of the service never publish the same rows concurrently.
 - Rows go out in `id` order, which for one order is the order of its changes. A batch carries
