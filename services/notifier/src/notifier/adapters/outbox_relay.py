@@ -200,29 +200,10 @@ class OutboxRelay:
             ).all()
             if not waiting:
                 return Relayed(0, 0)
-            acknowledged: list[int] = []
-            failed = 0
-            topics: Counter[str] = Counter()
-            later = rows_by_key(waiting)
-            wave = [rows.popleft() for rows in later.values()]
-            while wave and not failed:
-                results = await self._send(wave)
-                following = []
-                for row, result in zip(wave, results, strict=True):
-                    if isinstance(result, BaseException):
-                        log.warning(
-                            "outbox row %s not acknowledged (%r); will retry", row.id, result
-                        )
-                        failed += 1
-                        continue
-                    acknowledged.append(row.id)
-                    topics[row.topic] += 1
-                    if later[row.key]:  # the key's next row may go now, not before
-                        following.append(later[row.key].popleft())
-                wave = following
+            acknowledged, failed = await self._send_in_waves(waiting)
             if acknowledged:
-                await connection.execute(MARK_PUBLISHED, {"ids": acknowledged})
-        for topic, count in topics.items():
+                await connection.execute(MARK_PUBLISHED, {"ids": [row.id for row in acknowledged]})
+        for topic, count in Counter(row.topic for row in acknowledged).items():
             self._on_acknowledged(topic, count)
         return Relayed(
             len(acknowledged),
@@ -230,6 +211,26 @@ class OutboxRelay:
             more_waiting=len(waiting) == self._batch_size
             or len(acknowledged) + failed < len(waiting),
         )
+
+    async def _send_in_waves(self, rows: Sequence[Any]) -> tuple[list[Any], int]:
+        """The rows Kafka acknowledged, and how many sends failed. A key's next row joins the
+        next wave once its row before was acknowledged; after a wave with a failure, none."""
+        later = rows_by_key(rows)
+        wave = [queue.popleft() for queue in later.values()]
+        acknowledged: list[Any] = []
+        failed = 0
+        while wave and not failed:
+            following = []
+            for row, result in zip(wave, await self._send(wave), strict=True):
+                if isinstance(result, BaseException):
+                    log.warning("outbox row %s not acknowledged (%r); will retry", row.id, result)
+                    failed += 1
+                    continue
+                acknowledged.append(row)
+                if later[row.key]:  # the key's next row may go now, not before
+                    following.append(later[row.key].popleft())
+            wave = following
+        return acknowledged, failed
 
     async def _send(self, rows: Sequence[Any]) -> list[object]:
         """Each row's acknowledgement or the error that stopped it, in the rows' order. All
