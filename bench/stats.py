@@ -7,7 +7,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 
@@ -31,6 +31,9 @@ class Latency:
     p95: float
     p99: float
     max: float
+    # How much longer (p50) the last third of the step's changes waited than the first third:
+    # near zero while the consumers keep up, the backlog's growth when they do not.
+    growth_ms: float | None = None
 
     @classmethod
     def of_seconds(cls, seconds: Iterable[float]) -> Latency | None:
@@ -44,6 +47,18 @@ class Latency:
             p99=round(percentile(ordered, 99), 2),
             max=round(ordered[-1], 2),
         )
+
+    @classmethod
+    def of_timed(cls, timed: Iterable[tuple[float, float]]) -> Latency | None:
+        """The distribution of (due, seconds) pairs, with its growth over the step."""
+        by_due = [seconds * 1000 for _, seconds in sorted(timed)]
+        latency = cls.of_seconds(ms / 1000 for ms in by_due)
+        third = len(by_due) // 3
+        if latency is None or third == 0:
+            return latency
+        first = percentile(sorted(by_due[:third]), 50)
+        last = percentile(sorted(by_due[-third:]), 50)
+        return replace(latency, growth_ms=round(last - first, 2))
 
 
 def ladder(start: float, factor: float, ceiling: float) -> list[float]:
@@ -69,6 +84,9 @@ class BreakingPoint:
     max_response_p99_ms: float = 1000.0
     # Change → event / email / audit: past this the consumers are building a backlog.
     max_consequence_p99_ms: float = 5000.0
+    # A consequence's p50 grew this much from the step's first third to its last: the
+    # consumers fell behind the offered rate, however short the step kept the p99.
+    max_consequence_growth_ms: float = 1000.0
 
 
 CONSEQUENCES = ("event", "email", "audit")
@@ -122,9 +140,16 @@ def breaking_reasons(step: Step, limits: BreakingPoint) -> list[str]:
         reasons.append(f"HTTP p99 {response.p99:.0f} ms > {limits.max_response_p99_ms:.0f} ms")
     for name in CONSEQUENCES:
         latency = step.latencies.get(name)
-        if latency is not None and latency.p99 > limits.max_consequence_p99_ms:
+        if latency is None:
+            continue
+        if latency.p99 > limits.max_consequence_p99_ms:
             reasons.append(
                 f"change→{name} p99 {latency.p99:.0f} ms > {limits.max_consequence_p99_ms:.0f} ms"
+            )
+        if latency.growth_ms is not None and latency.growth_ms > limits.max_consequence_growth_ms:
+            reasons.append(
+                f"change→{name} p50 grew {latency.growth_ms:.0f} ms over the step > "
+                f"{limits.max_consequence_growth_ms:.0f} ms (backlog growing)"
             )
     if not step.drained:
         reasons.append("consequences still missing after the drain timeout (backlog)")

@@ -201,8 +201,8 @@ class System:
         audited = await audit_times(self.databases.dsn("audit"), orders)
 
         def after(times: dict[ChangeKey, float]) -> Latency | None:
-            return Latency.of_seconds(
-                times[(c.order_id, c.version)] - c.due
+            return Latency.of_timed(
+                (c.due, times[(c.order_id, c.version)] - c.due)
                 for c in calls
                 if (c.order_id, c.version) in times
             )

@@ -48,6 +48,23 @@ def test_latency_is_in_milliseconds_and_empty_is_none() -> None:
     assert Latency.of_seconds([]) is None
 
 
+def test_timed_latency_grows_by_the_p50s_between_the_first_and_last_third() -> None:
+    # Given out of order: growth follows when each change was due, not the order given.
+    falling_behind = [(due, 0.1 + 0.01 * due) for due in reversed(range(300))]
+    latency = Latency.of_timed(falling_behind)
+    assert latency is not None
+    assert latency.count == 300
+    assert latency.p50 == pytest.approx(1595.0)
+    assert latency.growth_ms == pytest.approx(2000.0)
+    keeping_up = Latency.of_timed((due, 0.1 + 0.05 * (due % 2)) for due in range(300))
+    assert keeping_up is not None
+    assert keeping_up.growth_ms == pytest.approx(0.0)
+    too_few = Latency.of_timed([(0.0, 0.1), (1.0, 0.2)])
+    assert too_few is not None
+    assert too_few.growth_ms is None
+    assert Latency.of_timed([]) is None
+
+
 def test_ladder_grows_geometrically_up_to_the_ceiling() -> None:
     assert ladder(50, 2, 400) == [50, 100, 200, 400]
     assert ladder(25, 1.5, 100) == [25, 38, 56, 84]
@@ -82,6 +99,10 @@ def test_a_healthy_step_holds() -> None:
         ({"achieved_rate": 80.0}, "achieved 80/s"),
         ({"latencies": {"http": Latency(10, 5, 8, 1500, 2000)}}, "HTTP p99 1500 ms"),
         ({"latencies": {"email": Latency(10, 5, 8, 6000, 7000)}}, "change→email p99 6000 ms"),
+        (
+            {"latencies": {"audit": Latency(10, 500, 800, 900, 950, growth_ms=1200)}},
+            "change→audit p50 grew 1200 ms",
+        ),
         ({"drained": False}, "backlog"),
         ({"sent": 0}, "nothing was sent"),
     ],
