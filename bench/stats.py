@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -51,14 +52,13 @@ class Latency:
     @classmethod
     def of_timed(cls, timed: Iterable[tuple[float, float]]) -> Latency | None:
         """The distribution of (due, seconds) pairs, with its growth over the step."""
-        by_due = [seconds * 1000 for _, seconds in sorted(timed)]
-        latency = cls.of_seconds(ms / 1000 for ms in by_due)
+        by_due = [seconds for _, seconds in sorted(timed)]
+        latency = cls.of_seconds(by_due)
         third = len(by_due) // 3
         if latency is None or third == 0:
             return latency
-        first = percentile(sorted(by_due[:third]), 50)
-        last = percentile(sorted(by_due[-third:]), 50)
-        return replace(latency, growth_ms=round(last - first, 2))
+        growth = statistics.median(by_due[-third:]) - statistics.median(by_due[:third])
+        return replace(latency, growth_ms=round(growth * 1000, 2))
 
 
 def ladder(start: float, factor: float, ceiling: float) -> list[float]:
