@@ -13,10 +13,13 @@ from functools import partial
 from typing import Any
 from uuid import UUID, uuid4
 
+import asyncpg
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from audit.app import build_app as build_audit_app
 from audit.app import migrate as migrate_audit
@@ -373,3 +376,25 @@ async def commit_one_then_two_back_to_back(
     await commit("woke it")
     await commit("right behind")
     await wait_until(lambda: sum(batches), lambda n: n == 3, within=30, what="both relayed")
+
+
+async def backend_pid(engine: AsyncEngine) -> int:
+    async with engine.connect() as connection:
+        return int(await connection.scalar(text("SELECT pg_backend_pid()")))
+
+
+async def terminated(url: str, pid: int) -> None:
+    """End the server side of `pid` as a database restart would, and wait until it is gone."""
+    connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        assert await connection.fetchval("SELECT pg_terminate_backend($1)", pid)
+        await wait_until(
+            lambda: connection.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid
+            ),
+            lambda count: count == 0,
+            within=10,
+            what=f"backend {pid} gone",
+        )
+    finally:
+        await connection.close()

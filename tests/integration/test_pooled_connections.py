@@ -7,19 +7,16 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Callable
 
-import asyncpg
 import pytest
-from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from audit.adapters import unit_of_work as audit_unit_of_work
 from devstack import infra
-from devstack.waiting import wait_until
 from notifier.adapters import unit_of_work as notifier_unit_of_work
+from tests.integration.conftest import backend_pid, terminated
 
 PingWhenIdle = Callable[..., None]
-BACKENDS_WITH_PID = "SELECT count(*) FROM pg_stat_activity WHERE pid = $1"
 SERVICES = pytest.mark.parametrize(
     ("service", "ping_when_idle"),
     [
@@ -27,28 +24,6 @@ SERVICES = pytest.mark.parametrize(
         ("audit", audit_unit_of_work.ping_when_idle),
     ],
 )
-
-
-async def backend_pid(engine: AsyncEngine) -> int:
-    async with engine.connect() as connection:
-        return int(await connection.scalar(text("SELECT pg_backend_pid()")))
-
-
-async def terminated(url: str, pid: int) -> None:
-    """End the server side of `pid` as a database restart would, and wait until it is gone."""
-    connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
-    try:
-        assert await connection.fetchval("SELECT pg_terminate_backend($1)", pid)
-        await wait_until(
-            lambda: connection.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid
-            ),
-            lambda count: count == 0,
-            within=10,
-            what=f"backend {pid} gone",
-        )
-    finally:
-        await connection.close()
 
 
 @contextlib.asynccontextmanager

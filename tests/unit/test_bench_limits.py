@@ -4,21 +4,15 @@ its repositories build, compiled as SQLAlchemy compiles them for asyncpg."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from types import SimpleNamespace
 from typing import Any, cast
 from uuid import uuid4
-
-from sqlalchemy.dialects.postgresql import asyncpg
-from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql import ClauseElement
 
 from bench.limits import GET_ORDER, INSERT_OUTBOX, SAVE_STATUS
 from contracts import Actor, Customer, OrderStatus, OrderStatusChanged
 from order.adapters.repository import OrderRepository, Outbox
+from order.adapters.sql import Sql, Statement
 from order.domain.model import Customer as OrderCustomer
 from order.domain.model import Order
-
-DIALECT = asyncpg.dialect()  # type: ignore[no-untyped-call]  # SQLAlchemy's dialects are untyped
 
 
 def words(sql: str) -> list[str]:
@@ -27,19 +21,27 @@ def words(sql: str) -> list[str]:
 
 
 class CompiledStatements:
-    """Stands in for a connection: keeps the SQL of each statement it is given."""
+    """Stands in for the driver: keeps the SQL of each statement it is given, once its
+    arguments were taken from the parameters."""
 
     def __init__(self) -> None:
         self.sql: list[str] = []
 
-    async def execute(self, statement: ClauseElement, parameters: Any = None) -> Any:
-        self.sql.append(str(statement.compile(dialect=DIALECT)))
-        return SimpleNamespace(one_or_none=lambda: None, all=lambda: [])
+    def _run(self, statement: Statement, parameters: dict[str, Any]) -> None:
+        statement.arguments(parameters)
+        self.sql.append(statement.sql)
+
+    async def row(self, statement: Statement, parameters: dict[str, Any]) -> None:
+        self._run(statement, parameters)
+
+    async def execute(self, statement: Statement, parameters: dict[str, Any]) -> int:
+        self._run(statement, parameters)
+        return 1
 
 
 async def test_limit_a_sends_the_statements_of_a_status_change() -> None:
     statements = CompiledStatements()
-    connection = cast(AsyncConnection, statements)
+    connection = cast(Sql, statements)
     now = datetime.now(UTC)
     order = Order.create(uuid4(), OrderCustomer("Ann", "ann@example.com", None), now)
     change = order.change_status(OrderStatus.CONFIRMED, actor="shop", reason=None, now=now)

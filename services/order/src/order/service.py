@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -353,8 +353,8 @@ async def list_orders(
     )
 
 
-async def order_history(uow_factory: UnitOfWorkFactory, order_id: UUID) -> list[Any]:
-    async def read(uow: UnitOfWork) -> list[Any]:
+async def order_history(uow_factory: UnitOfWorkFactory, order_id: UUID) -> list[Mapping[str, Any]]:
+    async def read(uow: UnitOfWork) -> list[Mapping[str, Any]]:
         if await uow.orders.get(order_id) is None:
             raise OrderNotFound(order_id)
         return await uow.orders.history(order_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -10,10 +11,10 @@ from uuid import UUID, uuid4
 
 from sqlalchemy import bindparam, func, insert, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts import Envelope
 from contracts.statuses import OrderStatus
+from order.adapters.sql import Sql, compiled
 from order.adapters.tables import (
     OUTBOX_CHANNEL,
     api_tokens,
@@ -26,9 +27,10 @@ from order.adapters.telemetry import current_trace_context
 from order.domain.auth import Identity, Role, StoredToken
 from order.domain.model import Customer, Order, StatusChanged
 
-# The statements of every status change, built once with named parameters: building and
-# cache-keying a Core statement on each call cost about a tenth of the order service's CPU.
-GET_ORDER = select(orders).where(orders.c.id == bindparam("order_id"))
+# The statements of every status change, built and compiled once with named parameters:
+# building and cache-keying a Core statement on each call cost about a tenth of the order
+# service's CPU.
+GET_ORDER = compiled(select(orders).where(orders.c.id == bindparam("order_id")))
 _h = order_status_history.c
 _event_id = bindparam("event_id", type_=_h.event_id.type)
 _changed = (
@@ -85,7 +87,7 @@ _OUTBOX_ROW = [
 # did not match. One statement is atomic on its own, so a change needs no transaction around
 # it. The UPDATE takes the order's row lock before the outbox row gets its `id`, and holds it
 # to the end: `id` order is commit order for one order's changes.
-SAVE_STATUS = (
+SAVE_STATUS = compiled(
     insert(outbox)
     .from_select(
         [outbox.c[value.key] for value in _OUTBOX_ROW],
@@ -95,15 +97,17 @@ SAVE_STATUS = (
 )
 # Wakes the relay, in the same round trip. A notification is delivered at commit, only if the
 # transaction commits, and once however often it was sent in it.
-INSERT_OUTBOX = (
+INSERT_OUTBOX = compiled(
     insert(outbox)
     .values({value.key: value for value in _OUTBOX_ROW})
     .returning(func.pg_notify(OUTBOX_CHANNEL, ""))
 )
-LOOKUP_TOKEN = select(api_tokens.c.name, api_tokens.c.role, api_tokens.c.revoked_at).where(
-    api_tokens.c.token_sha256 == bindparam("digest")
+LOOKUP_TOKEN = compiled(
+    select(api_tokens.c.name, api_tokens.c.role, api_tokens.c.revoked_at).where(
+        api_tokens.c.token_sha256 == bindparam("digest")
+    )
 )
-CLAIM_IDEMPOTENCY_KEY = (
+CLAIM_IDEMPOTENCY_KEY = compiled(
     pg_insert(idempotency_keys)
     .values(scope=bindparam("scope"), key=bindparam("key"), fingerprint=bindparam("fingerprint"))
     .on_conflict_do_nothing(index_elements=["scope", "key"])
@@ -111,35 +115,37 @@ CLAIM_IDEMPOTENCY_KEY = (
 
 # By ctid: a PostgreSQL plan deletes the chosen rows where they lie, whereas a (scope, key) IN
 # (...) join read the whole table for each batch.
-FORGET_EXPIRED_IDEMPOTENCY_KEYS = text(
-    "DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY("
-    " SELECT ctid FROM idempotency_keys WHERE created_at < now() - CAST(:age AS interval)"
-    " ORDER BY created_at LIMIT :limit))"
+FORGET_EXPIRED_IDEMPOTENCY_KEYS = compiled(
+    text(
+        "DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY("
+        " SELECT ctid FROM idempotency_keys WHERE created_at < now() - CAST(:age AS interval)"
+        " ORDER BY created_at LIMIT :limit))"
+    )
 )
 
 
-def _to_order(row: Any) -> Order:
+def _to_order(row: Mapping[str, Any]) -> Order:
     return Order(
-        id=row.id,
-        customer=Customer(row.customer_name, row.customer_email, row.customer_phone),
-        status=OrderStatus(row.status),
-        version=row.version,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
+        id=row["id"],
+        customer=Customer(row["customer_name"], row["customer_email"], row["customer_phone"]),
+        status=OrderStatus(row["status"]),
+        version=row["version"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
     )
 
 
 class OrderRepository:
-    def __init__(self, connection: AsyncConnection) -> None:
-        self._connection = connection
+    def __init__(self, sql: Sql) -> None:
+        self._sql = sql
 
     async def get(self, order_id: UUID) -> Order | None:
-        row = (await self._connection.execute(GET_ORDER, {"order_id": order_id})).one_or_none()
+        row = await self._sql.row(GET_ORDER, {"order_id": order_id})
         return None if row is None else _to_order(row)
 
     async def add(self, order: Order) -> bool:
         """Insert-first: False when an order with this id already exists."""
-        result = await self._connection.execute(
+        added = await self._sql.execute(
             pg_insert(orders)
             .values(
                 id=order.id,
@@ -153,7 +159,7 @@ class OrderRepository:
             )
             .on_conflict_do_nothing(index_elements=[orders.c.id])
         )
-        return bool(result.rowcount)
+        return bool(added)
 
     async def save_status(
         self, order: Order, change: StatusChanged, event: Envelope, topic: str
@@ -162,7 +168,7 @@ class OrderRepository:
         if nobody changed the order since it was read (optimistic concurrency: the UPDATE
         matches only the version the change was made from). False: it was changed meanwhile,
         and nothing was written."""
-        result = await self._connection.execute(
+        written = await self._sql.execute(
             SAVE_STATUS,
             {
                 "order_id": order.id,
@@ -179,10 +185,10 @@ class OrderRepository:
                 **_outbox_row(topic, str(order.id), event),
             },
         )
-        return len(result.all()) == 1
+        return written == 1
 
     async def add_creation_history(self, order: Order, event_id: UUID, actor: str) -> None:
-        await self._connection.execute(
+        await self._sql.execute(
             insert(order_status_history).values(
                 order_id=order.id,
                 event_id=event_id,
@@ -204,15 +210,15 @@ class OrderRepository:
             query = query.where(orders.c.status == status.value)
         if after is not None:
             query = query.where(tuple_(orders.c.created_at, orders.c.id) < tuple_(*after))
-        return [_to_order(row) for row in (await self._connection.execute(query)).all()]
+        return [_to_order(row) for row in await self._sql.rows(query)]
 
-    async def history(self, order_id: UUID) -> list[Any]:
+    async def history(self, order_id: UUID) -> list[Mapping[str, Any]]:
         query = (
             select(order_status_history)
             .where(order_status_history.c.order_id == order_id)
             .order_by(order_status_history.c.version)
         )
-        return list((await self._connection.execute(query)).all())
+        return list(await self._sql.rows(query))
 
 
 class Outbox:
@@ -220,11 +226,11 @@ class Outbox:
     Each row keeps the trace context it was written in (W3C `traceparent`, `tracestate` among
     its headers), so the relay publishes it in the trace of the change that caused it."""
 
-    def __init__(self, connection: AsyncConnection) -> None:
-        self._connection = connection
+    def __init__(self, sql: Sql) -> None:
+        self._sql = sql
 
     async def add(self, topic: str, key: str, event: Envelope) -> None:
-        await self._connection.execute(INSERT_OUTBOX, _outbox_row(topic, key, event))
+        await self._sql.execute(INSERT_OUTBOX, _outbox_row(topic, key, event))
 
 
 def _outbox_row(topic: str, key: str, event: Envelope) -> dict[str, Any]:
@@ -244,12 +250,12 @@ def token_digest(token: str) -> str:
 
 
 class TokenRepository:
-    def __init__(self, connection: AsyncConnection) -> None:
-        self._connection = connection
+    def __init__(self, sql: Sql) -> None:
+        self._sql = sql
 
     async def add(self, name: str, role: Role, token: str) -> UUID:
         token_id = uuid4()
-        await self._connection.execute(
+        await self._sql.execute(
             insert(api_tokens).values(
                 id=token_id, name=name, role=role.value, token_sha256=token_digest(token)
             )
@@ -257,21 +263,20 @@ class TokenRepository:
         return token_id
 
     async def revoke(self, name: str, now: datetime) -> int:
-        result = await self._connection.execute(
+        return await self._sql.execute(
             update(api_tokens)
             .where(api_tokens.c.name == name, api_tokens.c.revoked_at.is_(None))
             .values(revoked_at=now)
         )
-        return int(result.rowcount)
 
     async def lookup(self, token: str) -> StoredToken | None:
         """The token's holder, revoked or not (a refused revoked token is audited by name)."""
-        row = (
-            await self._connection.execute(LOOKUP_TOKEN, {"digest": token_digest(token)})
-        ).one_or_none()
+        row = await self._sql.row(LOOKUP_TOKEN, {"digest": token_digest(token)})
         if row is None:
             return None
-        return StoredToken(Identity(row.name, Role(row.role)), revoked=row.revoked_at is not None)
+        return StoredToken(
+            Identity(row["name"], Role(row["role"])), revoked=row["revoked_at"] is not None
+        )
 
 
 @dataclass(frozen=True)
@@ -282,33 +287,32 @@ class StoredAnswer:
 
 
 class IdempotencyRepository:
-    def __init__(self, connection: AsyncConnection) -> None:
-        self._connection = connection
+    def __init__(self, sql: Sql) -> None:
+        self._sql = sql
 
     async def claim(self, scope: str, key: str, fingerprint: str) -> bool:
         """Insert-first: True if this transaction now owns the key. A concurrent claimer
         waits on the unique index until the owner commits (then gets False) or rolls back."""
-        result = await self._connection.execute(
+        claimed = await self._sql.execute(
             CLAIM_IDEMPOTENCY_KEY, {"scope": scope, "key": key, "fingerprint": fingerprint}
         )
-        return bool(result.rowcount)
+        return bool(claimed)
 
     async def answer(self, scope: str, key: str) -> StoredAnswer:
-        row = (
-            await self._connection.execute(
-                select(
-                    idempotency_keys.c.fingerprint,
-                    idempotency_keys.c.status_code,
-                    idempotency_keys.c.response,
-                ).where(idempotency_keys.c.scope == scope, idempotency_keys.c.key == key)
-            )
-        ).one()
-        return StoredAnswer(row.fingerprint, row.status_code, row.response)
+        row = await self._sql.row(
+            select(
+                idempotency_keys.c.fingerprint,
+                idempotency_keys.c.status_code,
+                idempotency_keys.c.response,
+            ).where(idempotency_keys.c.scope == scope, idempotency_keys.c.key == key)
+        )
+        assert row is not None, "read in the transaction that claimed the key, or after it"
+        return StoredAnswer(row["fingerprint"], row["status_code"], row["response"])
 
     async def record(
         self, scope: str, key: str, status_code: int | None, response: dict[str, Any]
     ) -> None:
-        await self._connection.execute(
+        await self._sql.execute(
             update(idempotency_keys)
             .where(idempotency_keys.c.scope == scope, idempotency_keys.c.key == key)
             .values(status_code=status_code, response=response)
@@ -316,7 +320,6 @@ class IdempotencyRepository:
 
     async def forget_older_than(self, age: timedelta, limit: int) -> int:
         """Delete up to `limit` of the keys claimed longer than `age` ago, oldest first."""
-        result = await self._connection.execute(
+        return await self._sql.execute(
             FORGET_EXPIRED_IDEMPOTENCY_KEYS, {"age": age, "limit": limit}
         )
-        return int(result.rowcount)

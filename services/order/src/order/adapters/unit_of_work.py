@@ -1,7 +1,10 @@
 """The one place a transaction is opened: a use case runs inside `async with uow:` and the
 unit of work commits when the block succeeds, or rolls back when it raises. A unit of work for
 reads, or for a single writing statement, opens none: each of its statements is atomic on its
-own, one round trip instead of three."""
+own, one round trip instead of three.
+
+A unit of work takes a connection from SQLAlchemy's pool and runs its statements, and its
+transaction, on that connection's asyncpg driver (see `order.adapters.sql`)."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import TypeVar
 
+import asyncpg
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -27,6 +31,7 @@ from order.adapters.repository import (
     Outbox,
     TokenRepository,
 )
+from order.adapters.sql import Sql
 
 
 class Unstorable(Exception):
@@ -53,13 +58,18 @@ _UNAVAILABLE_SQLSTATES = ("08", "57P")
 T = TypeVar("T")
 
 
+def _sqlstate(error: BaseException | None) -> str:
+    # SQLAlchemy wraps the driver's errors while connecting; statements raise asyncpg's own.
+    driver_error = error.orig if isinstance(error, DBAPIError) else error
+    return str(getattr(driver_error, "sqlstate", "") or "")
+
+
 def _unavailable(error: BaseException | None) -> bool:
-    if isinstance(error, OSError):  # refused or reset while connecting
+    if isinstance(error, OSError | asyncpg.ConnectionDoesNotExistError):  # refused, reset
         return True
-    if not isinstance(error, DBAPIError):
-        return False
-    sqlstate = str(getattr(error.orig, "sqlstate", "") or "")
-    return error.connection_invalidated or sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return True
+    return _sqlstate(error).startswith(_UNAVAILABLE_SQLSTATES)
 
 
 def _backoff(wait_seconds: float, retry: retry_base) -> AsyncRetrying:
@@ -76,9 +86,16 @@ _RUN_AGAIN = retry_if_exception_type(DatabaseUnavailable)
 
 
 def _refused_content(error: BaseException | None) -> bool:
-    return isinstance(error, DBAPIError) and str(getattr(error.orig, "sqlstate", "")).startswith(
-        "22"
-    )
+    return _sqlstate(error).startswith("22")
+
+
+def _raise_classified(error: BaseException | None, *, lost: bool) -> None:
+    """Raise what the callers act on for a database error (`lost`: the connection or the
+    database went away); return for any other."""
+    if lost:
+        raise DatabaseUnavailable(str(error).splitlines()[0]) from error
+    if _refused_content(error):
+        raise Unstorable(str(getattr(error, "orig", error)).splitlines()[0]) from error
 
 
 class UnitOfWork:
@@ -94,21 +111,31 @@ class UnitOfWork:
         self._wait_for_database = wait_for_database
         self._transaction = transaction
         self._connection: AsyncConnection | None = None
+        self._driver: asyncpg.Connection | None = None
+        self._driver_transaction: asyncpg.transaction.Transaction | None = None
 
     async def __aenter__(self) -> UnitOfWork:
         try:
             self._connection = await self._connect()
         except PoolTimeout as error:
             raise DatabaseBusy(str(error).splitlines()[0]) from error
-        if self._transaction:
-            await self._connection.begin()
-        else:
-            # No BEGIN/COMMIT; the pool restores the isolation level on return.
-            await self._connection.execution_options(isolation_level="AUTOCOMMIT")
-        self.orders = OrderRepository(self._connection)
-        self.outbox = Outbox(self._connection)
-        self.tokens = TokenRepository(self._connection)
-        self.idempotency = IdempotencyRepository(self._connection)
+        try:
+            driver = (await self._connection.get_raw_connection()).driver_connection
+            assert driver is not None  # a checked-out connection has its driver's
+            self._driver = driver
+            if self._transaction:
+                self._driver_transaction = driver.transaction()
+                await self._driver_transaction.start()
+        except BaseException as error:
+            lost = self._lost(error)
+            await self._release(failed=True)
+            _raise_classified(error, lost=lost)
+            raise
+        sql = Sql(self._driver)
+        self.orders = OrderRepository(sql)
+        self.outbox = Outbox(sql)
+        self.tokens = TokenRepository(sql)
+        self.idempotency = IdempotencyRepository(sql)
         return self
 
     async def __aexit__(
@@ -117,23 +144,41 @@ class UnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        assert self._connection is not None
+        # Cancelled mid-statement, the driver may still await its answer: the connection is
+        # closed rather than reused.
+        failed = exc is not None and not isinstance(exc, Exception)
         try:
-            if exc_type is None:
-                await self._connection.commit()
-            else:
-                await self._connection.rollback()
+            if self._driver_transaction is not None and not failed:
+                if exc_type is None:
+                    await self._driver_transaction.commit()
+                else:
+                    await self._driver_transaction.rollback()
         except Exception as error:
-            if exc is None and not _unavailable(error):
+            failed = True
+            if exc is None and not self._lost(error):
                 raise
             exc = exc or error  # the commit or rollback failed: the database went away
         finally:
+            lost = self._lost(exc)
+            await self._release(failed=failed or lost)
+        _raise_classified(exc, lost=lost)
+
+    def _lost(self, error: BaseException | None) -> bool:
+        """Did `error` come from the connection or the database going away?"""
+        if error is None:
+            return False
+        return _unavailable(error) or (self._driver is not None and self._driver.is_closed())
+
+    async def _release(self, *, failed: bool) -> None:
+        """Back to the pool, or closed and replaced when it failed: it may be dead, or in a
+        transaction or a statement nobody finished."""
+        assert self._connection is not None
+        try:
+            if failed:
+                await self._connection.invalidate()
             await self._connection.close()
-            self._connection = None
-        if _refused_content(exc):
-            raise Unstorable(str(getattr(exc, "orig", exc)).splitlines()[0]) from exc
-        if _unavailable(exc):
-            raise DatabaseUnavailable(str(exc).splitlines()[0]) from exc
+        finally:
+            self._connection = self._driver = self._driver_transaction = None
 
     async def _connect(self) -> AsyncConnection:
         """A pooled connection, waiting up to `wait_for_database` seconds while the database

@@ -404,13 +404,13 @@ async def history(order_id: UUID, uow: Uow, _: Reader) -> HistoryResponse:
     rows = await service.order_history(uow, order_id)
     items = [
         HistoryEntry(
-            event_id=row.event_id,
-            from_status=row.from_status,
-            to_status=row.to_status,
-            version=row.version,
-            actor=row.actor,
-            reason=row.reason,
-            occurred_at=row.occurred_at,
+            event_id=row["event_id"],
+            from_status=row["from_status"],
+            to_status=row["to_status"],
+            version=row["version"],
+            actor=row["actor"],
+            reason=row["reason"],
+            occurred_at=row["occurred_at"],
         )
         for row in rows
     ]
