@@ -58,3 +58,13 @@ def test_a_parameter_the_caller_leaves_out_is_refused() -> None:
 )
 def test_affected_rows_are_read_from_the_command_tag(status: str, rows: int) -> None:
     assert affected_rows(status) == rows
+
+
+def test_an_insert_without_values_takes_a_parameter_per_named_column() -> None:
+    statement = compiled(insert(outbox), columns=["topic", "key"])
+
+    assert statement.names == ("topic", "key")
+    assert statement.arguments({"key": "order-1", "topic": "orders.events"}) == [
+        "orders.events",
+        "order-1",
+    ]

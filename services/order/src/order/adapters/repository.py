@@ -102,6 +102,12 @@ INSERT_OUTBOX = compiled(
     .values({value.key: value for value in _OUTBOX_ROW})
     .returning(func.pg_notify(OUTBOX_CHANNEL, ""))
 )
+# An order's creation: its row (insert-first), then its first history row.
+ADD_ORDER = compiled(pg_insert(orders).on_conflict_do_nothing(index_elements=[orders.c.id]))
+ADD_HISTORY = compiled(
+    insert(order_status_history).inline(),
+    columns=[column.name for column in order_status_history.c if column is not _h.id],
+)
 LOOKUP_TOKEN = compiled(
     select(api_tokens.c.name, api_tokens.c.role, api_tokens.c.revoked_at).where(
         api_tokens.c.token_sha256 == bindparam("digest")
@@ -146,18 +152,17 @@ class OrderRepository:
     async def add(self, order: Order) -> bool:
         """Insert-first: False when an order with this id already exists."""
         added = await self._sql.execute(
-            pg_insert(orders)
-            .values(
-                id=order.id,
-                status=order.status.value,
-                version=order.version,
-                customer_name=order.customer.name,
-                customer_email=order.customer.email,
-                customer_phone=order.customer.phone,
-                created_at=order.created_at,
-                updated_at=order.updated_at,
-            )
-            .on_conflict_do_nothing(index_elements=[orders.c.id])
+            ADD_ORDER,
+            {
+                "id": order.id,
+                "status": order.status.value,
+                "version": order.version,
+                "customer_name": order.customer.name,
+                "customer_email": order.customer.email,
+                "customer_phone": order.customer.phone,
+                "created_at": order.created_at,
+                "updated_at": order.updated_at,
+            },
         )
         return bool(added)
 
@@ -189,16 +194,17 @@ class OrderRepository:
 
     async def add_creation_history(self, order: Order, event_id: UUID, actor: str) -> None:
         await self._sql.execute(
-            insert(order_status_history).values(
-                order_id=order.id,
-                event_id=event_id,
-                from_status=None,
-                to_status=order.status.value,
-                version=order.version,
-                actor=actor,
-                reason=None,
-                occurred_at=order.created_at,
-            )
+            ADD_HISTORY,
+            {
+                "order_id": order.id,
+                "event_id": event_id,
+                "from_status": None,
+                "to_status": order.status.value,
+                "version": order.version,
+                "actor": actor,
+                "reason": None,
+                "occurred_at": order.created_at,
+            },
         )
 
     async def page(

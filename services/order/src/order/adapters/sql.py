@@ -12,7 +12,7 @@ SQLAlchemy's dialect installed on the connection, so rows hold what SQLAlchemy's
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,9 +44,11 @@ class Statement:
         return arguments
 
 
-def compiled(statement: ClauseElement) -> Statement:
-    """Compile once what runs often (a module constant), or per call what is built per call."""
-    compiled_statement = statement.compile(dialect=DIALECT)
+def compiled(statement: ClauseElement, columns: Sequence[str] | None = None) -> Statement:
+    """Compile once what runs often (a module constant), or per call what is built per call.
+    An INSERT with no values of its own takes one parameter per column of `columns` (default:
+    all), named after it."""
+    compiled_statement = statement.compile(dialect=DIALECT, column_keys=columns)
     assert isinstance(compiled_statement, SQLCompiler)  # a query or DML, not DDL
     names = tuple(compiled_statement.positiontup or ())
     binds = [compiled_statement.binds[name] for name in names]
