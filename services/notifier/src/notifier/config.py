@@ -76,12 +76,8 @@ class Settings(BaseSettings):
     consume_batch_size: int = Field(default=200, ge=1)
     # How long the broker may hold a fetch of orders.events to gather a batch (fetch.max.wait.ms,
     # with fetch.min.bytes 64 KiB): up to this much latency per message, for a transaction
-    # and an offset commit shared by every message that came meanwhile. Below a few hundred
-    # changes a second the wait, not the bytes, ends each fetch, so it sets how many rounds
-    # (record, claim, send, store outcomes, relay) the notifier makes each second, whatever
-    # the load. Measured at 79 changes/s: 250 ms instead of 100 took the notifier from 44 % of
-    # a core to 35 %; 200 halves the rounds of 100 for 100 ms more latency per message.
-    consume_wait_ms: int = Field(default=200, ge=0)
+    # and an offset commit shared by every message that came meanwhile.
+    consume_wait_ms: int = Field(default=100, ge=0)
     http_host: str = "127.0.0.1"
     http_port: int = 8001
 
