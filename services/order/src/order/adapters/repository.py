@@ -113,6 +113,23 @@ LOOKUP_TOKEN = compiled(
         api_tokens.c.token_sha256 == bindparam("digest")
     )
 )
+_IDEMPOTENCY_KEY = (
+    idempotency_keys.c.scope == bindparam("scope"),
+    idempotency_keys.c.key == bindparam("key"),
+)
+# What every command, and every request with an Idempotency-Key, runs: compiled once.
+RECORD_ANSWER = compiled(
+    update(idempotency_keys)
+    .where(*_IDEMPOTENCY_KEY)
+    .values(status_code=bindparam("answer_status"), response=bindparam("answer_body"))
+)
+STORED_ANSWER = compiled(
+    select(
+        idempotency_keys.c.fingerprint,
+        idempotency_keys.c.status_code,
+        idempotency_keys.c.response,
+    ).where(*_IDEMPOTENCY_KEY)
+)
 CLAIM_IDEMPOTENCY_KEY = compiled(
     pg_insert(idempotency_keys)
     .values(scope=bindparam("scope"), key=bindparam("key"), fingerprint=bindparam("fingerprint"))
@@ -305,13 +322,7 @@ class IdempotencyRepository:
         return bool(claimed)
 
     async def answer(self, scope: str, key: str) -> StoredAnswer:
-        row = await self._sql.row(
-            select(
-                idempotency_keys.c.fingerprint,
-                idempotency_keys.c.status_code,
-                idempotency_keys.c.response,
-            ).where(idempotency_keys.c.scope == scope, idempotency_keys.c.key == key)
-        )
+        row = await self._sql.row(STORED_ANSWER, {"scope": scope, "key": key})
         assert row is not None, "read in the transaction that claimed the key, or after it"
         return StoredAnswer(row["fingerprint"], row["status_code"], row["response"])
 
@@ -319,9 +330,8 @@ class IdempotencyRepository:
         self, scope: str, key: str, status_code: int | None, response: dict[str, Any]
     ) -> None:
         await self._sql.execute(
-            update(idempotency_keys)
-            .where(idempotency_keys.c.scope == scope, idempotency_keys.c.key == key)
-            .values(status_code=status_code, response=response)
+            RECORD_ANSWER,
+            {"scope": scope, "key": key, "answer_status": status_code, "answer_body": response},
         )
 
     async def forget_older_than(self, age: timedelta, limit: int) -> int:

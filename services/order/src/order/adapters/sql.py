@@ -40,7 +40,7 @@ class Statement:
         for name, value, convert in zip(self.names, self.values, self.converters, strict=True):
             if value is _GIVEN:
                 value = parameters[name]
-            arguments.append(value if convert is None or value is None else convert(value))
+            arguments.append(value if convert is None else convert(value))
         return arguments
 
 
