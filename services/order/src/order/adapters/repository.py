@@ -323,7 +323,7 @@ class IdempotencyRepository:
 
     async def answer(self, scope: str, key: str) -> StoredAnswer:
         row = await self._sql.row(STORED_ANSWER, {"scope": scope, "key": key})
-        assert row is not None, "read in the transaction that claimed the key, or after it"
+        assert row is not None, "read after its claim failed: the key is stored"
         return StoredAnswer(row["fingerprint"], row["status_code"], row["response"])
 
     async def record(
