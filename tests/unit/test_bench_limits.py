@@ -10,9 +10,9 @@ from uuid import uuid4
 from bench.limits import GET_ORDER, INSERT_OUTBOX, SAVE_STATUS
 from contracts import Actor, Customer, OrderStatus, OrderStatusChanged
 from order.adapters.repository import OrderRepository, Outbox
-from order.adapters.sql import Sql, Statement
 from order.domain.model import Customer as OrderCustomer
 from order.domain.model import Order
+from pgstatements import Sql, Statement
 
 
 def words(sql: str) -> list[str]:

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 from sqlalchemy import (
     ARRAY,
+    ColumnElement,
     Text,
     and_,
+    any_,
+    bindparam,
     cast,
     delete,
     func,
     insert,
-    literal,
+    literal_column,
     or_,
     select,
     tuple_,
@@ -24,54 +27,166 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.selectable import TableValuedAlias
 
 from contracts import Channel, Envelope, Message
 from notifier.adapters.tables import communication_events, opt_outs, outbox
 from notifier.adapters.telemetry import current_trace_context
 from notifier.domain.communication import Communication, CommunicationStatus
+from pgstatements import Sql, compiled
 
 _c = communication_events.c
 
 
-def _to_communication(row: Any) -> Communication:
+def _to_communication(row: Mapping[str, Any]) -> Communication:
     return Communication(
-        id=row.id,
-        dedupe_key=row.dedupe_key,
-        order_id=row.order_id,
-        event_id=row.event_id,
-        channel=Channel(row.channel),
-        template=row.template,
-        recipient=row.recipient,
-        context=row.context,
-        status=CommunicationStatus(row.status),
-        attempts=row.attempts,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        last_error=row.last_error,
-        provider_message_id=row.provider_message_id,
-        next_attempt_at=row.next_attempt_at,
-        sent_at=row.sent_at,
-        replays=row.replays,
-        trace_context=row.trace_context,
+        id=row["id"],
+        dedupe_key=row["dedupe_key"],
+        order_id=row["order_id"],
+        event_id=row["event_id"],
+        channel=Channel(row["channel"]),
+        template=row["template"],
+        recipient=row["recipient"],
+        context=row["context"],
+        status=CommunicationStatus(row["status"]),
+        attempts=row["attempts"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        last_error=row["last_error"],
+        provider_message_id=row["provider_message_id"],
+        next_attempt_at=row["next_attempt_at"],
+        sent_at=row["sent_at"],
+        replays=row["replays"],
+        trace_context=row["trace_context"],
     )
 
 
-def _unnest(columns: dict[str, list[Any]]) -> TableValuedAlias:
-    """Rows given as one array per column of `communication_events` (JSONB ones as JSON text),
-    for statements on many rows at once. Unlike a VALUES list, the SQL is the same whatever the
-    number of rows, so it is compiled and prepared once."""
+def _unnest(columns: Sequence[str]) -> TableValuedAlias:
+    """Rows given as one array parameter per column of `communication_events`, named after it
+    (JSONB ones as JSON text), for statements on many rows at once. Unlike a VALUES list, the
+    SQL is the same whatever the number of rows, so it is compiled and prepared once."""
     arrays = [
-        literal(values, ARRAY(Text if isinstance(_c[name].type, JSONB) else _c[name].type))
-        for name, values in columns.items()
+        bindparam(name, type_=ARRAY(Text if isinstance(_c[name].type, JSONB) else _c[name].type))
+        for name in columns
     ]
     return func.unnest(*arrays).table_valued(*columns).render_derived()
 
 
+def _status_in(*statuses: CommunicationStatus) -> ColumnElement[bool]:
+    """The statuses written into the SQL, not bound: the planner can then match the partial
+    indexes on status (tables.py) in every plan of the prepared statement."""
+    return _c.status.in_([literal_column(f"'{status.value}'") for status in statuses])
+
+
+_NEW = _unnest(
+    [
+        "id",
+        "dedupe_key",
+        "order_id",
+        "event_id",
+        "channel",
+        "template",
+        "recipient",
+        "context",
+        "status",
+        "attempts",
+        "last_error",
+        "next_attempt_at",
+        "created_at",
+        "updated_at",
+        "trace_context",
+    ]
+)
+ADD_NEW = compiled(
+    pg_insert(communication_events)
+    .from_select(
+        list(_NEW.c.keys()),
+        select(
+            *(
+                cast(column, JSONB) if name in ("context", "trace_context") else column
+                for name, column in _NEW.c.items()
+            )
+        ),
+    )
+    .on_conflict_do_nothing(index_elements=[_c.dedupe_key])
+    .returning(_c.id)
+)
+
+_DUE = (
+    select(_c.id)
+    .where(
+        or_(
+            and_(
+                _status_in(CommunicationStatus.QUEUED, CommunicationStatus.FAILED),
+                _c.next_attempt_at <= bindparam("now"),
+            ),
+            and_(_status_in(CommunicationStatus.SENDING), _c.lease_until < bindparam("now")),
+        )
+    )
+    .order_by(_c.next_attempt_at)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True)
+    .cte("due")
+)
+CLAIM_DUE = compiled(
+    update(communication_events)
+    .where(_c.id == _DUE.c.id)
+    .values(
+        status=CommunicationStatus.SENDING.value,
+        lease_owner=bindparam("owner"),
+        lease_until=bindparam("lease_ends"),
+        attempts=_c.attempts + 1,
+        updated_at=bindparam("now"),
+    )
+    .returning(communication_events)
+)
+
+_OUTCOME = _unnest(
+    [
+        "id",
+        "status",
+        "last_error",
+        "provider_message_id",
+        "next_attempt_at",
+        "sent_at",
+        "updated_at",
+    ]
+)
+SAVE_OUTCOMES = compiled(
+    update(communication_events)
+    .where(
+        _c.id == _OUTCOME.c.id,
+        _c.lease_owner == bindparam("owner"),
+        _status_in(CommunicationStatus.SENDING),
+    )
+    .values(
+        status=_OUTCOME.c.status,
+        last_error=_OUTCOME.c.last_error,
+        provider_message_id=_OUTCOME.c.provider_message_id,
+        next_attempt_at=_OUTCOME.c.next_attempt_at,
+        sent_at=_OUTCOME.c.sent_at,
+        updated_at=_OUTCOME.c.updated_at,
+        lease_owner=None,
+        lease_until=None,
+    )
+    .returning(_c.id)
+)
+
+OPTED_OUT = compiled(
+    select(opt_outs.c.recipient).where(
+        opt_outs.c.channel == bindparam("channel"),
+        opt_outs.c.recipient == any_(bindparam("recipients", type_=ARRAY(Text))),
+    )
+)
+
+INSERT_OUTBOX = compiled(
+    insert(outbox).inline(), columns=["event_id", "topic", "key", "payload", "headers"]
+)
+
+
 class CommunicationRepository:
-    def __init__(self, connection: AsyncConnection) -> None:
-        self._connection = connection
+    def __init__(self, sql: Sql) -> None:
+        self._sql = sql
 
     async def add_new(self, communications: Sequence[Communication]) -> set[UUID]:
         """Insert-first under the unique dedupe key, all in one statement; returns the ids of
@@ -80,7 +195,8 @@ class CommunicationRepository:
         for the first transaction to finish."""
         if not communications:
             return set()
-        incoming = _unnest(
+        rows = await self._sql.rows(
+            ADD_NEW,
             {
                 "id": [c.id for c in communications],
                 "dedupe_key": [c.dedupe_key for c in communications],
@@ -97,23 +213,9 @@ class CommunicationRepository:
                 "created_at": [c.created_at for c in communications],
                 "updated_at": [c.updated_at for c in communications],
                 "trace_context": [json.dumps(c.trace_context) for c in communications],
-            }
+            },
         )
-        result = await self._connection.execute(
-            pg_insert(communication_events)
-            .from_select(
-                list(incoming.c.keys()),
-                select(
-                    *(
-                        cast(column, JSONB) if name in ("context", "trace_context") else column
-                        for name, column in incoming.c.items()
-                    )
-                ),
-            )
-            .on_conflict_do_nothing(index_elements=[_c.dedupe_key])
-            .returning(_c.id)
-        )
-        return set(result.scalars())
+        return {row["id"] for row in rows}
 
     async def claim_due(
         self, owner: str, now: datetime, limit: int, lease: timedelta
@@ -122,42 +224,19 @@ class CommunicationRepository:
         next attempt), or whose lease ran out because their worker died. Each claim counts as
         an attempt. SKIP LOCKED lets any number of workers claim side by side without waiting
         for, or taking, each other's rows."""
-        due = (
-            select(_c.id)
-            .where(
-                or_(
-                    and_(
-                        _c.status.in_([CommunicationStatus.QUEUED, CommunicationStatus.FAILED]),
-                        _c.next_attempt_at <= now,
-                    ),
-                    and_(_c.status == CommunicationStatus.SENDING, _c.lease_until < now),
-                )
-            )
-            .order_by(_c.next_attempt_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-            .cte("due")
+        rows = await self._sql.rows(
+            CLAIM_DUE, {"owner": owner, "now": now, "limit": limit, "lease_ends": now + lease}
         )
-        result = await self._connection.execute(
-            update(communication_events)
-            .where(_c.id == due.c.id)
-            .values(
-                status=CommunicationStatus.SENDING.value,
-                lease_owner=owner,
-                lease_until=now + lease,
-                attempts=_c.attempts + 1,
-                updated_at=now,
-            )
-            .returning(communication_events)
-        )
-        return [_to_communication(row) for row in result.all()]
+        return [_to_communication(row) for row in rows]
 
     async def save_outcomes(self, attempted: Sequence[Communication], owner: str) -> set[UUID]:
         """Store attempts' outcomes and end their leases, where `owner` still holds them, in one
         statement; returns the ids stored. One missing lost its lease: it expired and another
         worker took the communication over."""
-        outcome = _unnest(
+        rows = await self._sql.rows(
+            SAVE_OUTCOMES,
             {
+                "owner": owner,
                 "id": [c.id for c in attempted],
                 "status": [c.status.value for c in attempted],
                 "last_error": [c.last_error for c in attempted],
@@ -165,33 +244,14 @@ class CommunicationRepository:
                 "next_attempt_at": [c.next_attempt_at for c in attempted],
                 "sent_at": [c.sent_at for c in attempted],
                 "updated_at": [c.updated_at for c in attempted],
-            }
+            },
         )
-        result = await self._connection.execute(
-            update(communication_events)
-            .where(
-                _c.id == outcome.c.id,
-                _c.lease_owner == owner,
-                _c.status == CommunicationStatus.SENDING,
-            )
-            .values(
-                status=outcome.c.status,
-                last_error=outcome.c.last_error,
-                provider_message_id=outcome.c.provider_message_id,
-                next_attempt_at=outcome.c.next_attempt_at,
-                sent_at=outcome.c.sent_at,
-                updated_at=outcome.c.updated_at,
-                lease_owner=None,
-                lease_until=None,
-            )
-            .returning(_c.id)
-        )
-        return set(result.scalars())
+        return {row["id"] for row in rows}
 
     async def release_leases(self, owner: str, now: datetime) -> int:
         """Hand back what `owner` claimed but did not finish: due again at once. The interrupted
         attempt stays counted, since it may have reached the server."""
-        result = await self._connection.execute(
+        return await self._sql.execute(
             update(communication_events)
             .where(_c.lease_owner == owner, _c.status == CommunicationStatus.SENDING)
             .values(
@@ -203,7 +263,6 @@ class CommunicationRepository:
                 lease_until=None,
             )
         )
-        return int(result.rowcount)
 
     async def dead(self, ids: Sequence[UUID] | None, *, lock: bool) -> list[Communication]:
         """Dead communications, oldest first: those among `ids`, or all of them. With `lock`,
@@ -214,13 +273,13 @@ class CommunicationRepository:
             .order_by(_c.created_at, _c.id)
         )
         if ids is not None:
-            query = query.where(_c.id.in_(ids))
+            query = query.where(_c.id == any_(bindparam("ids", list(ids), ARRAY(_c.id.type))))
         if lock:
             query = query.with_for_update()
-        return [_to_communication(row) for row in (await self._connection.execute(query)).all()]
+        return [_to_communication(row) for row in await self._sql.rows(query)]
 
     async def save_replay(self, communication: Communication) -> None:
-        await self._connection.execute(
+        await self._sql.execute(
             update(communication_events)
             .where(_c.id == communication.id)
             .values(
@@ -241,46 +300,48 @@ class CommunicationRepository:
             query = query.where(_c.order_id == order_id)
         if after is not None:
             query = query.where(tuple_(_c.created_at, _c.id) > tuple_(*after))
-        return [_to_communication(row) for row in (await self._connection.execute(query)).all()]
+        return [_to_communication(row) for row in await self._sql.rows(query)]
 
     async def count_by_status(self, statuses: Sequence[str]) -> dict[str, int]:
         """How many communications are in each of `statuses` (absent when none)."""
-        result = await self._connection.execute(
-            select(_c.status, func.count()).where(_c.status.in_(statuses)).group_by(_c.status)
+        rows = await self._sql.rows(
+            select(_c.status, func.count().label("count"))
+            .where(_c.status == any_(bindparam("statuses", list(statuses), ARRAY(Text))))
+            .group_by(_c.status)
         )
-        return {status: int(count) for status, count in result.all()}
+        return {row["status"]: int(row["count"]) for row in rows}
 
 
 class OptOutRepository:
     """Recipients are stored normalised; callers normalise before asking."""
 
-    def __init__(self, connection: AsyncConnection) -> None:
-        self._connection = connection
+    def __init__(self, sql: Sql) -> None:
+        self._sql = sql
 
     async def add(self, channel: Channel, recipient: str) -> bool:
-        result = await self._connection.execute(
-            pg_insert(opt_outs)
-            .values(channel=channel.value, recipient=recipient)
-            .on_conflict_do_nothing()
-        )
-        return bool(result.rowcount)
-
-    async def remove(self, channel: Channel, recipient: str) -> bool:
-        result = await self._connection.execute(
-            delete(opt_outs).where(
-                opt_outs.c.channel == channel.value, opt_outs.c.recipient == recipient
+        return bool(
+            await self._sql.execute(
+                pg_insert(opt_outs)
+                .values(channel=channel.value, recipient=recipient)
+                .on_conflict_do_nothing()
             )
         )
-        return bool(result.rowcount)
+
+    async def remove(self, channel: Channel, recipient: str) -> bool:
+        return bool(
+            await self._sql.execute(
+                delete(opt_outs).where(
+                    opt_outs.c.channel == channel.value, opt_outs.c.recipient == recipient
+                )
+            )
+        )
 
     async def opted_out(self, channel: Channel, recipients: Iterable[str]) -> set[str]:
         """Which of `recipients` opted out of `channel`."""
-        result = await self._connection.execute(
-            select(opt_outs.c.recipient).where(
-                opt_outs.c.channel == channel.value, opt_outs.c.recipient.in_(list(recipients))
-            )
+        rows = await self._sql.rows(
+            OPTED_OUT, {"channel": channel.value, "recipients": list(recipients)}
         )
-        return set(result.scalars())
+        return {row["recipient"] for row in rows}
 
 
 class Outbox:
@@ -289,8 +350,8 @@ class Outbox:
     executemany (a prepared statement, pipelined), in the order they were added, when the unit
     of work commits."""
 
-    def __init__(self, connection: AsyncConnection) -> None:
-        self._connection = connection
+    def __init__(self, sql: Sql) -> None:
+        self._sql = sql
         self._rows: list[dict[str, Any]] = []
         self.written = False
 
@@ -313,5 +374,5 @@ class Outbox:
         """Write what was added (the unit of work does, before it commits)."""
         if self._rows:
             rows, self._rows = self._rows, []
-            await self._connection.execute(insert(outbox), rows)
+            await self._sql.execute_many(INSERT_OUTBOX, rows)
             self.written = True

@@ -1,5 +1,8 @@
 """The one place a transaction is opened: a use case runs inside `async with uow:` and the
-unit of work commits when the block succeeds, or rolls back when it raises."""
+unit of work commits when the block succeeds, or rolls back when it raises.
+
+A unit of work takes a connection from SQLAlchemy's pool and runs its statements, and its
+transaction, on that connection's asyncpg driver (see `pgstatements`)."""
 
 from __future__ import annotations
 
@@ -9,12 +12,13 @@ from types import TracebackType
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from notifier.adapters.repository import CommunicationRepository, OptOutRepository, Outbox
+from pgstatements import Checkout, sqlstate, unavailable
 
 
 class Unstorable(Exception):
@@ -34,23 +38,17 @@ class DatabaseBusy(Exception):
     nothing was done."""
 
 
-# Connection exceptions (08), operator intervention (57P: shutting down, starting up).
-_UNAVAILABLE_SQLSTATES = ("08", "57P")
-
-
-def _unavailable(error: BaseException | None) -> bool:
-    if isinstance(error, OSError):  # refused or reset while connecting
-        return True
-    if not isinstance(error, DBAPIError):
-        return False
-    sqlstate = str(getattr(error.orig, "sqlstate", "") or "")
-    return error.connection_invalidated or sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
-
-
 def _refused_content(error: BaseException | None) -> bool:
-    return isinstance(error, DBAPIError) and str(getattr(error.orig, "sqlstate", "")).startswith(
-        "22"
-    )
+    return sqlstate(error).startswith("22")
+
+
+def _raise_classified(error: BaseException | None, *, lost: bool) -> None:
+    """Raise what the callers act on for a database error (`lost`: the connection or the
+    database went away); return for any other."""
+    if lost:
+        raise DatabaseUnavailable(str(error).splitlines()[0]) from error
+    if _refused_content(error):
+        raise Unstorable(str(getattr(error, "orig", error)).splitlines()[0]) from error
 
 
 # A connection in steady use proves itself alive; one that sat idle may have died meanwhile
@@ -90,21 +88,27 @@ class UnitOfWork:
     def __init__(self, engine: AsyncEngine, on_outbox_commit: Callable[[], None]) -> None:
         self._engine = engine
         self._on_outbox_commit = on_outbox_commit
-        self._connection: AsyncConnection | None = None
+        self._checkout: Checkout | None = None
 
     async def __aenter__(self) -> UnitOfWork:
         try:
-            self._connection = await self._engine.connect()
+            checkout = self._checkout = await Checkout.take(self._engine)
         except PoolTimeout as error:
             raise DatabaseBusy(str(error).splitlines()[0]) from error
         except Exception as error:
-            if _unavailable(error):
+            if unavailable(error):
                 raise DatabaseUnavailable(str(error).splitlines()[0]) from error
             raise
-        await self._connection.begin()
-        self.communications = CommunicationRepository(self._connection)
-        self.opt_outs = OptOutRepository(self._connection)
-        self.outbox = Outbox(self._connection)
+        try:
+            await checkout.begin()
+        except BaseException as error:
+            lost = checkout.lost(error)
+            await self._release(failed=True)
+            _raise_classified(error, lost=lost)
+            raise
+        self.communications = CommunicationRepository(checkout.sql)
+        self.opt_outs = OptOutRepository(checkout.sql)
+        self.outbox = Outbox(checkout.sql)
         return self
 
     async def __aexit__(
@@ -113,26 +117,35 @@ class UnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        assert self._connection is not None
+        checkout = self._checkout
+        assert checkout is not None
+        # Cancelled mid-statement, the driver may still await its answer: the connection is
+        # closed rather than reused.
+        failed = exc is not None and not isinstance(exc, Exception)
         try:
-            if exc_type is None:
+            if not failed and exc_type is None:
                 await self.outbox.flush()
-                await self._connection.commit()
+                await checkout.commit()
                 if self.outbox.written:
                     self._on_outbox_commit()
-            else:
-                await self._connection.rollback()
+            elif not failed:
+                await checkout.rollback()
         except Exception as error:  # writing the outbox, committing, or rolling back
-            if exc is None and not (_refused_content(error) or _unavailable(error)):
+            failed = True
+            if exc is None and not (_refused_content(error) or checkout.lost(error)):
                 raise
             exc = exc or error
         finally:
-            await self._connection.close()
-            self._connection = None
-        if _refused_content(exc):
-            raise Unstorable(str(getattr(exc, "orig", exc)).splitlines()[0]) from exc
-        if _unavailable(exc):
-            raise DatabaseUnavailable(str(exc).splitlines()[0]) from exc
+            lost = checkout.lost(exc)
+            await self._release(failed=failed or lost)
+        _raise_classified(exc, lost=lost)
+
+    async def _release(self, *, failed: bool) -> None:
+        assert self._checkout is not None
+        try:
+            await self._checkout.release(failed=failed)
+        finally:
+            self._checkout = None
 
 
 class UnitOfWorkFactory:

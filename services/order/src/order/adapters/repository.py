@@ -14,7 +14,6 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from contracts import Envelope
 from contracts.statuses import OrderStatus
-from order.adapters.sql import Sql, compiled
 from order.adapters.tables import (
     OUTBOX_CHANNEL,
     api_tokens,
@@ -26,6 +25,7 @@ from order.adapters.tables import (
 from order.adapters.telemetry import current_trace_context
 from order.domain.auth import Identity, Role, StoredToken
 from order.domain.model import Customer, Order, StatusChanged
+from pgstatements import Sql, compiled
 
 # The statements of every status change, built and compiled once with named parameters:
 # building and cache-keying a Core statement on each call cost about a tenth of the order

@@ -4,7 +4,7 @@ reads, or for a single writing statement, opens none: each of its statements is 
 own, one round trip instead of three.
 
 A unit of work takes a connection from SQLAlchemy's pool and runs its statements, and its
-transaction, on that connection's asyncpg driver (see `order.adapters.sql`)."""
+transaction, on that connection's asyncpg driver (see `pgstatements`)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,8 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import TypeVar
 
-import asyncpg
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,
@@ -31,7 +29,7 @@ from order.adapters.repository import (
     Outbox,
     TokenRepository,
 )
-from order.adapters.sql import Sql
+from pgstatements import Checkout, sqlstate, unavailable
 
 
 class Unstorable(Exception):
@@ -52,24 +50,7 @@ class DatabaseBusy(Exception):
     unreachable database, this is not retried here, as a retry would only join the queue."""
 
 
-# Connection exceptions (08), operator intervention (57P: shutting down, starting up).
-_UNAVAILABLE_SQLSTATES = ("08", "57P")
-
 T = TypeVar("T")
-
-
-def _sqlstate(error: BaseException | None) -> str:
-    # SQLAlchemy wraps the driver's errors while connecting; statements raise asyncpg's own.
-    driver_error = error.orig if isinstance(error, DBAPIError) else error
-    return str(getattr(driver_error, "sqlstate", "") or "")
-
-
-def _unavailable(error: BaseException | None) -> bool:
-    if isinstance(error, OSError | asyncpg.ConnectionDoesNotExistError):  # refused, reset
-        return True
-    if isinstance(error, DBAPIError) and error.connection_invalidated:
-        return True
-    return _sqlstate(error).startswith(_UNAVAILABLE_SQLSTATES)
 
 
 def _backoff(wait_seconds: float, retry: retry_base) -> AsyncRetrying:
@@ -81,12 +62,12 @@ def _backoff(wait_seconds: float, retry: retry_base) -> AsyncRetrying:
     )
 
 
-_CONNECT_AGAIN = retry_if_exception(_unavailable)
+_CONNECT_AGAIN = retry_if_exception(unavailable)
 _RUN_AGAIN = retry_if_exception_type(DatabaseUnavailable)
 
 
 def _refused_content(error: BaseException | None) -> bool:
-    return _sqlstate(error).startswith("22")
+    return sqlstate(error).startswith("22")
 
 
 def _raise_classified(error: BaseException | None, *, lost: bool) -> None:
@@ -110,32 +91,25 @@ class UnitOfWork:
         self._engine = engine
         self._wait_for_database = wait_for_database
         self._transaction = transaction
-        self._connection: AsyncConnection | None = None
-        self._driver: asyncpg.Connection | None = None
-        self._driver_transaction: asyncpg.transaction.Transaction | None = None
+        self._checkout: Checkout | None = None
 
     async def __aenter__(self) -> UnitOfWork:
         try:
-            self._connection = await self._connect()
+            checkout = self._checkout = await self._connect()
         except PoolTimeout as error:
             raise DatabaseBusy(str(error).splitlines()[0]) from error
-        try:
-            driver = (await self._connection.get_raw_connection()).driver_connection
-            assert driver is not None  # a checked-out connection has its driver's
-            self._driver = driver
-            if self._transaction:
-                self._driver_transaction = driver.transaction()
-                await self._driver_transaction.start()
-        except BaseException as error:
-            lost = self._lost(error)
-            await self._release(failed=True)
-            _raise_classified(error, lost=lost)
-            raise
-        sql = Sql(self._driver)
-        self.orders = OrderRepository(sql)
-        self.outbox = Outbox(sql)
-        self.tokens = TokenRepository(sql)
-        self.idempotency = IdempotencyRepository(sql)
+        if self._transaction:
+            try:
+                await checkout.begin()
+            except BaseException as error:
+                lost = checkout.lost(error)
+                await self._release(failed=True)
+                _raise_classified(error, lost=lost)
+                raise
+        self.orders = OrderRepository(checkout.sql)
+        self.outbox = Outbox(checkout.sql)
+        self.tokens = TokenRepository(checkout.sql)
+        self.idempotency = IdempotencyRepository(checkout.sql)
         return self
 
     async def __aexit__(
@@ -144,51 +118,43 @@ class UnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        checkout = self._checkout
+        assert checkout is not None
         # Cancelled mid-statement, the driver may still await its answer: the connection is
         # closed rather than reused.
         failed = exc is not None and not isinstance(exc, Exception)
         try:
-            if self._driver_transaction is not None and not failed:
+            if not failed:
                 if exc_type is None:
-                    await self._driver_transaction.commit()
+                    await checkout.commit()
                 else:
-                    await self._driver_transaction.rollback()
+                    await checkout.rollback()
         except Exception as error:
             failed = True
-            if exc is None and not self._lost(error):
+            if exc is None and not checkout.lost(error):
                 raise
             exc = exc or error  # the commit or rollback failed: the database went away
         finally:
-            lost = self._lost(exc)
+            lost = checkout.lost(exc)
             await self._release(failed=failed or lost)
         _raise_classified(exc, lost=lost)
 
-    def _lost(self, error: BaseException | None) -> bool:
-        """Did `error` come from the connection or the database going away?"""
-        if error is None:
-            return False
-        return _unavailable(error) or (self._driver is not None and self._driver.is_closed())
-
     async def _release(self, *, failed: bool) -> None:
-        """Back to the pool, or closed and replaced when it failed: it may be dead, or in a
-        transaction or a statement nobody finished."""
-        assert self._connection is not None
+        assert self._checkout is not None
         try:
-            if failed:
-                await self._connection.invalidate()
-            await self._connection.close()
+            await self._checkout.release(failed=failed)
         finally:
-            self._connection = self._driver = self._driver_transaction = None
+            self._checkout = None
 
-    async def _connect(self) -> AsyncConnection:
+    async def _connect(self) -> Checkout:
         """A pooled connection, waiting up to `wait_for_database` seconds while the database
         cannot be reached, e.g. through a restart (while all are in use, as long as the pool's
         timeout). It is not pinged first: a connection that died in the pool fails its first
         statement, and `UnitOfWorkFactory.run` starts over."""
         try:
-            return await self._engine.connect()
+            return await Checkout.take(self._engine)
         except Exception as error:
-            if not _unavailable(error):
+            if not unavailable(error):
                 raise
             if not self._wait_for_database:
                 raise DatabaseUnavailable(str(error).splitlines()[0]) from error
@@ -196,9 +162,9 @@ class UnitOfWork:
         try:
             async for attempt in _backoff(self._wait_for_database, _CONNECT_AGAIN):
                 with attempt:
-                    return await self._engine.connect()
+                    return await Checkout.take(self._engine)
         except Exception as error:
-            if _unavailable(error):
+            if unavailable(error):
                 raise DatabaseUnavailable(str(error).splitlines()[0]) from error
             raise
         raise AssertionError("tenacity either returns or raises")

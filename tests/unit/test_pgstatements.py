@@ -1,4 +1,4 @@
-"""How the order service's statements become asyncpg's SQL and arguments."""
+"""How SQLAlchemy Core statements (the order service's, here) become asyncpg's SQL and arguments."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import json
 from uuid import uuid4
 
 import pytest
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import ARRAY, Text, any_, bindparam, insert, select
 
 from order.adapters.repository import INSERT_OUTBOX
-from order.adapters.sql import affected_rows, compiled
 from order.adapters.tables import OUTBOX_CHANNEL, outbox
+from pgstatements import affected_rows, compiled
 
 ROW = {
     "event_id": uuid4(),
@@ -68,3 +68,17 @@ def test_an_insert_without_values_takes_a_parameter_per_named_column() -> None:
         "orders.events",
         "order-1",
     ]
+
+
+def test_a_list_goes_to_an_array_parameter_as_it_is() -> None:
+    statement = compiled(
+        select(outbox.c.id).where(outbox.c.key == any_(bindparam("keys", type_=ARRAY(Text))))
+    )
+
+    assert "ANY ($1::TEXT[])" in statement.sql
+    assert statement.arguments({"keys": ["order-1", "order-2"]}) == [["order-1", "order-2"]]
+
+
+def test_an_in_list_is_refused_as_its_parameters_are_known_only_with_its_values() -> None:
+    with pytest.raises(ValueError, match="any_"):
+        compiled(select(outbox.c.id).where(outbox.c.key.in_(["order-1", "order-2"])))

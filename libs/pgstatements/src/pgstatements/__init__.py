@@ -1,0 +1,8 @@
+"""SQLAlchemy Core statements compiled once and run on a pooled connection's asyncpg driver,
+past SQLAlchemy's execution layer (see `statements`), and the pooled connection they run on
+(see `checkout`). The services' units of work are built on these."""
+
+from pgstatements.checkout import Checkout, sqlstate, unavailable
+from pgstatements.statements import Sql, Statement, affected_rows, compiled
+
+__all__ = ["Checkout", "Sql", "Statement", "affected_rows", "compiled", "sqlstate", "unavailable"]

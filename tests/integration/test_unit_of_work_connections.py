@@ -1,0 +1,147 @@
+"""The order and notifier services' units of work run their statements on the pooled
+connection's asyncpg driver (pgstatements): a connection that died, or that was left
+mid-statement by a cancelled caller, is closed instead of going back to the pool."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any
+from uuid import uuid4
+
+import asyncpg
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+import notifier.app
+import notifier.config
+import order.app
+import order.config
+from contracts import Channel
+from devstack import infra
+from devstack.waiting import wait_until
+from notifier.adapters import unit_of_work as notifier_uow
+from order.adapters import unit_of_work as order_uow
+from tests.integration.conftest import backend_pid, terminated
+
+
+@dataclass(frozen=True)
+class Service:
+    """How to open one service's unit of work on an engine, and a read it runs."""
+
+    name: str
+    migrate: Callable[[infra.TestDatabases], None]
+    table: str  # the one `read` reads
+    unit_of_work: Callable[[AsyncEngine], AbstractAsyncContextManager[Any]]
+    read: Callable[[Any], Awaitable[object]]
+    unavailable: type[Exception]
+
+
+def _migrate_order(databases: infra.TestDatabases) -> None:
+    order.app.migrate(
+        order.config.Settings(
+            database_url=databases.urls["order"],
+            migration_database_url=databases.migration_urls["order"],
+        )
+    )
+
+
+def _migrate_notifier(databases: infra.TestDatabases) -> None:
+    notifier.app.migrate(
+        notifier.config.Settings(
+            database_url=databases.urls["notifier"],
+            migration_database_url=databases.migration_urls["notifier"],
+        )
+    )
+
+
+def _order(transaction: bool) -> Service:
+    return Service(
+        name="order",
+        migrate=_migrate_order,
+        table="orders",
+        unit_of_work=lambda engine: order_uow.UnitOfWork(engine, transaction=transaction),
+        read=lambda uow: uow.orders.get(uuid4()),
+        unavailable=order_uow.DatabaseUnavailable,
+    )
+
+
+NOTIFIER = Service(
+    name="notifier",
+    migrate=_migrate_notifier,
+    table="opt_outs",
+    unit_of_work=lambda engine: notifier_uow.UnitOfWork(engine, on_outbox_commit=lambda: None),
+    read=lambda uow: uow.opt_outs.opted_out(Channel.EMAIL, ["someone@example.com"]),
+    unavailable=notifier_uow.DatabaseUnavailable,
+)
+SERVICES = [_order(transaction=True), _order(transaction=False), NOTIFIER]
+IDS = ["order-transaction", "order-autocommit", "notifier"]
+
+
+@pytest.fixture(params=SERVICES, ids=IDS)
+def service(request: pytest.FixtureRequest) -> Service:
+    chosen: Service = request.param
+    return chosen
+
+
+@pytest.fixture
+async def one_connection(
+    service: Service, databases: infra.TestDatabases
+) -> AsyncIterator[AsyncEngine]:
+    """The service's database, migrated, behind a pool of one connection."""
+    await asyncio.to_thread(service.migrate, databases)
+    engine = create_async_engine(databases.urls[service.name], pool_size=1, max_overflow=0)
+    yield engine
+    await engine.dispose()
+
+
+async def test_a_connection_the_server_ended_fails_one_unit_of_work_and_is_replaced(
+    service: Service, databases: infra.TestDatabases, one_connection: AsyncEngine
+) -> None:
+    dead = await backend_pid(one_connection)
+    await terminated(databases.urls[service.name], dead)
+
+    with pytest.raises(service.unavailable):
+        async with service.unit_of_work(one_connection) as uow:
+            await service.read(uow)
+
+    async with service.unit_of_work(one_connection) as uow:
+        await service.read(uow)
+    assert await backend_pid(one_connection) != dead
+
+
+async def test_a_unit_of_work_cancelled_mid_statement_does_not_give_back_its_connection(
+    service: Service, databases: infra.TestDatabases, one_connection: AsyncEngine
+) -> None:
+    used = await backend_pid(one_connection)
+    locker = await asyncpg.connect(databases.dsn(service.name))
+    try:
+        locking = locker.transaction()
+        await locking.start()
+        await locker.execute(f"LOCK TABLE {service.table} IN ACCESS EXCLUSIVE MODE")
+
+        async def read() -> None:
+            async with service.unit_of_work(one_connection) as uow:
+                await service.read(uow)
+
+        reading = asyncio.create_task(read())
+        await wait_until(
+            lambda: locker.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE pid = $1 AND NOT granted", used
+            ),
+            lambda waiting: waiting == 1,
+            within=10,
+            what="the read waiting for the lock",
+        )
+        reading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+        await locking.rollback()
+
+        async with service.unit_of_work(one_connection) as uow:
+            await service.read(uow)
+        assert await backend_pid(one_connection) != used
+    finally:
+        await locker.close()
