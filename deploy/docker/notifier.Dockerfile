@@ -20,9 +20,9 @@ RUN --mount=type=cache,target=/root/.cache/uv \
     --mount=type=bind,source=pyproject.toml,target=pyproject.toml \
     uv sync --frozen --no-dev --no-install-workspace --package notifier
 
-# The service and the workspace packages it shares (contracts, pgstatements). They stay editable installs on purpose: a service
-# finds its Alembic migrations beside its source tree (notifier.adapters.schema), so the tree keeps
-# the repository's layout under /app.
+# The service and the workspace packages it shares (contracts, pgstatements). They stay
+# editable installs on purpose: a service finds its Alembic migrations beside its source tree
+# (notifier.adapters.schema), so the tree keeps the repository's layout under /app.
 COPY pyproject.toml uv.lock ./
 COPY contracts contracts
 COPY libs/pgstatements libs/pgstatements

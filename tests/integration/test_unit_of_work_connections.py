@@ -1,5 +1,5 @@
-"""The order and notifier services' units of work run their statements on the pooled
-connection's asyncpg driver (pgstatements): a connection that died, or that was left
+"""The services' units of work run their statements on the pooled connection's asyncpg driver
+(pgstatements): a connection that died, or that was left
 mid-statement by a cancelled caller, is closed instead of going back to the pool."""
 
 from __future__ import annotations
@@ -15,10 +15,14 @@ import asyncpg
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+import audit.app
+import audit.config
 import notifier.app
 import notifier.config
 import order.app
 import order.config
+from audit.adapters import unit_of_work as audit_uow
+from audit.adapters.repository import CHAIN_LOCK_KEY
 from contracts import Channel
 from devstack import infra
 from devstack.waiting import wait_until
@@ -33,7 +37,7 @@ class Service:
 
     name: str
     migrate: Callable[[infra.TestDatabases], None]
-    table: str  # the one `read` reads
+    blocking: str  # a statement that, held in a transaction, makes `read` wait
     unit_of_work: Callable[[AsyncEngine], AbstractAsyncContextManager[Any]]
     read: Callable[[Any], Awaitable[object]]
     unavailable: type[Exception]
@@ -57,11 +61,20 @@ def _migrate_notifier(databases: infra.TestDatabases) -> None:
     )
 
 
+def _migrate_audit(databases: infra.TestDatabases) -> None:
+    audit.app.migrate(
+        audit.config.Settings(
+            database_url=databases.urls["audit"],
+            migration_database_url=databases.migration_urls["audit"],
+        )
+    )
+
+
 def _order(transaction: bool) -> Service:
     return Service(
         name="order",
         migrate=_migrate_order,
-        table="orders",
+        blocking="LOCK TABLE orders IN ACCESS EXCLUSIVE MODE",
         unit_of_work=lambda engine: order_uow.UnitOfWork(engine, transaction=transaction),
         read=lambda uow: uow.orders.get(uuid4()),
         unavailable=order_uow.DatabaseUnavailable,
@@ -71,13 +84,22 @@ def _order(transaction: bool) -> Service:
 NOTIFIER = Service(
     name="notifier",
     migrate=_migrate_notifier,
-    table="opt_outs",
+    blocking="LOCK TABLE opt_outs IN ACCESS EXCLUSIVE MODE",
     unit_of_work=lambda engine: notifier_uow.UnitOfWork(engine, on_outbox_commit=lambda: None),
     read=lambda uow: uow.opt_outs.opted_out(Channel.EMAIL, ["someone@example.com"]),
     unavailable=notifier_uow.DatabaseUnavailable,
 )
-SERVICES = [_order(transaction=True), _order(transaction=False), NOTIFIER]
-IDS = ["order-transaction", "order-autocommit", "notifier"]
+AUDIT = Service(
+    name="audit",
+    migrate=_migrate_audit,
+    # The audit's role may not lock its append-only table; appenders wait on the chain's lock.
+    blocking=f"SELECT pg_advisory_xact_lock({CHAIN_LOCK_KEY})",
+    unit_of_work=audit_uow.UnitOfWork,
+    read=lambda uow: uow.audit.lock_tail(),
+    unavailable=audit_uow.DatabaseUnavailable,
+)
+SERVICES = [_order(transaction=True), _order(transaction=False), NOTIFIER, AUDIT]
+IDS = ["order-transaction", "order-autocommit", "notifier", "audit"]
 
 
 @pytest.fixture(params=SERVICES, ids=IDS)
@@ -120,7 +142,7 @@ async def test_a_unit_of_work_cancelled_mid_statement_does_not_give_back_its_con
     try:
         locking = locker.transaction()
         await locking.start()
-        await locker.execute(f"LOCK TABLE {service.table} IN ACCESS EXCLUSIVE MODE")
+        await locker.execute(service.blocking)
 
         async def read() -> None:
             async with service.unit_of_work(one_connection) as uow:

@@ -2,7 +2,31 @@
 past SQLAlchemy's execution layer (see `statements`), and the pooled connection they run on
 (see `checkout`). The services' units of work are built on these."""
 
-from pgstatements.checkout import Checkout, sqlstate, unavailable
+from pgstatements.checkout import (
+    Checkout,
+    DatabaseBusy,
+    DatabaseUnavailable,
+    Unstorable,
+    ping_when_idle,
+    raise_classified,
+    refused_content,
+    sqlstate,
+    unavailable,
+)
 from pgstatements.statements import Sql, Statement, affected_rows, compiled
 
-__all__ = ["Checkout", "Sql", "Statement", "affected_rows", "compiled", "sqlstate", "unavailable"]
+__all__ = [
+    "Checkout",
+    "DatabaseBusy",
+    "DatabaseUnavailable",
+    "Sql",
+    "Statement",
+    "Unstorable",
+    "affected_rows",
+    "compiled",
+    "ping_when_idle",
+    "raise_classified",
+    "refused_content",
+    "sqlstate",
+    "unavailable",
+]

@@ -1,4 +1,5 @@
-"""A connection out of SQLAlchemy's pool, used through its asyncpg driver.
+"""A connection out of SQLAlchemy's pool, used through its asyncpg driver, and what a unit of
+work raises for the database's errors.
 
 SQLAlchemy's execution layer invalidated a connection whose error it recognised as a
 disconnect; statements run past it must do that themselves: a connection that failed, or that
@@ -6,11 +7,36 @@ a cancelled caller left mid-statement, is closed rather than handed back to the 
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import asyncpg
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from pgstatements.statements import Sql
+
+
+class Unstorable(Exception):
+    """The database refused the content itself (SQLSTATE class 22, data exception: a NUL
+    character in a text, a number out of range): retrying cannot help, unlike a lost
+    connection, so the caller refuses the input (4xx, or a dead letter)."""
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not be reached, or went away mid-transaction (restarting, failing
+    over): nothing was committed unless the commit's answer was lost, so the work can be
+    retried as a whole; each service makes a repeat harmless (idempotency keys, dedupe keys,
+    event ids). Reads answer 503."""
+
+
+class DatabaseBusy(Exception):
+    """Every pooled connection stayed in use for as long as a unit of work may wait for one:
+    the service is taking more work than the database answers. Nothing was done; unlike an
+    unreachable database, this is not retried, as a retry would only join the queue."""
+
 
 # Connection exceptions (08), operator intervention (57P: shutting down, starting up).
 _UNAVAILABLE_SQLSTATES = ("08", "57P")
@@ -30,6 +56,48 @@ def unavailable(error: BaseException | None) -> bool:
     if isinstance(error, DBAPIError) and error.connection_invalidated:
         return True
     return sqlstate(error).startswith(_UNAVAILABLE_SQLSTATES)
+
+
+def refused_content(error: BaseException | None) -> bool:
+    return sqlstate(error).startswith("22")
+
+
+def raise_classified(error: BaseException | None, *, lost: bool) -> None:
+    """Raise what the callers act on for a database error (`lost`: the connection or the
+    database went away); return for any other."""
+    if lost:
+        raise DatabaseUnavailable(str(error).splitlines()[0]) from error
+    if refused_content(error):
+        raise Unstorable(str(getattr(error, "orig", error)).splitlines()[0]) from error
+
+
+# A connection in steady use proves itself alive; one that sat idle may have died meanwhile
+# (a database restart). pool_pre_ping would test every checkout, three round trips each: at
+# a few hundred transactions a second that was a third of all statements.
+IDLE_BEFORE_PING_SECONDS = 1.0
+_RETURNED_AT = "returned_at"  # in a pooled connection's info
+
+
+def ping_when_idle(engine: AsyncEngine, idle_seconds: float = IDLE_BEFORE_PING_SECONDS) -> None:
+    """Test a pooled connection before use only when it waited in the pool over
+    `idle_seconds`; a dead one is replaced unseen (the pool reconnects on DisconnectionError).
+    One that died in use fails its unit of work, which its caller retries, and the pool then
+    replaces every connection older than the failure."""
+    pool = engine.sync_engine.pool
+
+    @event.listens_for(pool, "checkin")
+    def returned(_: Any, record: ConnectionPoolEntry) -> None:
+        record.info[_RETURNED_AT] = time.monotonic()
+
+    @event.listens_for(pool, "checkout")
+    def taken(dbapi_connection: Any, record: ConnectionPoolEntry, _: Any) -> None:
+        returned_at = record.info.get(_RETURNED_AT)
+        if returned_at is None or time.monotonic() - returned_at <= idle_seconds:
+            return
+        try:
+            dbapi_connection.ping()
+        except Exception as error:
+            raise DisconnectionError(f"pooled connection is dead: {error}") from error
 
 
 class Checkout:

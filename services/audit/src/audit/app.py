@@ -19,17 +19,13 @@ from audit.adapters.consumer_lag import ConsumerLagReader
 from audit.adapters.metrics import PREFIX, AuditMetrics, MetricsSampler
 from audit.adapters.schema import assert_schema_current, upgrade_to_head
 from audit.adapters.token_verifier import TokenVerifier
-from audit.adapters.unit_of_work import (
-    DatabaseBusy,
-    DatabaseUnavailable,
-    UnitOfWorkFactory,
-    ping_when_idle,
-)
+from audit.adapters.unit_of_work import DatabaseBusy, DatabaseUnavailable, UnitOfWorkFactory
 from audit.config import Settings, database_role, refuse_dev_secrets
 from audit.domain.entries import ChainNotChecked, ChainReport
 from audit.entrypoints import http, observability
 from audit.entrypoints.consumer import AUDITED_TOPICS, register_audit_handlers
 from audit.entrypoints.publications import declare_publications
+from pgstatements import ping_when_idle
 
 
 def build_engine(settings: Settings) -> AsyncEngine:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from audit.adapters.repository import Unstorable
-from audit.adapters.unit_of_work import UnitOfWork
+from audit.adapters.unit_of_work import UnitOfWork, Unstorable
 from audit.domain.entries import (
     AuditedMessage,
     ChainCheck,
@@ -69,7 +68,7 @@ async def list_entries(
     after_id: int | None = None,
     limit: int,
     newest_first: bool = True,
-) -> list[Any]:
+) -> list[Mapping[str, Any]]:
     async with uow_factory() as uow:
         return await uow.audit.page(
             entity_id=entity_id,

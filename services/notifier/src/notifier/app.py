@@ -28,7 +28,7 @@ from notifier.adapters.sms import HttpSmsSender, HttpSmsSettings
 from notifier.adapters.smtp import SmtpEmailSender, SmtpSettings
 from notifier.adapters.templates import EmailTemplates, TextTemplates
 from notifier.adapters.token_verifier import TokenVerifier
-from notifier.adapters.unit_of_work import UnitOfWorkFactory, ping_when_idle
+from notifier.adapters.unit_of_work import UnitOfWorkFactory
 from notifier.config import Settings, database_role, refuse_dev_secrets
 from notifier.domain.communication import RetryPolicy
 from notifier.domain.delivery import Sender
@@ -38,6 +38,7 @@ from notifier.entrypoints.consumer import register_event_handlers
 from notifier.entrypoints.publications import declare_publications
 from notifier.entrypoints.worker import DispatchWorker
 from notifier.service import Dispatcher
+from pgstatements import ping_when_idle
 
 log = logging.getLogger(__name__)
 

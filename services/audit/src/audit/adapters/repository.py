@@ -2,26 +2,52 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import DateTime, func, insert, select
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import ARRAY, DateTime, any_, bindparam, func, insert, select
 
 from audit.adapters.tables import audit_log
 from audit.domain.entries import GENESIS_HASH, AuditEntry, ChainedEntry, StoredEntry
+from pgstatements import Sql, compiled
 
 # Names "the audit chain tail" among the advisory locks of the audit database.
 CHAIN_LOCK_KEY = 0x61756469745F01
 
-
-class Unstorable(Exception):
-    """The database refused the content itself (SQLSTATE class 22, data exception, e.g. a NUL
-    character in a text): retrying cannot help, unlike a lost connection."""
+# The statements of every append, compiled once.
+LOCK_CHAIN = compiled(select(func.pg_advisory_xact_lock(CHAIN_LOCK_KEY)))
+CHAIN_TAIL = compiled(
+    select(
+        func.clock_timestamp(type_=DateTime(timezone=True)),
+        select(audit_log.c.hash).order_by(audit_log.c.id.desc()).limit(1).scalar_subquery(),
+    )
+)
+RECORDED = compiled(
+    select(audit_log.c.event_id).where(
+        audit_log.c.event_id == any_(bindparam("event_ids", type_=ARRAY(audit_log.c.event_id.type)))
+    )
+)
+_ENTRY_COLUMNS = [
+    "event_id",
+    "action",
+    "actor",
+    "entity_type",
+    "entity_id",
+    "occurred_at",
+    "recorded_at",
+    "source",
+    "before",
+    "after",
+    "reason",
+    "correlation_id",
+    "details",
+    "prev_hash",
+    "hash",
+]
+INSERT_ENTRY = compiled(insert(audit_log).inline(), columns=_ENTRY_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -30,27 +56,27 @@ class ChainTail:
     now: datetime
 
 
-def _entry(row: Any) -> AuditEntry:
+def _entry(row: Mapping[str, Any]) -> AuditEntry:
     return AuditEntry(
-        event_id=row.event_id,
-        action=row.action,
-        actor=row.actor,
-        entity_type=row.entity_type,
-        entity_id=row.entity_id,
-        occurred_at=row.occurred_at,
-        recorded_at=row.recorded_at,
-        source=row.source,
-        before=row.before,
-        after=row.after,
-        reason=row.reason,
-        correlation_id=row.correlation_id,
-        details=row.details,
+        event_id=row["event_id"],
+        action=row["action"],
+        actor=row["actor"],
+        entity_type=row["entity_type"],
+        entity_id=row["entity_id"],
+        occurred_at=row["occurred_at"],
+        recorded_at=row["recorded_at"],
+        source=row["source"],
+        before=row["before"],
+        after=row["after"],
+        reason=row["reason"],
+        correlation_id=row["correlation_id"],
+        details=row["details"],
     )
 
 
 class AuditRepository:
-    def __init__(self, connection: AsyncConnection) -> None:
-        self._connection = connection
+    def __init__(self, sql: Sql) -> None:
+        self._sql = sql
 
     async def lock_tail(self) -> ChainTail:
         """Take the chain for this transaction and return its tail: the last entry's hash and
@@ -66,18 +92,15 @@ class AuditRepository:
         consuming and parsing while only the append itself is serial. A UNIQUE constraint on
         prev_hash backs this up: a fork fails to insert instead of being stored. The clock
         is read under the lock so `recorded_at` never goes backwards along the chain."""
-        await self._connection.execute(select(func.pg_advisory_xact_lock(CHAIN_LOCK_KEY)))
-        last_hash = select(audit_log.c.hash).order_by(audit_log.c.id.desc()).limit(1)
-        now = func.clock_timestamp(type_=DateTime(timezone=True))
-        row = (await self._connection.execute(select(now, last_hash.scalar_subquery()))).one()
+        await self._sql.execute(LOCK_CHAIN)
+        row = await self._sql.row(CHAIN_TAIL)
+        assert row is not None  # a SELECT without FROM has one row
         return ChainTail(hash=row[1] or GENESIS_HASH, now=row[0])
 
     async def recorded(self, event_ids: list[UUID]) -> set[UUID]:
         """Which of `event_ids` already have an entry."""
-        rows = await self._connection.execute(
-            select(audit_log.c.event_id).where(audit_log.c.event_id.in_(event_ids))
-        )
-        return set(rows.scalars())
+        rows = await self._sql.rows(RECORDED, {"event_ids": event_ids})
+        return {row["event_id"] for row in rows}
 
     async def insert(self, links: list[ChainedEntry]) -> None:
         """Store linked entries; their ids follow the list's order, which is the chain's."""
@@ -103,12 +126,7 @@ class AuditRepository:
             }
             for link in links
         ]
-        try:
-            await self._connection.execute(insert(audit_log), rows)
-        except DBAPIError as error:
-            if str(getattr(error.orig, "sqlstate", "")).startswith("22"):
-                raise Unstorable(str(error.orig).splitlines()[0]) from error
-            raise
+        await self._sql.execute_many(INSERT_ENTRY, rows)
 
     async def page(
         self,
@@ -120,7 +138,7 @@ class AuditRepository:
         after_id: int | None,
         limit: int,
         newest_first: bool,
-    ) -> list[Any]:
+    ) -> list[Mapping[str, Any]]:
         c = audit_log.c
         query = select(audit_log).limit(limit)
         query = query.order_by(c.id.desc() if newest_first else c.id)
@@ -131,22 +149,20 @@ class AuditRepository:
             query = query.where(c.occurred_at >= since)
         if after_id is not None:
             query = query.where(c.id < after_id if newest_first else c.id > after_id)
-        return list((await self._connection.execute(query)).all())
+        return list(await self._sql.rows(query))
 
     async def walk(self, batch: int = 1000) -> AsyncGenerator[StoredEntry, None]:
         """Every entry in chain order, read in batches."""
         last_id = 0
         while True:
-            rows = (
-                await self._connection.execute(
-                    select(audit_log)
-                    .where(audit_log.c.id > last_id)
-                    .order_by(audit_log.c.id)
-                    .limit(batch)
-                )
-            ).all()
+            rows = await self._sql.rows(
+                select(audit_log)
+                .where(audit_log.c.id > last_id)
+                .order_by(audit_log.c.id)
+                .limit(batch)
+            )
             if not rows:
                 return
             for row in rows:
-                yield StoredEntry(row.id, _entry(row), row.prev_hash, row.hash)
-            last_id = rows[-1].id
+                yield StoredEntry(row["id"], _entry(row), row["prev_hash"], row["hash"])
+            last_id = rows[-1]["id"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import Mapping
 from datetime import datetime
 from http import HTTPStatus
 from typing import Annotated, Any
@@ -192,11 +193,11 @@ def _decode_cursor(cursor: str) -> int:
     return after_id
 
 
-def _cursor_after(rows: list[Any], limit: int) -> str | None:
+def _cursor_after(rows: list[Mapping[str, Any]], limit: int) -> str | None:
     """The cursor of the next page, if `rows` (fetched with one extra) has one."""
     if len(rows) <= limit:
         return None
-    return base64.urlsafe_b64encode(str(rows[limit - 1].id).encode()).decode()
+    return base64.urlsafe_b64encode(str(rows[limit - 1]["id"]).encode()).decode()
 
 
 @router.get("/audit", response_model=EntryPage, dependencies=[Reader], responses=READ_ERRORS)
@@ -220,7 +221,7 @@ async def entries(
         limit=limit + 1,
     )
     return EntryPage(
-        items=[Entry.model_validate(row, from_attributes=True) for row in rows[:limit]],
+        items=[Entry.model_validate(dict(row)) for row in rows[:limit]],
         next_cursor=_cursor_after(rows, limit),
     )
 
@@ -247,7 +248,7 @@ async def timeline(
     )
     return Timeline(
         order_id=order_id,
-        items=[Entry.model_validate(row, from_attributes=True) for row in rows[:limit]],
+        items=[Entry.model_validate(dict(row)) for row in rows[:limit]],
         next_cursor=_cursor_after(rows, limit),
     )
 

@@ -29,25 +29,23 @@ from order.adapters.repository import (
     Outbox,
     TokenRepository,
 )
-from pgstatements import Checkout, sqlstate, unavailable
+from pgstatements import (
+    Checkout,
+    DatabaseBusy,
+    DatabaseUnavailable,
+    Unstorable,
+    raise_classified,
+    unavailable,
+)
 
-
-class Unstorable(Exception):
-    """The database refused the content itself (SQLSTATE class 22, data exception: a NUL
-    character in a text, a number out of range): retrying cannot help, unlike a lost
-    connection, so the caller refuses the input (4xx, or a dead letter)."""
-
-
-class DatabaseUnavailable(Exception):
-    """The database could not be reached, or went away mid-transaction (restarting, failing
-    over): nothing was committed unless the commit's answer was lost, so the work can be
-    retried as a whole; idempotency keys and same-status no-ops make that safe."""
-
-
-class DatabaseBusy(Exception):
-    """Every pooled connection stayed in use for as long as a unit of work may wait for one:
-    the service is taking more work than the database answers. Nothing was done; unlike an
-    unreachable database, this is not retried here, as a retry would only join the queue."""
+# The errors are pgstatements', named here too: a service's callers see one module.
+__all__ = [
+    "DatabaseBusy",
+    "DatabaseUnavailable",
+    "UnitOfWork",
+    "UnitOfWorkFactory",
+    "Unstorable",
+]
 
 
 T = TypeVar("T")
@@ -64,19 +62,6 @@ def _backoff(wait_seconds: float, retry: retry_base) -> AsyncRetrying:
 
 _CONNECT_AGAIN = retry_if_exception(unavailable)
 _RUN_AGAIN = retry_if_exception_type(DatabaseUnavailable)
-
-
-def _refused_content(error: BaseException | None) -> bool:
-    return sqlstate(error).startswith("22")
-
-
-def _raise_classified(error: BaseException | None, *, lost: bool) -> None:
-    """Raise what the callers act on for a database error (`lost`: the connection or the
-    database went away); return for any other."""
-    if lost:
-        raise DatabaseUnavailable(str(error).splitlines()[0]) from error
-    if _refused_content(error):
-        raise Unstorable(str(getattr(error, "orig", error)).splitlines()[0]) from error
 
 
 class UnitOfWork:
@@ -104,7 +89,7 @@ class UnitOfWork:
             except BaseException as error:
                 lost = checkout.lost(error)
                 await self._release(failed=True)
-                _raise_classified(error, lost=lost)
+                raise_classified(error, lost=lost)
                 raise
         self.orders = OrderRepository(checkout.sql)
         self.outbox = Outbox(checkout.sql)
@@ -137,7 +122,7 @@ class UnitOfWork:
         finally:
             lost = checkout.lost(exc)
             await self._release(failed=failed or lost)
-        _raise_classified(exc, lost=lost)
+        raise_classified(exc, lost=lost)
 
     async def _release(self, *, failed: bool) -> None:
         assert self._checkout is not None
