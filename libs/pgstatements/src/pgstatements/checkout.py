@@ -8,11 +8,13 @@ a cancelled caller left mid-statement, is closed rather than handed back to the 
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -101,7 +103,7 @@ def ping_when_idle(engine: AsyncEngine, idle_seconds: float = IDLE_BEFORE_PING_S
 
 
 class Checkout:
-    """One pooled connection, from `take` to `release`, in a transaction once begun."""
+    """One pooled connection, from `take` to `end`, in a transaction once begun."""
 
     def __init__(self, connection: AsyncConnection, driver: asyncpg.Connection) -> None:
         self._connection = connection
@@ -111,9 +113,16 @@ class Checkout:
 
     @classmethod
     async def take(cls, engine: AsyncEngine) -> Checkout:
-        """A connection from the pool; the pool's errors (its timeout, a refused connection)
-        are raised as they are."""
-        connection = await engine.connect()
+        """A connection from the pool: `DatabaseBusy` when none came free in the pool's
+        timeout, `DatabaseUnavailable` when the database could not be reached."""
+        try:
+            connection = await engine.connect()
+        except PoolTimeout as error:
+            raise DatabaseBusy(str(error).splitlines()[0]) from error
+        except Exception as error:
+            if unavailable(error):
+                raise DatabaseUnavailable(str(error).splitlines()[0]) from error
+            raise
         try:
             driver = (await connection.get_raw_connection()).driver_connection
             assert driver is not None  # a checked-out connection has its driver's
@@ -124,16 +133,45 @@ class Checkout:
         return cls(connection, driver)
 
     async def begin(self) -> None:
-        self._transaction = self._driver.transaction()
-        await self._transaction.start()
+        """Start a transaction. When that fails, the connection is released and the error
+        raised as what it means to the caller (see `raise_classified`)."""
+        try:
+            self._transaction = self._driver.transaction()
+            await self._transaction.start()
+        except BaseException as error:
+            lost = self.lost(error)
+            await self._release(failed=True)
+            raise_classified(error, lost=lost)
+            raise
 
-    async def commit(self) -> None:
-        if self._transaction is not None:
-            await self._transaction.commit()
-
-    async def rollback(self) -> None:
-        if self._transaction is not None:
-            await self._transaction.rollback()
+    async def end(
+        self,
+        error: BaseException | None,
+        before_commit: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """End the work on this connection: commit when it ended without `error` (after
+        `before_commit`), roll back when it raised one; release the connection; then raise
+        what the error, or the commit's, means to the caller (see `raise_classified`)."""
+        # Cancelled mid-statement, the driver may still await its answer: the connection is
+        # closed rather than reused.
+        failed = error is not None and not isinstance(error, Exception)
+        try:
+            if error is None:
+                if before_commit is not None:
+                    await before_commit()
+                if self._transaction is not None:
+                    await self._transaction.commit()
+            elif not failed and self._transaction is not None:
+                await self._transaction.rollback()
+        except Exception as ending_error:  # before the commit, committing or rolling back
+            failed = True
+            if error is None and not (refused_content(ending_error) or self.lost(ending_error)):
+                raise
+            error = error or ending_error
+        finally:
+            lost = self.lost(error)
+            await self._release(failed=failed or lost)
+        raise_classified(error, lost=lost)
 
     def lost(self, error: BaseException | None) -> bool:
         """Did `error` come from the connection or the database going away?"""
@@ -141,7 +179,7 @@ class Checkout:
             return False
         return unavailable(error) or self._driver.is_closed()
 
-    async def release(self, *, failed: bool) -> None:
+    async def _release(self, *, failed: bool) -> None:
         """Back to the pool, or closed and replaced when it failed: it may be dead, or in a
         transaction or a statement nobody finished."""
         if failed:

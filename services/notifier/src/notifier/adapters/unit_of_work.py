@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from types import TracebackType
 
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from notifier.adapters.repository import CommunicationRepository, OptOutRepository, Outbox
@@ -18,9 +17,6 @@ from pgstatements import (
     DatabaseBusy,
     DatabaseUnavailable,
     Unstorable,
-    raise_classified,
-    refused_content,
-    unavailable,
 )
 
 # The errors are pgstatements', named here too: a service's callers see one module.
@@ -44,21 +40,8 @@ class UnitOfWork:
         self._checkout: Checkout | None = None
 
     async def __aenter__(self) -> UnitOfWork:
-        try:
-            checkout = self._checkout = await Checkout.take(self._engine)
-        except PoolTimeout as error:
-            raise DatabaseBusy(str(error).splitlines()[0]) from error
-        except Exception as error:
-            if unavailable(error):
-                raise DatabaseUnavailable(str(error).splitlines()[0]) from error
-            raise
-        try:
-            await checkout.begin()
-        except BaseException as error:
-            lost = checkout.lost(error)
-            await self._release(failed=True)
-            raise_classified(error, lost=lost)
-            raise
+        checkout = self._checkout = await Checkout.take(self._engine)
+        await checkout.begin()
         self.communications = CommunicationRepository(checkout.sql)
         self.opt_outs = OptOutRepository(checkout.sql)
         self.outbox = Outbox(checkout.sql)
@@ -70,35 +53,11 @@ class UnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        checkout = self._checkout
+        checkout, self._checkout = self._checkout, None
         assert checkout is not None
-        # Cancelled mid-statement, the driver may still await its answer: the connection is
-        # closed rather than reused.
-        failed = exc is not None and not isinstance(exc, Exception)
-        try:
-            if not failed and exc_type is None:
-                await self.outbox.flush()
-                await checkout.commit()
-                if self.outbox.written:
-                    self._on_outbox_commit()
-            elif not failed:
-                await checkout.rollback()
-        except Exception as error:  # writing the outbox, committing, or rolling back
-            failed = True
-            if exc is None and not (refused_content(error) or checkout.lost(error)):
-                raise
-            exc = exc or error
-        finally:
-            lost = checkout.lost(exc)
-            await self._release(failed=failed or lost)
-        raise_classified(exc, lost=lost)
-
-    async def _release(self, *, failed: bool) -> None:
-        assert self._checkout is not None
-        try:
-            await self._checkout.release(failed=failed)
-        finally:
-            self._checkout = None
+        await checkout.end(exc, before_commit=self.outbox.flush)
+        if exc is None and self.outbox.written:
+            self._on_outbox_commit()
 
 
 class UnitOfWorkFactory:

@@ -12,16 +12,13 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import TypeVar
 
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
 from tenacity import (
     AsyncRetrying,
-    retry_if_exception,
     retry_if_exception_type,
     stop_after_delay,
     wait_exponential_jitter,
 )
-from tenacity.retry import retry_base
 
 from order.adapters.repository import (
     IdempotencyRepository,
@@ -34,8 +31,6 @@ from pgstatements import (
     DatabaseBusy,
     DatabaseUnavailable,
     Unstorable,
-    raise_classified,
-    unavailable,
 )
 
 # The errors are pgstatements', named here too: a service's callers see one module.
@@ -51,17 +46,14 @@ __all__ = [
 T = TypeVar("T")
 
 
-def _backoff(wait_seconds: float, retry: retry_base) -> AsyncRetrying:
+def _backoff(wait_seconds: float) -> AsyncRetrying:
+    """Again while the database is unavailable, for up to `wait_seconds`."""
     return AsyncRetrying(
-        retry=retry,
+        retry=retry_if_exception_type(DatabaseUnavailable),
         stop=stop_after_delay(wait_seconds),
         wait=wait_exponential_jitter(multiplier=0.05, max=1.0, jitter=0.05),
         reraise=True,
     )
-
-
-_CONNECT_AGAIN = retry_if_exception(unavailable)
-_RUN_AGAIN = retry_if_exception_type(DatabaseUnavailable)
 
 
 class UnitOfWork:
@@ -79,18 +71,9 @@ class UnitOfWork:
         self._checkout: Checkout | None = None
 
     async def __aenter__(self) -> UnitOfWork:
-        try:
-            checkout = self._checkout = await self._connect()
-        except PoolTimeout as error:
-            raise DatabaseBusy(str(error).splitlines()[0]) from error
+        checkout = self._checkout = await self._connect()
         if self._transaction:
-            try:
-                await checkout.begin()
-            except BaseException as error:
-                lost = checkout.lost(error)
-                await self._release(failed=True)
-                raise_classified(error, lost=lost)
-                raise
+            await checkout.begin()
         self.orders = OrderRepository(checkout.sql)
         self.outbox = Outbox(checkout.sql)
         self.tokens = TokenRepository(checkout.sql)
@@ -103,33 +86,9 @@ class UnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        checkout = self._checkout
+        checkout, self._checkout = self._checkout, None
         assert checkout is not None
-        # Cancelled mid-statement, the driver may still await its answer: the connection is
-        # closed rather than reused.
-        failed = exc is not None and not isinstance(exc, Exception)
-        try:
-            if not failed:
-                if exc_type is None:
-                    await checkout.commit()
-                else:
-                    await checkout.rollback()
-        except Exception as error:
-            failed = True
-            if exc is None and not checkout.lost(error):
-                raise
-            exc = exc or error  # the commit or rollback failed: the database went away
-        finally:
-            lost = checkout.lost(exc)
-            await self._release(failed=failed or lost)
-        raise_classified(exc, lost=lost)
-
-    async def _release(self, *, failed: bool) -> None:
-        assert self._checkout is not None
-        try:
-            await self._checkout.release(failed=failed)
-        finally:
-            self._checkout = None
+        await checkout.end(exc)
 
     async def _connect(self) -> Checkout:
         """A pooled connection, waiting up to `wait_for_database` seconds while the database
@@ -138,20 +97,13 @@ class UnitOfWork:
         statement, and `UnitOfWorkFactory.run` starts over."""
         try:
             return await Checkout.take(self._engine)
-        except Exception as error:
-            if not unavailable(error):
-                raise
+        except DatabaseUnavailable:
             if not self._wait_for_database:
-                raise DatabaseUnavailable(str(error).splitlines()[0]) from error
+                raise
         # Only now the retrying machinery: on every call it cost 5 % of a request's CPU.
-        try:
-            async for attempt in _backoff(self._wait_for_database, _CONNECT_AGAIN):
-                with attempt:
-                    return await Checkout.take(self._engine)
-        except Exception as error:
-            if unavailable(error):
-                raise DatabaseUnavailable(str(error).splitlines()[0]) from error
-            raise
+        async for attempt in _backoff(self._wait_for_database):
+            with attempt:
+                return await Checkout.take(self._engine)
         raise AssertionError("tenacity either returns or raises")
 
 
@@ -187,7 +139,7 @@ class UnitOfWorkFactory:
         except DatabaseUnavailable:
             if not self.wait_for_database:
                 raise
-        async for attempt in _backoff(self.wait_for_database, _RUN_AGAIN):
+        async for attempt in _backoff(self.wait_for_database):
             with attempt:
                 async with self(transaction=transaction) as uow:
                     return await work(uow)
