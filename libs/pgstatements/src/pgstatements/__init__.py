@@ -8,10 +8,6 @@ from pgstatements.checkout import (
     DatabaseUnavailable,
     Unstorable,
     ping_when_idle,
-    raise_classified,
-    refused_content,
-    sqlstate,
-    unavailable,
 )
 from pgstatements.statements import Sql, Statement, affected_rows, compiled
 
@@ -25,8 +21,4 @@ __all__ = [
     "affected_rows",
     "compiled",
     "ping_when_idle",
-    "raise_classified",
-    "refused_content",
-    "sqlstate",
-    "unavailable",
 ]

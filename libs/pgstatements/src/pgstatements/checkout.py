@@ -44,32 +44,32 @@ class DatabaseBusy(Exception):
 _UNAVAILABLE_SQLSTATES = ("08", "57P")
 
 
-def sqlstate(error: BaseException | None) -> str:
+def _sqlstate(error: BaseException | None) -> str:
     """The SQLSTATE of a database error, '' for any other. SQLAlchemy wraps the driver's
     errors while connecting; statements run on the driver raise asyncpg's own."""
     driver_error = error.orig if isinstance(error, DBAPIError) else error
     return str(getattr(driver_error, "sqlstate", "") or "")
 
 
-def unavailable(error: BaseException | None) -> bool:
+def _unavailable(error: BaseException | None) -> bool:
     """Did `error` come from the database being unreachable or the connection going away?"""
     if isinstance(error, OSError | asyncpg.ConnectionDoesNotExistError):  # refused, reset
         return True
     if isinstance(error, DBAPIError) and error.connection_invalidated:
         return True
-    return sqlstate(error).startswith(_UNAVAILABLE_SQLSTATES)
+    return _sqlstate(error).startswith(_UNAVAILABLE_SQLSTATES)
 
 
-def refused_content(error: BaseException | None) -> bool:
-    return sqlstate(error).startswith("22")
+def _refused_content(error: BaseException | None) -> bool:
+    return _sqlstate(error).startswith("22")
 
 
-def raise_classified(error: BaseException | None, *, lost: bool) -> None:
+def _raise_classified(error: BaseException | None, *, lost: bool) -> None:
     """Raise what the callers act on for a database error (`lost`: the connection or the
     database went away); return for any other."""
     if lost:
         raise DatabaseUnavailable(str(error).splitlines()[0]) from error
-    if refused_content(error):
+    if _refused_content(error):
         raise Unstorable(str(getattr(error, "orig", error)).splitlines()[0]) from error
 
 
@@ -120,7 +120,7 @@ class Checkout:
         except PoolTimeout as error:
             raise DatabaseBusy(str(error).splitlines()[0]) from error
         except Exception as error:
-            if unavailable(error):
+            if _unavailable(error):
                 raise DatabaseUnavailable(str(error).splitlines()[0]) from error
             raise
         try:
@@ -134,14 +134,14 @@ class Checkout:
 
     async def begin(self) -> None:
         """Start a transaction. When that fails, the connection is released and the error
-        raised as what it means to the caller (see `raise_classified`)."""
+        raised as what it means to the caller (see `_raise_classified`)."""
         try:
             self._transaction = self._driver.transaction()
             await self._transaction.start()
         except BaseException as error:
             lost = self.lost(error)
             await self._release(failed=True)
-            raise_classified(error, lost=lost)
+            _raise_classified(error, lost=lost)
             raise
 
     async def end(
@@ -151,7 +151,7 @@ class Checkout:
     ) -> None:
         """End the work on this connection: commit when it ended without `error` (after
         `before_commit`), roll back when it raised one; release the connection; then raise
-        what the error, or the commit's, means to the caller (see `raise_classified`)."""
+        what the error, or the commit's, means to the caller (see `_raise_classified`)."""
         # Cancelled mid-statement, the driver may still await its answer: the connection is
         # closed rather than reused.
         failed = error is not None and not isinstance(error, Exception)
@@ -165,19 +165,19 @@ class Checkout:
                 await self._transaction.rollback()
         except Exception as ending_error:  # before the commit, committing or rolling back
             failed = True
-            if error is None and not (refused_content(ending_error) or self.lost(ending_error)):
+            if error is None and not (_refused_content(ending_error) or self.lost(ending_error)):
                 raise
             error = error or ending_error
         finally:
             lost = self.lost(error)
             await self._release(failed=failed or lost)
-        raise_classified(error, lost=lost)
+        _raise_classified(error, lost=lost)
 
     def lost(self, error: BaseException | None) -> bool:
         """Did `error` come from the connection or the database going away?"""
         if error is None:
             return False
-        return unavailable(error) or self._driver.is_closed()
+        return _unavailable(error) or self._driver.is_closed()
 
     async def _release(self, *, failed: bool) -> None:
         """Back to the pool, or closed and replaced when it failed: it may be dead, or in a
