@@ -8,6 +8,7 @@ from pgstatements.checkout import (
     DatabaseUnavailable,
     Unstorable,
     ping_when_idle,
+    transaction,
 )
 from pgstatements.statements import Sql, Statement, affected_rows, compiled
 
@@ -21,4 +22,5 @@ __all__ = [
     "affected_rows",
     "compiled",
     "ping_when_idle",
+    "transaction",
 ]

@@ -7,8 +7,9 @@ a cancelled caller left mid-statement, is closed rather than handed back to the 
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -185,3 +186,18 @@ class Checkout:
         if failed:
             await self._connection.invalidate()
         await self._connection.close()
+
+
+@contextlib.asynccontextmanager
+async def transaction(engine: AsyncEngine) -> AsyncIterator[Sql]:
+    """Statements in one transaction on a pooled connection, for work outside a unit of work
+    (an outbox relay's batch): committed when the block succeeds, rolled back when it raises;
+    the database's errors raised as a unit of work's are."""
+    checkout = await Checkout.take(engine)
+    await checkout.begin()
+    try:
+        yield checkout.sql
+    except BaseException as error:
+        await checkout.end(error)
+        raise
+    await checkout.end(None)

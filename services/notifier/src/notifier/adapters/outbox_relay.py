@@ -35,16 +35,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from notifier.adapters.broker import BrokerConnection
 from notifier.adapters.tables import outbox
 from notifier.adapters.telemetry import attached
+from pgstatements import compiled, transaction
 
 log = logging.getLogger(__name__)
 
 # An arbitrary constant naming "the notifier outbox relay" among advisory locks.
 RELAY_LOCK_KEY = 0x6E6F7469666965_01
 
-# The statements of every batch, built once. The lock is transaction-scoped: it ends with the
-# batch.
-TRY_RELAY_LOCK = select(func.pg_try_advisory_xact_lock(RELAY_LOCK_KEY))
-WAITING_ROWS = (
+# The statements of every batch, compiled once. The lock is transaction-scoped: it ends with
+# the batch.
+TRY_RELAY_LOCK = compiled(select(func.pg_try_advisory_xact_lock(RELAY_LOCK_KEY)))
+WAITING_ROWS = compiled(
     select(outbox.c.id, outbox.c.topic, outbox.c.key, outbox.c.payload, outbox.c.headers)
     .where(outbox.c.published_at.is_(None))
     .order_by(outbox.c.id)
@@ -54,16 +55,24 @@ WAITING_ROWS = (
 # rows still kept are not read, and a backlog of them (after a long stop, or a shortened
 # retention) goes in short transactions that let publishing carry on in between.
 PURGE_BATCH = 10_000
-PURGE_PUBLISHED = text(
-    "DELETE FROM outbox WHERE ctid = ANY(ARRAY("
-    " SELECT ctid FROM outbox WHERE published_at < now() - CAST(:age AS interval)"
-    " ORDER BY published_at LIMIT :limit))"
+PURGE_PUBLISHED = compiled(
+    text(
+        "DELETE FROM outbox WHERE ctid = ANY(ARRAY("
+        " SELECT ctid FROM outbox WHERE published_at < now() - CAST(:age AS interval)"
+        " ORDER BY published_at LIMIT :limit))"
+    )
 )
-MARK_PUBLISHED = (
+MARK_PUBLISHED = compiled(
     update(outbox)
     # One array parameter, so one prepared statement for every batch size.
     .where(outbox.c.id == any_(bindparam("ids", type_=ARRAY(BigInteger))))
     .values(published_at=func.now())
+)
+BACKLOG = compiled(
+    select(
+        func.count().label("rows"),
+        func.extract("epoch", func.now() - func.min(outbox.c.created_at)).label("oldest"),
+    ).where(outbox.c.published_at.is_(None))
 )
 
 
@@ -170,40 +179,35 @@ class OutboxRelay:
     async def purge_published(self) -> int:
         """Delete up to a purge batch of rows published longer ago than the retention, oldest
         first; they served their purpose."""
-        async with self._engine.begin() as connection:
-            result = await connection.execute(
+        async with transaction(self._engine) as sql:
+            return await sql.execute(
                 PURGE_PUBLISHED, {"age": self._retention, "limit": self._purge_batch}
             )
-        return int(result.rowcount)
 
     async def backlog(self) -> Backlog:
         """How many rows wait for Kafka, and for how long the oldest has (the partial index on
         unpublished rows keeps this cheap while the backlog is small)."""
-        waiting = outbox.c.published_at.is_(None)
-        age = func.extract("epoch", func.now() - func.min(outbox.c.created_at))
-        query = select(func.count(), age).where(waiting)
-        async with self._engine.connect() as connection:
-            rows, oldest = (await connection.execute(query)).one()
-        return Backlog(int(rows), float(oldest or 0.0))
+        async with transaction(self._engine) as sql:
+            backlog = await sql.row(BACKLOG)
+        assert backlog is not None  # an aggregate has one row
+        return Backlog(int(backlog["rows"]), float(backlog["oldest"] or 0.0))
 
     async def publish_batch(self) -> Relayed:
         """Publish up to one batch of unpublished rows in waves (the first row of each key,
         then the next of each key whose row was acknowledged, ...) and mark what Kafka
         acknowledged. After a wave with a failed send, the rest waits for the next batch, and
         a fresh producer."""
-        async with self._engine.begin() as connection:
-            locked = await connection.scalar(TRY_RELAY_LOCK)
-            if not locked:
+        async with transaction(self._engine) as sql:
+            locked = await sql.row(TRY_RELAY_LOCK)
+            if locked is None or not locked[0]:
                 return Relayed(0, 0)
-            waiting = (
-                await connection.execute(WAITING_ROWS, {"batch_size": self._batch_size})
-            ).all()
+            waiting = await sql.rows(WAITING_ROWS, {"batch_size": self._batch_size})
             if not waiting:
                 return Relayed(0, 0)
             acknowledged, failed = await self._send_in_waves(waiting)
             if acknowledged:
-                await connection.execute(MARK_PUBLISHED, {"ids": [row.id for row in acknowledged]})
-        for topic, count in Counter(row.topic for row in acknowledged).items():
+                await sql.execute(MARK_PUBLISHED, {"ids": [row["id"] for row in acknowledged]})
+        for topic, count in Counter(row["topic"] for row in acknowledged).items():
             self._on_acknowledged(topic, count)
         return Relayed(
             len(acknowledged),
@@ -223,12 +227,14 @@ class OutboxRelay:
             following = []
             for row, result in zip(wave, await self._send(wave), strict=True):
                 if isinstance(result, BaseException):
-                    log.warning("outbox row %s not acknowledged (%r); will retry", row.id, result)
+                    log.warning(
+                        "outbox row %s not acknowledged (%r); will retry", row["id"], result
+                    )
                     failed += 1
                     continue
                 acknowledged.append(row)
-                if later[row.key]:  # the key's next row may go now, not before
-                    following.append(later[row.key].popleft())
+                if later[row["key"]]:  # the key's next row may go now, not before
+                    following.append(later[row["key"]].popleft())
             wave = following
         return acknowledged, failed
 
@@ -240,12 +246,12 @@ class OutboxRelay:
         refused: BaseException | None = None
         for row in rows:
             try:
-                with attached(row.headers):
+                with attached(row["headers"]):
                     pending.append(
                         await self._kafka.broker.publish(
-                            json.dumps(row.payload, separators=(",", ":")).encode(),
-                            row.topic,
-                            key=row.key.encode(),
+                            json.dumps(row["payload"], separators=(",", ":")).encode(),
+                            row["topic"],
+                            key=row["key"].encode(),
                             headers={"content-type": "application/json"},
                             no_confirm=True,
                         )
@@ -269,5 +275,5 @@ def rows_by_key(rows: Sequence[Any]) -> dict[str, deque[Any]]:
     """Each key's rows, in id order."""
     by_key: dict[str, deque[Any]] = {}
     for row in rows:
-        by_key.setdefault(row.key, deque()).append(row)
+        by_key.setdefault(row["key"], deque()).append(row)
     return by_key

@@ -38,25 +38,26 @@ from typing import Any
 import asyncpg
 from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.structs import RecordMetadata
-from sqlalchemy import BigInteger, any_, bindparam, func, select, text, update
+from sqlalchemy import BigInteger, Text, Uuid, any_, bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY, insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from order.adapters.broker import BrokerConnection
 from order.adapters.published_records import EVENT_ID_HEADER, PublishedRecords
 from order.adapters.tables import OUTBOX_CHANNEL, outbox, relay_positions
 from order.adapters.telemetry import attached
+from pgstatements import Sql, compiled, transaction
 
 log = logging.getLogger(__name__)
 
 # An arbitrary constant naming "the order outbox relay" among advisory locks.
 RELAY_LOCK_KEY = 0x6F72646572_01
 
-# The statements of every batch, built once: built per batch, they showed in py-spy profiles
-# of the order process (the position upsert was compiled anew for every batch). The lock is
-# transaction-scoped: it ends with the batch.
-TRY_RELAY_LOCK = select(func.pg_try_advisory_xact_lock(RELAY_LOCK_KEY))
-WAITING_ROWS = (
+# The statements of every batch, compiled once: built per batch, they showed in py-spy
+# profiles of the order process (the position upsert was compiled anew for every batch). The
+# lock is transaction-scoped: it ends with the batch.
+TRY_RELAY_LOCK = compiled(select(func.pg_try_advisory_xact_lock(RELAY_LOCK_KEY)))
+WAITING_ROWS = compiled(
     select(
         outbox.c.id,
         outbox.c.event_id,
@@ -74,12 +75,14 @@ WAITING_ROWS = (
 # rows still kept are not read, and a backlog of them (after a long stop, or a shortened
 # retention) goes in short transactions that let publishing carry on in between.
 PURGE_BATCH = 10_000
-PURGE_PUBLISHED = text(
-    "DELETE FROM outbox WHERE ctid = ANY(ARRAY("
-    " SELECT ctid FROM outbox WHERE published_at < now() - CAST(:age AS interval)"
-    " ORDER BY published_at LIMIT :limit))"
+PURGE_PUBLISHED = compiled(
+    text(
+        "DELETE FROM outbox WHERE ctid = ANY(ARRAY("
+        " SELECT ctid FROM outbox WHERE published_at < now() - CAST(:age AS interval)"
+        " ORDER BY published_at LIMIT :limit))"
+    )
 )
-MARK_PUBLISHED = (
+MARK_PUBLISHED = compiled(
     update(outbox)
     # One array parameter, so one prepared statement for every batch size.
     .where(outbox.c.id == any_(bindparam("ids", type_=ARRAY(BigInteger))))
@@ -89,11 +92,21 @@ _position = insert(relay_positions).values(
     topic=bindparam("topic"), partition=bindparam("partition"), next_offset=bindparam("next_offset")
 )
 # Run once per topic partition of a batch (one executemany); a position only moves forward.
-ADVANCE_POSITION = _position.on_conflict_do_update(
-    index_elements=[relay_positions.c.topic, relay_positions.c.partition],
-    set_={
-        "next_offset": func.greatest(relay_positions.c.next_offset, _position.excluded.next_offset)
-    },
+ADVANCE_POSITION = compiled(
+    _position.on_conflict_do_update(
+        index_elements=[relay_positions.c.topic, relay_positions.c.partition],
+        set_={
+            "next_offset": func.greatest(
+                relay_positions.c.next_offset, _position.excluded.next_offset
+            )
+        },
+    )
+)
+BACKLOG = compiled(
+    select(
+        func.count().label("rows"),
+        func.extract("epoch", func.now() - func.min(outbox.c.created_at)).label("oldest"),
+    ).where(outbox.c.published_at.is_(None))
 )
 
 # A row waiting longer than this may have been sent by a relay that died before marking it.
@@ -245,33 +258,30 @@ class OutboxRelay:
     async def purge_published(self) -> int:
         """Delete up to a purge batch of rows published longer ago than the retention, oldest
         first; they served their purpose."""
-        async with self._engine.begin() as connection:
-            result = await connection.execute(
+        async with transaction(self._engine) as sql:
+            return await sql.execute(
                 PURGE_PUBLISHED, {"age": self._retention, "limit": self._purge_batch}
             )
-        return int(result.rowcount)
 
     async def backlog(self) -> Backlog:
         """How many rows wait for Kafka, and for how long the oldest has (the partial index on
         unpublished rows keeps this cheap while the backlog is small)."""
-        waiting = outbox.c.published_at.is_(None)
-        age = func.extract("epoch", func.now() - func.min(outbox.c.created_at))
-        query = select(func.count(), age).where(waiting)
-        async with self._engine.connect() as connection:
-            rows, oldest = (await connection.execute(query)).one()
-        return Backlog(int(rows), float(oldest or 0.0))
+        async with transaction(self._engine) as sql:
+            backlog = await sql.row(BACKLOG)
+        assert backlog is not None  # an aggregate has one row
+        return Backlog(int(backlog["rows"]), float(backlog["oldest"] or 0.0))
 
     async def publish_batch(self) -> Relayed:
         """Publish up to one batch of unpublished rows, at most one per key, and mark what
         Kafka acknowledged."""
-        async with self._engine.begin() as connection:
-            locked = await connection.scalar(TRY_RELAY_LOCK)
-            if not locked:
+        async with transaction(self._engine) as sql:
+            locked = await sql.row(TRY_RELAY_LOCK)
+            if locked is None or not locked[0]:
                 return Relayed(0, 0)
-            waiting = await self._waiting_rows(connection)
+            waiting = await self._waiting_rows(sql)
             if waiting and self._read_back_needed(waiting[0]):
-                await self._mark_sent_by_an_earlier_relay(connection)
-                waiting = await self._waiting_rows(connection)
+                await self._mark_sent_by_an_earlier_relay(sql)
+                waiting = await self._waiting_rows(sql)
             rows = first_per_key(waiting)
             if not rows:
                 return Relayed(0, 0)
@@ -280,13 +290,15 @@ class OutboxRelay:
             topics: Counter[str] = Counter()
             for row, result in zip(rows, results, strict=True):
                 if isinstance(result, BaseException):
-                    log.warning("outbox row %s not acknowledged (%r); will retry", row.id, result)
+                    log.warning(
+                        "outbox row %s not acknowledged (%r); will retry", row["id"], result
+                    )
                     continue
-                acknowledged.append(row.id)
-                topics[row.topic] += 1
+                acknowledged.append(row["id"])
+                topics[row["topic"]] += 1
             if acknowledged:
-                await connection.execute(MARK_PUBLISHED, {"ids": acknowledged})
-                await _advance_positions(connection, _ends_of(results))
+                await sql.execute(MARK_PUBLISHED, {"ids": acknowledged})
+                await _advance_positions(sql, _ends_of(results))
         for topic, count in topics.items():
             self._on_acknowledged(topic, count)
         return Relayed(
@@ -295,45 +307,47 @@ class OutboxRelay:
             more_waiting=len(waiting) == self._batch_size or len(rows) < len(waiting),
         )
 
-    async def _waiting_rows(self, connection: AsyncConnection) -> Sequence[Any]:
-        return (await connection.execute(WAITING_ROWS, {"batch_size": self._batch_size})).all()
+    async def _waiting_rows(self, sql: Sql) -> Sequence[Any]:
+        return await sql.rows(WAITING_ROWS, {"batch_size": self._batch_size})
 
     def _read_back_needed(self, oldest: Any) -> bool:
         now = time.monotonic()
         if self._read_back_due:
             return True
         # Another replica's relay may have died mid-batch; looked at once per STALE_SECONDS.
-        if oldest.waited_seconds > STALE_SECONDS and now >= self._next_stale_read_back:
+        if oldest["waited_seconds"] > STALE_SECONDS and now >= self._next_stale_read_back:
             self._next_stale_read_back = now + STALE_SECONDS
             return True
         return False
 
-    async def _mark_sent_by_an_earlier_relay(self, connection: AsyncConnection) -> None:
+    async def _mark_sent_by_an_earlier_relay(self, sql: Sql) -> None:
         """Mark the waiting rows whose records are already on Kafka past the known positions."""
-        waiting = (
-            await connection.execute(
-                select(outbox.c.event_id, outbox.c.topic, outbox.c.created_at)
-                .where(outbox.c.published_at.is_(None))
-                .order_by(outbox.c.id)
-                .limit(self._batch_size)
-            )
-        ).all()
-        topics = {row.topic for row in waiting}
+        waiting = await sql.rows(
+            select(outbox.c.event_id, outbox.c.topic, outbox.c.created_at)
+            .where(outbox.c.published_at.is_(None))
+            .order_by(outbox.c.id)
+            .limit(self._batch_size)
+        )
+        topics = {row["topic"] for row in waiting}
         known = {
-            (row.topic, row.partition): row.next_offset
-            for row in await connection.execute(
-                select(relay_positions).where(relay_positions.c.topic.in_(topics))
+            (row["topic"], row["partition"]): row["next_offset"]
+            for row in await sql.rows(
+                select(relay_positions).where(
+                    relay_positions.c.topic == any_(bindparam("topics", list(topics), ARRAY(Text)))
+                )
             )
         }
-        since = min(row.created_at for row in waiting) - CLOCK_SKEW
+        since = min(row["created_at"] for row in waiting) - CLOCK_SKEW
         found = await self._published.read_past(topics, known, since)
-        sent = [row.event_id for row in waiting if str(row.event_id) in found.event_ids]
+        sent = [row["event_id"] for row in waiting if str(row["event_id"]) in found.event_ids]
         if sent:
             log.warning("outbox: %d rows were on Kafka already; marked, not re-sent", len(sent))
-            await connection.execute(
-                update(outbox).where(outbox.c.event_id.in_(sent)).values(published_at=func.now())
+            await sql.execute(
+                update(outbox)
+                .where(outbox.c.event_id == any_(bindparam("sent", sent, ARRAY(Uuid))))
+                .values(published_at=func.now())
             )
-        await _advance_positions(connection, found.ends)
+        await _advance_positions(sql, found.ends)
         self._read_back_due = False
 
     async def _send(self, rows: Sequence[Any]) -> list[object]:
@@ -343,16 +357,16 @@ class OutboxRelay:
         refused: BaseException | None = None
         for row in rows:
             try:
-                with attached(row.headers):
+                with attached(row["headers"]):
                     pending.append(
                         await self._kafka.broker.publish(
-                            json.dumps(row.payload, separators=(",", ":")).encode(),
-                            row.topic,
-                            key=row.key.encode(),
+                            json.dumps(row["payload"], separators=(",", ":")).encode(),
+                            row["topic"],
+                            key=row["key"].encode(),
                             headers={
                                 "content-type": "application/json",
-                                **row.headers,
-                                EVENT_ID_HEADER: str(row.event_id),
+                                **row["headers"],
+                                EVENT_ID_HEADER: str(row["event_id"]),
                             },
                             no_confirm=True,
                         )
@@ -376,11 +390,11 @@ def _ends_of(results: list[object]) -> dict[tuple[str, int], int]:
     return ends
 
 
-async def _advance_positions(connection: AsyncConnection, ends: dict[tuple[str, int], int]) -> None:
+async def _advance_positions(sql: Sql, ends: dict[tuple[str, int], int]) -> None:
     if not ends:
         return
     rows = [{"topic": t, "partition": p, "next_offset": o} for (t, p), o in ends.items()]
-    await connection.execute(ADVANCE_POSITION, rows)
+    await sql.execute_many(ADVANCE_POSITION, rows)
 
 
 def settled(error: BaseException) -> asyncio.Future[Any]:
@@ -395,7 +409,7 @@ def first_per_key(rows: Sequence[Any]) -> list[Any]:
     seen: set[str] = set()
     firsts = []
     for row in rows:
-        if row.key not in seen:
-            seen.add(row.key)
+        if row["key"] not in seen:
+            seen.add(row["key"])
             firsts.append(row)
     return firsts
