@@ -1,7 +1,5 @@
 """The one place a transaction is opened: commit when the block succeeds, roll back if not.
-
-A unit of work takes a connection from SQLAlchemy's pool and runs its statements, and its
-transaction, on that connection's asyncpg driver (see `pgstatements`)."""
+Its statements run on a pooled connection's asyncpg driver (a `pgstatements.Checkout`)."""
 
 from __future__ import annotations
 
@@ -10,12 +8,7 @@ from types import TracebackType
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from audit.adapters.repository import AuditRepository
-from pgstatements import (
-    Checkout,
-    DatabaseBusy,
-    DatabaseUnavailable,
-    Unstorable,
-)
+from pgstatements import Checkout, DatabaseBusy, DatabaseUnavailable, Unstorable
 
 # The errors are pgstatements', named here too: a service's callers see one module.
 __all__ = ["DatabaseBusy", "DatabaseUnavailable", "UnitOfWork", "UnitOfWorkFactory", "Unstorable"]

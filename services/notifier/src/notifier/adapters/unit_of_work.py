@@ -1,8 +1,6 @@
 """The one place a transaction is opened: a use case runs inside `async with uow:` and the
-unit of work commits when the block succeeds, or rolls back when it raises.
-
-A unit of work takes a connection from SQLAlchemy's pool and runs its statements, and its
-transaction, on that connection's asyncpg driver (see `pgstatements`)."""
+unit of work commits when the block succeeds, or rolls back when it raises. Its statements
+run on a pooled connection's asyncpg driver (a `pgstatements.Checkout`)."""
 
 from __future__ import annotations
 
@@ -12,12 +10,7 @@ from types import TracebackType
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from notifier.adapters.repository import CommunicationRepository, OptOutRepository, Outbox
-from pgstatements import (
-    Checkout,
-    DatabaseBusy,
-    DatabaseUnavailable,
-    Unstorable,
-)
+from pgstatements import Checkout, DatabaseBusy, DatabaseUnavailable, Unstorable
 
 # The errors are pgstatements', named here too: a service's callers see one module.
 __all__ = [

@@ -26,12 +26,7 @@ from order.adapters.repository import (
     Outbox,
     TokenRepository,
 )
-from pgstatements import (
-    Checkout,
-    DatabaseBusy,
-    DatabaseUnavailable,
-    Unstorable,
-)
+from pgstatements import Checkout, DatabaseBusy, DatabaseUnavailable, Unstorable
 
 # The errors are pgstatements', named here too: a service's callers see one module.
 __all__ = [
