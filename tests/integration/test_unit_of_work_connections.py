@@ -1,6 +1,6 @@
 """The services' units of work run their statements on the pooled connection's asyncpg driver
-(pgstatements): a connection that died, or that was left
-mid-statement by a cancelled caller, is closed instead of going back to the pool."""
+(pgstatements): a connection that died, or that was left mid-statement by a cancelled caller,
+is closed instead of going back to the pool."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from devstack import infra
 from devstack.waiting import wait_until
 from notifier.adapters import unit_of_work as notifier_uow
 from order.adapters import unit_of_work as order_uow
+from pgstatements import DatabaseUnavailable
 from tests.integration.conftest import backend_pid, terminated
 
 
@@ -36,67 +37,48 @@ class Service:
     """How to open one service's unit of work on an engine, and a read it runs."""
 
     name: str
-    migrate: Callable[[infra.TestDatabases], None]
+    migrate: Callable[[Any], None]  # given the service's settings
+    settings: Callable[..., Any]
     blocking: str  # a statement that, held in a transaction, makes `read` wait
     unit_of_work: Callable[[AsyncEngine], AbstractAsyncContextManager[Any]]
     read: Callable[[Any], Awaitable[object]]
-    unavailable: type[Exception]
 
-
-def _migrate_order(databases: infra.TestDatabases) -> None:
-    order.app.migrate(
-        order.config.Settings(
-            database_url=databases.urls["order"],
-            migration_database_url=databases.migration_urls["order"],
+    def migrate_on(self, databases: infra.TestDatabases) -> None:
+        self.migrate(
+            self.settings(
+                database_url=databases.urls[self.name],
+                migration_database_url=databases.migration_urls[self.name],
+            )
         )
-    )
-
-
-def _migrate_notifier(databases: infra.TestDatabases) -> None:
-    notifier.app.migrate(
-        notifier.config.Settings(
-            database_url=databases.urls["notifier"],
-            migration_database_url=databases.migration_urls["notifier"],
-        )
-    )
-
-
-def _migrate_audit(databases: infra.TestDatabases) -> None:
-    audit.app.migrate(
-        audit.config.Settings(
-            database_url=databases.urls["audit"],
-            migration_database_url=databases.migration_urls["audit"],
-        )
-    )
 
 
 def _order(transaction: bool) -> Service:
     return Service(
         name="order",
-        migrate=_migrate_order,
+        migrate=order.app.migrate,
+        settings=order.config.Settings,
         blocking="LOCK TABLE orders IN ACCESS EXCLUSIVE MODE",
         unit_of_work=lambda engine: order_uow.UnitOfWork(engine, transaction=transaction),
         read=lambda uow: uow.orders.get(uuid4()),
-        unavailable=order_uow.DatabaseUnavailable,
     )
 
 
 NOTIFIER = Service(
     name="notifier",
-    migrate=_migrate_notifier,
+    migrate=notifier.app.migrate,
+    settings=notifier.config.Settings,
     blocking="LOCK TABLE opt_outs IN ACCESS EXCLUSIVE MODE",
     unit_of_work=lambda engine: notifier_uow.UnitOfWork(engine, on_outbox_commit=lambda: None),
     read=lambda uow: uow.opt_outs.opted_out(Channel.EMAIL, ["someone@example.com"]),
-    unavailable=notifier_uow.DatabaseUnavailable,
 )
 AUDIT = Service(
     name="audit",
-    migrate=_migrate_audit,
+    migrate=audit.app.migrate,
+    settings=audit.config.Settings,
     # The audit's role may not lock its append-only table; appenders wait on the chain's lock.
     blocking=f"SELECT pg_advisory_xact_lock({CHAIN_LOCK_KEY})",
     unit_of_work=audit_uow.UnitOfWork,
     read=lambda uow: uow.audit.lock_tail(),
-    unavailable=audit_uow.DatabaseUnavailable,
 )
 SERVICES = [_order(transaction=True), _order(transaction=False), NOTIFIER, AUDIT]
 IDS = ["order-transaction", "order-autocommit", "notifier", "audit"]
@@ -113,7 +95,7 @@ async def one_connection(
     service: Service, databases: infra.TestDatabases
 ) -> AsyncIterator[AsyncEngine]:
     """The service's database, migrated, behind a pool of one connection."""
-    await asyncio.to_thread(service.migrate, databases)
+    await asyncio.to_thread(service.migrate_on, databases)
     engine = create_async_engine(databases.urls[service.name], pool_size=1, max_overflow=0)
     yield engine
     await engine.dispose()
@@ -125,7 +107,7 @@ async def test_a_connection_the_server_ended_fails_one_unit_of_work_and_is_repla
     dead = await backend_pid(one_connection)
     await terminated(databases.urls[service.name], dead)
 
-    with pytest.raises(service.unavailable):
+    with pytest.raises(DatabaseUnavailable):
         async with service.unit_of_work(one_connection) as uow:
             await service.read(uow)
 

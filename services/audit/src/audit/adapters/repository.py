@@ -30,24 +30,11 @@ RECORDED = compiled(
         audit_log.c.event_id == any_(bindparam("event_ids", type_=ARRAY(audit_log.c.event_id.type)))
     )
 )
-_ENTRY_COLUMNS = [
-    "event_id",
-    "action",
-    "actor",
-    "entity_type",
-    "entity_id",
-    "occurred_at",
-    "recorded_at",
-    "source",
-    "before",
-    "after",
-    "reason",
-    "correlation_id",
-    "details",
-    "prev_hash",
-    "hash",
-]
-INSERT_ENTRY = compiled(insert(audit_log).inline(), columns=_ENTRY_COLUMNS)
+# One parameter per column but the identity, named after it (see `insert`).
+INSERT_ENTRY = compiled(
+    insert(audit_log).inline(),
+    columns=[column.name for column in audit_log.c if column is not audit_log.c.id],
+)
 
 
 @dataclass(frozen=True)
