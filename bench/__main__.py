@@ -15,6 +15,7 @@ from typing import Any
 
 from bench import report
 from bench.limits import limit_a, limit_b
+from bench.observe import postmaster_pid
 from bench.stats import BreakingPoint, ladder
 from bench.system import Plan, System
 from devstack import infra
@@ -110,6 +111,9 @@ async def measure(plan: Plan, kafka: infra.Kafka, databases: infra.TestDatabases
         system.monitor.watch("bench", os.getpid())
         if kafka.state_dir is not None:
             system.monitor.watch("kafka", int((kafka.state_dir / "kafka.pid").read_text()))
+        postgres = await postmaster_pid(databases.dsn("order"))
+        if postgres is not None:
+            system.monitor.watch("postgres", postgres, with_children=True)
         results["system"] = await _system(plan, system)
         results["peak_rss_mb"] = system.monitor.peak_rss()
         results["sms_sent"] = _lines(stack.sms_file)

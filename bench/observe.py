@@ -153,6 +153,22 @@ async def count_rows(dsn: str, query: str, *args: object) -> int:
         await connection.close()
 
 
+async def postmaster_pid(dsn: str) -> int | None:
+    """The pid of the PostgreSQL server behind `dsn` when it runs on this machine (the parent of
+    the backend serving a connection, looked up while that backend lives), else None: its CPU
+    is then not this machine's."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        backend: int = await connection.fetchval("SELECT pg_backend_pid()")
+        with contextlib.suppress(psutil.Error):
+            postmaster = psutil.Process(backend).parent()
+            if postmaster is not None and postmaster.name().startswith("postgres"):
+                return postmaster.pid
+        return None
+    finally:
+        await connection.close()
+
+
 async def consumer_lag(bootstrap: str, groups: dict[str, tuple[str, ...]]) -> int:
     """Records on the given topics that the given consumer groups have not committed yet."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -189,18 +205,40 @@ class Mark:
     machine_stolen: float
 
 
+def _cpu_seconds(process: psutil.Process, *, with_children: bool) -> float:
+    """CPU seconds `process` has spent; `with_children`: with those of its children, living
+    (each a sum of its own) or exited (the kernel adds an exited child's to its parent's
+    `children_*` once the parent has waited for it, as PostgreSQL's postmaster does)."""
+    times = process.cpu_times()
+    spent = times.user + times.system
+    if not with_children:
+        return spent
+    spent += times.children_user + times.children_system
+    for child in process.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            child_times = child.cpu_times()
+            spent += child_times.user + child_times.system
+    return spent
+
+
 class ProcessMonitor:
     """Samples the RSS of each watched process twice a second, and measures CPU between two
-    marks from the processes' CPU times (exact, whatever the sampling)."""
+    marks from the processes' CPU times (exact, whatever the sampling). A process watched with
+    its children (PostgreSQL's postmaster: a backend per connection, autovacuum workers, the
+    WAL writer) counts theirs too, those that exited meanwhile included; its RSS is not
+    sampled, as its children's share memory."""
 
     def __init__(self, interval: float = 0.5) -> None:
         self._interval = interval
         self._processes: dict[str, psutil.Process] = {}
+        self._with_children: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         self.samples: list[tuple[float, dict[str, float]]] = []
 
-    def watch(self, name: str, pid: int) -> None:
+    def watch(self, name: str, pid: int, *, with_children: bool = False) -> None:
         self._processes[name] = psutil.Process(pid)
+        if with_children:
+            self._with_children.add(name)
 
     def forget(self, name: str) -> None:
         self._processes.pop(name, None)
@@ -218,6 +256,8 @@ class ProcessMonitor:
         while True:
             rss = {}
             for name, process in list(self._processes.items()):
+                if name in self._with_children:
+                    continue
                 with contextlib.suppress(psutil.Error):
                     rss[name] = process.memory_info().rss / 2**20
             self.samples.append((time.monotonic(), rss))
@@ -227,8 +267,7 @@ class ProcessMonitor:
         cpu = {}
         for name, process in self._processes.items():
             with contextlib.suppress(psutil.Error):
-                times = process.cpu_times()
-                cpu[name] = times.user + times.system
+                cpu[name] = _cpu_seconds(process, with_children=name in self._with_children)
         machine = psutil.cpu_times()
         busy = machine.user + machine.system + machine.nice + machine.irq + machine.softirq
         return Mark(time.monotonic(), cpu, busy, getattr(machine, "steal", 0.0))

@@ -219,8 +219,8 @@ def _cpu(
     return " / ".join(_fmt(resources.get(name, {}).get(figure), digits) for name in names)
 
 
-CPU_COLUMNS = ("order", "notifier", "audit", "kafka", "machine")
-COST_COLUMNS = ("order", "notifier", "audit", "machine")
+CPU_COLUMNS = ("order", "notifier", "audit", "kafka", "postgres", "machine")
+COST_COLUMNS = ("order", "notifier", "audit", "postgres", "machine")
 BURST_CPU_COLUMNS = ("notifier", "audit", "smtp-sink", "machine")
 
 

@@ -4,6 +4,9 @@ half-rate medians."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -143,6 +146,48 @@ def test_monitor_reports_cpu_per_process_and_the_machine_with_what_was_stolen() 
     assert usage["machine"] == {"cpu_percent": 150.0, "stolen_percent": 50.0, "rss_peak_mb": 0.0}
     assert set(usage) == {"order", "machine"}  # a process watched at one mark only: none
     assert ProcessMonitor.cpu_seconds(start, end) == {"order": 1.5, "machine": 3.0}
+
+
+# A child that spends `seconds` of CPU, says so on stdout, then waits for its stdin to close.
+BUSY_CHILD = (
+    "import sys, time\n"
+    "started = time.process_time()\n"
+    "while time.process_time() - started < float(sys.argv[1]): pass\n"
+    "print('spent', flush=True)\n"
+    "sys.stdin.read()\n"
+)
+
+
+def _busy_child(seconds: float) -> subprocess.Popen[str]:
+    child = subprocess.Popen(
+        [sys.executable, "-c", BUSY_CHILD, str(seconds)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline() == "spent\n"
+    return child
+
+
+def test_monitor_counts_the_cpu_of_a_process_with_its_children_living_and_exited() -> None:
+    monitor = ProcessMonitor()
+    monitor.watch("alone", os.getpid())
+    monitor.watch("with children", os.getpid(), with_children=True)
+    start = monitor.mark()
+    living = _busy_child(0.3)
+    exited = _busy_child(0.3)
+    exited.communicate("")  # it exits and is waited for: the kernel adds its CPU to ours
+    mid = monitor.mark()
+    living.communicate("")
+    end = monitor.mark()
+
+    spent, spent_to_end = monitor.cpu_seconds(start, mid), monitor.cpu_seconds(start, end)
+    # Both children (0.3 s each; one alone would be 0.3), one of them still running.
+    assert spent["with children"] - spent["alone"] > 0.5
+    # The living child's CPU is counted once, whether read from it or, exited, from us.
+    children_to_end = spent_to_end["with children"] - spent_to_end["alone"]
+    assert children_to_end == pytest.approx(spent["with children"] - spent["alone"], abs=0.1)
 
 
 def test_probes_halve_the_gap_between_held_and_broke_until_it_is_narrow() -> None:
