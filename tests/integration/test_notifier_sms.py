@@ -3,10 +3,13 @@ notifier texting a customer with a phone on `out_for_delivery` only, once per ev
 
 from __future__ import annotations
 
+import http.client
+import json
 import threading
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -90,6 +93,37 @@ async def test_a_refusal_is_permanent_and_an_unreachable_provider_is_retried(
         await sender(sms_sink.url, token="wrong").send(sms_communication())
     with pytest.raises(DeliveryFailed):
         await sender(f"http://127.0.0.1:{free_port()}/messages").send(sms_communication())
+
+
+def test_the_sink_keeps_a_connection_open_between_sms_and_hangs_up_when_it_stops(
+    tmp_path: Path,
+) -> None:
+    sink = SmsSink(tmp_path / "sms.jsonl", free_port(), token=TOKEN)
+    sink.start()
+    connection = http.client.HTTPConnection(sink.host, sink.port, timeout=5)
+
+    def post(key: str) -> int:
+        sms = {"to": "+44 20 7946 0018", "body": "hello", "idempotency_key": key}
+        headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+        connection.request("POST", "/messages", json.dumps(sms), headers)
+        response = connection.getresponse()
+        response.read()
+        return response.status
+
+    try:
+        assert post("key-0") == 201
+        first = connection.sock
+        assert first is not None  # still open after the answer
+        assert post("key-1") == 201
+        assert connection.sock is first  # the second SMS went on the first one's connection
+        assert [kept["idempotency_key"] for kept in read_sms(sink.path)] == ["key-0", "key-1"]
+
+        sink.stop()
+        with pytest.raises(ConnectionError):
+            post("key-2")
+    finally:
+        connection.close()
+        sink.stop()
 
 
 class _Failing(BaseHTTPRequestHandler):

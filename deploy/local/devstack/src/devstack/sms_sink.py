@@ -7,8 +7,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
+import socket
 import threading
 import uuid
 from datetime import UTC, datetime
@@ -33,6 +35,7 @@ class SmsSink:
         self.host = host
         self.token = token
         self._lock = threading.Lock()
+        self._connections: set[socket.socket] = set()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -47,11 +50,25 @@ class SmsSink:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop listening and hang up on the connections kept open, as a provider going down
+        does: a client's next request on one fails instead of being served."""
         if self._server is not None and self._thread is not None:
             self._server.shutdown()
             self._server.server_close()
             self._thread.join()
             self._server = self._thread = None
+            with self._lock:
+                for connection in self._connections:
+                    with contextlib.suppress(OSError):
+                        connection.shutdown(socket.SHUT_RDWR)
+
+    def opened(self, connection: socket.socket) -> None:
+        with self._lock:
+            self._connections.add(connection)
+
+    def closed(self, connection: socket.socket) -> None:
+        with self._lock:
+            self._connections.discard(connection)
 
     def keep(self, sms: dict[str, Any]) -> None:
         with self._lock, self.path.open("a", encoding="utf-8") as file:
@@ -60,15 +77,39 @@ class SmsSink:
 
 def _handler(sink: SmsSink) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        # Connections stay open from one request to the next, as a provider's API keeps them
+        # (the HTTP/1.0 default hung up after each, so every SMS paid for a new connection).
+        protocol_version = "HTTP/1.1"
+        # The headers and the body go in two writes: with Nagle's algorithm the body waited for
+        # the client's delayed ACK (40 ms) once connections were kept.
+        disable_nagle_algorithm = True
+
+        def setup(self) -> None:
+            super().setup()
+            sink.opened(self.connection)
+
+        def finish(self) -> None:
+            try:
+                super().finish()
+            finally:
+                sink.closed(self.connection)
+
         def do_POST(self) -> None:
+            try:
+                # Read whole before any answer, so the next request on the connection starts
+                # where this one ended.
+                content = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            except ValueError:
+                self.close_connection = True  # where this request ends is unknown
+                self._answer(400, {"error": "Content-Length is not a number"})
+                return
             if sink.token is not None and self.headers.get("Authorization") != (
                 f"Bearer {sink.token}"
             ):
                 self._answer(401, {"error": "missing or wrong bearer token"})
                 return
             try:
-                length = int(self.headers.get("Content-Length", "0"))
-                sms = json.loads(self.rfile.read(length))
+                sms = json.loads(content)
                 fields = {name: sms[name] for name in ("to", "body", "idempotency_key")}
                 if not all(isinstance(value, str) and value for value in fields.values()):
                     raise ValueError("to, body and idempotency_key must be non-empty strings")
