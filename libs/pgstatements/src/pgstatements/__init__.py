@@ -10,12 +10,15 @@ from pgstatements.checkout import (
     ping_when_idle,
     transaction,
 )
+from pgstatements.outbox import Backlog, OutboxStatements
 from pgstatements.statements import Sql, Statement, affected_rows, compiled
 
 __all__ = [
+    "Backlog",
     "Checkout",
     "DatabaseBusy",
     "DatabaseUnavailable",
+    "OutboxStatements",
     "Sql",
     "Statement",
     "Unstorable",

@@ -91,6 +91,13 @@ class Sql:
         statement = _statement(statement)
         return await self._driver.fetchrow(statement.sql, *statement.arguments(parameters or {}))
 
+    async def value(
+        self, statement: Statement | ClauseElement, parameters: Mapping[str, Any] | None = None
+    ) -> Any:
+        """The first column of the first row (None for no row)."""
+        statement = _statement(statement)
+        return await self._driver.fetchval(statement.sql, *statement.arguments(parameters or {}))
+
     async def execute(
         self, statement: Statement | ClauseElement, parameters: Mapping[str, Any] | None = None
     ) -> int:

@@ -87,7 +87,7 @@ outbox = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     Column("published_at", DateTime(timezone=True)),
     Index("ix_outbox_unpublished", "id", postgresql_where=text("published_at IS NULL")),
-    # The purge's way to the rows past the retention (see outbox_relay.PURGE_PUBLISHED).
+    # The purge's way to the rows past the retention (see pgstatements.OutboxStatements).
     Index(
         "ix_outbox_published_at", "published_at", postgresql_where=text("published_at IS NOT NULL")
     ),

@@ -38,7 +38,7 @@ from typing import Any
 import asyncpg
 from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.structs import RecordMetadata
-from sqlalchemy import BigInteger, Text, Uuid, any_, bindparam, func, select, text, update
+from sqlalchemy import Text, Uuid, any_, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -46,7 +46,7 @@ from order.adapters.broker import BrokerConnection
 from order.adapters.published_records import EVENT_ID_HEADER, PublishedRecords
 from order.adapters.tables import OUTBOX_CHANNEL, outbox, relay_positions
 from order.adapters.telemetry import attached
-from pgstatements import Sql, compiled, transaction
+from pgstatements import Backlog, OutboxStatements, Sql, compiled, transaction
 
 log = logging.getLogger(__name__)
 
@@ -71,23 +71,8 @@ WAITING_ROWS = compiled(
     .order_by(outbox.c.id)
     .limit(bindparam("batch_size"))
 )
-# Published rows past the retention, oldest first, through the index on `published_at`: the
-# rows still kept are not read, and a backlog of them (after a long stop, or a shortened
-# retention) goes in short transactions that let publishing carry on in between.
-PURGE_BATCH = 10_000
-PURGE_PUBLISHED = compiled(
-    text(
-        "DELETE FROM outbox WHERE ctid = ANY(ARRAY("
-        " SELECT ctid FROM outbox WHERE published_at < now() - CAST(:age AS interval)"
-        " ORDER BY published_at LIMIT :limit))"
-    )
-)
-MARK_PUBLISHED = compiled(
-    update(outbox)
-    # One array parameter, so one prepared statement for every batch size.
-    .where(outbox.c.id == any_(bindparam("ids", type_=ARRAY(BigInteger))))
-    .values(published_at=func.now())
-)
+PURGE_BATCH = 10_000  # rows a purge deletes at most, in one transaction
+OUTBOX = OutboxStatements(outbox)
 _position = insert(relay_positions).values(
     topic=bindparam("topic"), partition=bindparam("partition"), next_offset=bindparam("next_offset")
 )
@@ -101,12 +86,6 @@ ADVANCE_POSITION = compiled(
             )
         },
     )
-)
-BACKLOG = compiled(
-    select(
-        func.count().label("rows"),
-        func.extract("epoch", func.now() - func.min(outbox.c.created_at)).label("oldest"),
-    ).where(outbox.c.published_at.is_(None))
 )
 
 # A row waiting longer than this may have been sent by a relay that died before marking it.
@@ -128,12 +107,6 @@ class Relayed:
     # Rows the batch left waiting (it was full, or it held back a key's later rows): the next
     # batch starts at once instead of waiting to be woken.
     more_waiting: bool = False
-
-
-@dataclass(frozen=True)
-class Backlog:
-    rows: int  # not yet acknowledged by Kafka
-    oldest_age_seconds: float  # 0 when there are none
 
 
 class OutboxRelay:
@@ -256,27 +229,17 @@ class OutboxRelay:
             self._next_purge = now if purged == self._purge_batch else now + self._purge_interval
 
     async def purge_published(self) -> int:
-        """Delete up to a purge batch of rows published longer ago than the retention, oldest
-        first; they served their purpose."""
-        async with transaction(self._engine) as sql:
-            return await sql.execute(
-                PURGE_PUBLISHED, {"age": self._retention, "limit": self._purge_batch}
-            )
+        """Delete up to a purge batch of rows published longer ago than the retention."""
+        return await OUTBOX.purge_published(self._engine, self._retention, self._purge_batch)
 
     async def backlog(self) -> Backlog:
-        """How many rows wait for Kafka, and for how long the oldest has (the partial index on
-        unpublished rows keeps this cheap while the backlog is small)."""
-        async with transaction(self._engine) as sql:
-            backlog = await sql.row(BACKLOG)
-        assert backlog is not None  # an aggregate has one row
-        return Backlog(int(backlog["rows"]), float(backlog["oldest"] or 0.0))
+        return await OUTBOX.backlog(self._engine)
 
     async def publish_batch(self) -> Relayed:
         """Publish up to one batch of unpublished rows, at most one per key, and mark what
         Kafka acknowledged."""
         async with transaction(self._engine) as sql:
-            locked = await sql.row(TRY_RELAY_LOCK)
-            if locked is None or not locked[0]:
+            if not await sql.value(TRY_RELAY_LOCK):
                 return Relayed(0, 0)
             waiting = await self._waiting_rows(sql)
             if waiting and self._read_back_needed(waiting[0]):
@@ -297,7 +260,7 @@ class OutboxRelay:
                 acknowledged.append(row["id"])
                 topics[row["topic"]] += 1
             if acknowledged:
-                await sql.execute(MARK_PUBLISHED, {"ids": acknowledged})
+                await sql.execute(OUTBOX.mark_published, {"ids": acknowledged})
                 await _advance_positions(sql, _ends_of(results))
         for topic, count in topics.items():
             self._on_acknowledged(topic, count)

@@ -68,7 +68,7 @@ outbox = Table(
         "id",
         postgresql_where=text("published_at IS NULL"),
     ),
-    # The purge's way to the rows past the retention (see outbox_relay.PURGE_PUBLISHED).
+    # The purge's way to the rows past the retention (see pgstatements.OutboxStatements).
     Index(
         "ix_outbox_published_at",
         "published_at",
