@@ -29,6 +29,7 @@ from notifier import service as notifier_service
 from notifier.adapters.schema import assert_schema_current as notifier_schema_current
 from notifier.adapters.unit_of_work import UnitOfWorkFactory as NotifierUnitOfWork
 from order import service as order_service
+from order.adapters.metrics import OrderMetrics
 from order.adapters.schema import assert_schema_current as order_schema_current
 from order.adapters.unit_of_work import UnitOfWork as OrderUnitOfWork
 from order.adapters.unit_of_work import UnitOfWorkFactory as OrderUnitOfWorkFactory
@@ -208,13 +209,16 @@ async def test_each_service_works_as_its_runtime_role(migrated: infra.TestDataba
         await audit_schema_current(audit_engine)
 
         orders = OrderUnitOfWorkFactory(order_engine)
+        tokens = order.app.build_known_tokens(
+            settings_for(migrated, "order"), orders, OrderMetrics()
+        )
         token = await order_service.issue_token(orders, "runtime", Role.ADMIN)
         attempt = order_service.Attempt("GET", "/orders", None, None)
-        who = await order_service.authorize(orders, token, None, attempt)
+        who = await order_service.authorize(orders, tokens.lookup, token, None, attempt)
         assert (who.name, who.role) == ("runtime", Role.ADMIN)
-        assert await order_service.revoke_tokens(orders, "runtime") == 1
+        assert await order_service.revoke_tokens(orders, "runtime") == 1  # the trigger notifies
         with pytest.raises(AccessRefused):  # and announced for the audit, through the outbox
-            await order_service.authorize(orders, token, None, attempt)
+            await order_service.authorize(orders, tokens.lookup, token, None, attempt)
         actor = Actor(id="runtime")
         async with OrderUnitOfWork(order_engine) as uow:
             created = await order_service.create_order_in(

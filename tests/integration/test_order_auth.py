@@ -9,16 +9,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from uuid import UUID, uuid4
 
+import asyncpg
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from devstack import infra
+from devstack.waiting import wait_until
 from order import service as order_service
 from order.adapters.unit_of_work import UnitOfWorkFactory
 from order.app import build_app, build_engine
 from order.config import Settings as OrderSettings
 from order.domain.auth import Role
-from tests.integration.conftest import OrderService, TopicReader
+from tests.integration.conftest import OrderService, TopicReader, terminated
 
 pytestmark = pytest.mark.integration
 
@@ -130,6 +133,80 @@ async def test_every_refused_request_is_announced_with_who_tried_what(
         ),
     ]
     assert announced[0]["correlation_id"] == "corr-1"
+
+
+async def answers_from_memory(client: httpx.AsyncClient) -> float:
+    for family in text_string_to_metric_families((await client.get("/metrics")).text):
+        if family.name == "order_token_lookups":
+            for sample in family.samples:
+                if sample.name.endswith("_total") and sample.labels == {"source": "memory"}:
+                    return sample.value
+    return 0.0
+
+
+async def kept_in_memory(client: httpx.AsyncClient, token: str) -> None:
+    """Use `token` until the service answers it from memory (once its listener is checked)."""
+
+    async def whoami_from_memory() -> bool:
+        before = await answers_from_memory(client)
+        assert (await client.get("/auth/whoami", headers=bearer(token))).status_code == 200
+        return await answers_from_memory(client) == before + 1
+
+    await wait_until(whoami_from_memory, bool, within=10, what="the token answered from memory")
+
+
+async def refused_within(client: httpx.AsyncClient, token: str, seconds: float) -> None:
+    await wait_until(
+        lambda: client.get("/auth/whoami", headers=bearer(token)),
+        lambda response: response.status_code == 401,
+        within=seconds,
+        what="the revoked token refused",
+    )
+
+
+async def test_a_revocation_holds_for_a_token_answered_from_memory(
+    order_service_app: OrderService, order_tokens: UnitOfWorkFactory
+) -> None:
+    client = order_service_app.client
+    name = f"kept-{uuid4().hex[:8]}"
+    token = await order_service.issue_token(order_tokens, name, Role.ADMIN)
+    await kept_in_memory(client, token)
+
+    # Revoked elsewhere (as by `order token revoke`): its commit's notification reaches the
+    # service, which has no other way to know.
+    assert await order_service.revoke_tokens(order_tokens, name) == 1
+
+    await refused_within(client, token, seconds=5)
+
+
+async def test_a_lost_listener_forgets_every_token_in_memory(
+    order_service_app: OrderService, order_tokens: UnitOfWorkFactory, databases: infra.TestDatabases
+) -> None:
+    """A revocation whose notification never arrived (sent while the listener was away) is
+    honoured once the listener is found lost."""
+    client = order_service_app.client
+    name = f"unheard-{uuid4().hex[:8]}"
+    token = await order_service.issue_token(order_tokens, name, Role.ADMIN)
+    await kept_in_memory(client, token)
+    owner = await asyncpg.connect(databases.dsn("order"))
+    try:
+        await owner.execute("ALTER TABLE api_tokens DISABLE TRIGGER api_tokens_changed")
+        try:
+            assert await order_service.revoke_tokens(order_tokens, name) == 1
+        finally:
+            await owner.execute("ALTER TABLE api_tokens ENABLE TRIGGER api_tokens_changed")
+        unheard = await client.get("/auth/whoami", headers=bearer(token))
+        assert unheard.status_code == 200, "answered from memory: no notification was sent"
+
+        listener = await owner.fetchval(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'order-token-listener' "
+            "AND datname = current_database()"
+        )
+        await terminated(databases.urls["order"], listener)
+    finally:
+        await owner.close()
+
+    await refused_within(client, token, seconds=5)
 
 
 async def refusals_marked(results: TopicReader, marker: str) -> list[tuple[str, Any]]:

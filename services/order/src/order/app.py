@@ -18,11 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from contracts import ORDERS_COMMANDS
 from order.adapters.broker import BrokerConnection
 from order.adapters.consumer_lag import ConsumerLagReader
+from order.adapters.listening import asyncpg_dsn
 from order.adapters.metrics import PREFIX, MetricsSampler, OrderMetrics
 from order.adapters.outbox_relay import OutboxRelay
 from order.adapters.peer_reads import PeerReadApi
 from order.adapters.published_records import PublishedRecords
 from order.adapters.schema import assert_schema_current, upgrade_to_head
+from order.adapters.token_cache import KnownTokens
 from order.adapters.unit_of_work import UnitOfWorkFactory
 from order.config import Settings, database_role, refuse_dev_secrets
 from order.entrypoints import admin_page, http, observability, peer_reads, retention
@@ -103,6 +105,18 @@ def build_relay(settings: Settings, engine: AsyncEngine, metrics: OrderMetrics) 
     )
 
 
+def build_known_tokens(
+    settings: Settings, uow_factory: UnitOfWorkFactory, metrics: OrderMetrics
+) -> KnownTokens:
+    lookups = {source: metrics.token_lookups.labels(source) for source in ("memory", "database")}
+    return KnownTokens(
+        lambda token: uow_factory.read(lambda uow: uow.tokens.lookup(token)),
+        capacity=settings.token_cache_size,
+        check_interval=settings.token_listener_check_seconds,
+        count=lambda source: lookups[source].inc(),
+    )
+
+
 def build_sampler(
     settings: Settings, metrics: OrderMetrics, connection: BrokerConnection, relay: OutboxRelay
 ) -> MetricsSampler:
@@ -134,6 +148,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     engine = build_engine(settings)
     uow_factory = UnitOfWorkFactory(engine, settings.database_wait_seconds)
     metrics = OrderMetrics()
+    known_tokens = build_known_tokens(settings, uow_factory, metrics)
     broker = build_broker(settings, metrics)
     register_command_handlers(broker, uow_factory, settings)
     declare_publications(broker)
@@ -165,6 +180,11 @@ def build_app(settings: Settings | None = None) -> FastAPI:
                 name="idempotency-retention",
             ),
         ]
+        if settings.token_cache_size:
+            keep_current = known_tokens.keep_current(
+                asyncpg_dsn(settings.database_url.get_secret_value())
+            )
+            tasks.append(asyncio.create_task(keep_current, name="token-listener"))
         relaying = (
             asyncio.create_task(relay.run(), name="outbox-relay")
             if settings.relay_in_process
@@ -200,6 +220,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.engine = engine
     app.state.uow_factory = uow_factory
+    app.state.known_tokens = known_tokens
     app.state.kafka = connection
     app.state.metrics = metrics
     http.install_error_handlers(app)

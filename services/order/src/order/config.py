@@ -84,6 +84,15 @@ class Settings(BaseSettings):
     database_pool_wait_seconds: float = Field(default=5.0, gt=0)
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+    # Tokens looked up are kept in memory, this many at most (0: every request reads its token
+    # from the database), and forgotten as soon as any token is revoked: each process listens
+    # for the notification a revocation commits (adapters/token_cache.py). Reading the token
+    # took a tenth of the service's CPU per change, and a sixth of its database's.
+    token_cache_size: int = Field(default=1000, ge=0)
+    # How often the connection that hears of revocations is checked with a round trip (and,
+    # lost, opened again); kept tokens are trusted only while its last check is less than
+    # twice this old.
+    token_listener_check_seconds: float = Field(default=2.0, gt=0)
     # The relay wakes on NOTIFY; the poll interval only bounds the delay if a notify is lost.
     relay_poll_interval_seconds: float = 1.0
     # Woken by a commit, the relay waits this long for the commits right behind it, so that

@@ -34,7 +34,14 @@ from order.adapters.unit_of_work import (
     UnitOfWorkFactory,
     Unstorable,
 )
-from order.domain.auth import AccessRefused, Identity, Permission, Role, check_access
+from order.domain.auth import (
+    AccessRefused,
+    Identity,
+    Permission,
+    Role,
+    StoredToken,
+    check_access,
+)
 from order.domain.errors import (
     IdempotencyKeyReused,
     OrderAlreadyExists,
@@ -411,16 +418,17 @@ def access_rejection(refusal: AccessRefused, attempt: Attempt) -> CommandRejecte
 
 async def authorize(
     uow_factory: UnitOfWorkFactory,
+    lookup: Callable[[str], Awaitable[StoredToken | None]],
     token: str | None,
     permission: Permission | None,
     attempt: Attempt,
 ) -> Identity:
-    """The identity behind `token` if it may do `permission` (None: any valid token).
+    """The identity behind `token` (found by `lookup`) if it may do `permission` (None: any
+    valid token).
 
-    The lookup reads outside a transaction (nothing cached, so a revocation holds at once); a
-    refusal is then announced on orders.command-results (one statement of its own), so that
+    A refusal is announced on orders.command-results (one statement of its own), so that
     every refused request reaches the audit trail, and raised."""
-    stored = await uow_factory.read(lambda uow: uow.tokens.lookup(token)) if token else None
+    stored = await lookup(token) if token else None
     try:
         return check_access(token is not None, stored, permission)
     except AccessRefused as refusal:

@@ -55,6 +55,12 @@ class OrderMetrics:
             ["topic"],
             registry=r,
         )
+        self.token_lookups = Counter(
+            f"{PREFIX}_token_lookups",
+            "Bearer tokens looked up, by where the answer came from (memory or database)",
+            ["source"],
+            registry=r,
+        )
         self.sample_failures = Counter(
             f"{PREFIX}_metrics_sample_failures",
             "Refreshes of sampled gauges that failed (their value is then stale)",

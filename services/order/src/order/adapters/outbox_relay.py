@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-import asyncpg
 from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.structs import RecordMetadata
 from sqlalchemy import Text, Uuid, any_, bindparam, func, select, update
@@ -43,6 +42,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from order.adapters.broker import BrokerConnection
+from order.adapters.listening import asyncpg_dsn, listen_forever
 from order.adapters.published_records import EVENT_ID_HEADER, PublishedRecords
 from order.adapters.tables import OUTBOX_CHANNEL, outbox, relay_positions
 from order.adapters.telemetry import attached
@@ -94,10 +94,6 @@ STALE_SECONDS = 5.0
 CLOCK_SKEW = timedelta(minutes=1)
 
 
-def asyncpg_dsn(sqlalchemy_url: str) -> str:
-    return sqlalchemy_url.replace("postgresql+asyncpg://", "postgresql://", 1)
-
-
 @dataclass(frozen=True)
 class Relayed:
     """What one batch did."""
@@ -147,7 +143,19 @@ class OutboxRelay:
     async def run(self) -> None:
         """Publish forever; cancel the task to stop. Never raises for Kafka or database faults:
         rows simply wait in the outbox until both are back. Connects and closes its client."""
-        listener = asyncio.create_task(self._listen(), name="outbox-listener")
+        # Woken by each commit's notification, and by every (re)connection of the listener
+        # to catch up on what was committed while it did not listen.
+        listener = asyncio.create_task(
+            listen_forever(
+                self._dsn,
+                OUTBOX_CHANNEL,
+                self._wake.set,
+                listening=self._wake.set,
+                retry_interval=self._retry_interval,
+                name="order-outbox-listener",
+            ),
+            name="outbox-listener",
+        )
         connecting = asyncio.create_task(self._kafka.connect(), name="outbox-kafka-connect")
         try:
             while not self._stopping:
@@ -196,30 +204,6 @@ class OutboxRelay:
                 if self._linger and not self._stopping:
                     await asyncio.sleep(self._linger)  # for the commits right behind this one
         self._wake.clear()
-
-    async def _listen(self) -> None:
-        """Keep a LISTEN connection open; reconnect when the database goes away."""
-
-        def notified(*_: Any) -> None:
-            self._wake.set()
-
-        while True:
-            connection: asyncpg.Connection | None = None
-            try:
-                lost = asyncio.Event()
-                connection = await asyncpg.connect(self._dsn)
-                connection.add_termination_listener(lambda _, lost=lost: lost.set())
-                await connection.add_listener(OUTBOX_CHANNEL, notified)
-                self._wake.set()  # catch up on anything committed while not listening
-                await lost.wait()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.debug("outbox listener lost its connection; reconnecting", exc_info=True)
-            finally:
-                if connection is not None and not connection.is_closed():
-                    await connection.close()
-            await asyncio.sleep(self._retry_interval)
 
     async def _purge_when_due(self) -> None:
         now = time.monotonic()

@@ -77,8 +77,10 @@ outbox = Table(
 )
 
 OUTBOX_CHANNEL = "order_outbox"
+TOKENS_CHANNEL = "order_api_tokens"
 
-# API tokens: only a SHA-256 of each token is stored; the token itself is shown once.
+# API tokens: only a SHA-256 of each token is stored; the token itself is shown once. Every
+# statement that changes them notifies TOKENS_CHANNEL (a trigger: migration 0007).
 api_tokens = Table(
     "api_tokens",
     metadata,

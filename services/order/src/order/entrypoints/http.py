@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contracts import Actor, CommandRejected, OrderStatus
 from order import service
+from order.adapters.token_cache import KnownTokens
 from order.adapters.unit_of_work import (
     DatabaseBusy,
     DatabaseUnavailable,
@@ -196,7 +197,8 @@ def requires(permission: Permission | None) -> Any:
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> Identity:
         token = credentials.credentials if credentials is not None else None
-        return await service.authorize(uow, token, permission, _attempt(request))
+        known: KnownTokens = request.app.state.known_tokens
+        return await service.authorize(uow, known.lookup, token, permission, _attempt(request))
 
     return Depends(identity)
 
