@@ -3,6 +3,8 @@ notifier texting a customer with a phone on `out_for_delivery` only, once per ev
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import http.client
 import json
 import threading
@@ -55,8 +57,16 @@ def mail_sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmtpSink]:
     sink.stop()
 
 
-def sender(url: str, token: str = TOKEN) -> HttpSmsSender:
-    return HttpSmsSender(HttpSmsSettings(url, SecretStr(token), timeout=2.0), TextTemplates())
+@contextlib.asynccontextmanager
+async def sender(
+    url: str, token: str = TOKEN, timeout: float = 2.0
+) -> AsyncIterator[HttpSmsSender]:
+    settings = HttpSmsSettings(url, SecretStr(token), timeout=timeout)
+    sending = HttpSmsSender(settings, TextTemplates())
+    try:
+        yield sending
+    finally:
+        await sending.aclose()
 
 
 def sms_communication(phone: str = "+44 20 7946 0018") -> Communication:
@@ -79,7 +89,8 @@ async def test_an_accepted_sms_returns_the_provider_id_and_carries_the_dedupe_ke
     sms_sink: SmsSink,
 ) -> None:
     subject = sms_communication()
-    provider_id = await sender(sms_sink.url).send(subject)
+    async with sender(sms_sink.url) as sending:
+        provider_id = await sending.send(subject)
     (kept,) = [s for s in read_sms(sms_sink.path) if s["idempotency_key"] == subject.dedupe_key]
     assert kept["id"] == provider_id
     assert kept["to"] == "+44 20 7946 0018"
@@ -89,10 +100,12 @@ async def test_an_accepted_sms_returns_the_provider_id_and_carries_the_dedupe_ke
 async def test_a_refusal_is_permanent_and_an_unreachable_provider_is_retried(
     sms_sink: SmsSink,
 ) -> None:
-    with pytest.raises(Undeliverable, match="401"):
-        await sender(sms_sink.url, token="wrong").send(sms_communication())
-    with pytest.raises(DeliveryFailed):
-        await sender(f"http://127.0.0.1:{free_port()}/messages").send(sms_communication())
+    async with sender(sms_sink.url, token="wrong") as sending:
+        with pytest.raises(Undeliverable, match="401"):
+            await sending.send(sms_communication())
+    async with sender(f"http://127.0.0.1:{free_port()}/messages") as sending:
+        with pytest.raises(DeliveryFailed):
+            await sending.send(sms_communication())
 
 
 def test_the_sink_keeps_a_connection_open_between_sms_and_hangs_up_when_it_stops(
@@ -142,12 +155,29 @@ async def test_a_provider_error_is_retried() -> None:
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/messages"
-        with pytest.raises(DeliveryFailed, match="503"):
-            await sender(url).send(sms_communication())
+        async with sender(url) as sending:
+            with pytest.raises(DeliveryFailed, match="503"):
+                await sending.send(sms_communication())
     finally:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+async def test_a_provider_that_does_not_answer_in_time_is_retried() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # takes the request, answers nothing, until the client hangs up
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with sender(f"http://127.0.0.1:{port}/messages", timeout=0.5) as sending:
+            with pytest.raises(DeliveryFailed, match="TimeoutError"):
+                await sending.send(sms_communication())
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 # --- the notifier texting ------------------------------------------------------------------
