@@ -2,7 +2,7 @@
 .DEFAULT_GOAL := help
 export UV_PYTHON_DOWNLOADS := never
 
-SOURCES := contracts/src libs/pgstatements/src services/order/src services/notifier/src services/audit/src deploy/local/devstack/src deploy/docgen/src \
+SOURCES := contracts/src libs/pgstatements/src libs/servicekit/src services/order/src services/notifier/src services/audit/src deploy/local/devstack/src deploy/docgen/src \
            deploy/orderctl/src bench tests
 # The AsyncAPI project's parser (npm), which validates the generated AsyncAPI documents.
 ASYNCAPI_VALIDATOR := deploy/docgen/asyncapi-validate

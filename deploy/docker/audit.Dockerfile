@@ -20,16 +20,17 @@ RUN --mount=type=cache,target=/root/.cache/uv \
     --mount=type=bind,source=pyproject.toml,target=pyproject.toml \
     uv sync --frozen --no-dev --no-install-workspace --package audit
 
-# The service and the workspace packages it shares (contracts, pgstatements). They stay
-# editable installs on purpose: a service finds its Alembic migrations beside its source tree
-# (audit.adapters.schema), so the tree keeps the repository's layout under /app.
+# The service and the workspace packages it shares (contracts, pgstatements, servicekit).
+# They stay editable installs on purpose: a service finds its Alembic migrations beside its
+# source tree (audit.adapters.schema), so the tree keeps the repository's layout under /app.
 COPY pyproject.toml uv.lock ./
 COPY contracts contracts
 COPY libs/pgstatements libs/pgstatements
+COPY libs/servicekit libs/servicekit
 COPY services/audit services/audit
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev --package audit \
-    && python -m compileall -q contracts/src libs/pgstatements/src services/audit/src services/audit/migrations
+    && python -m compileall -q contracts/src libs/pgstatements/src libs/servicekit/src services/audit/src services/audit/migrations
 
 FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 app \

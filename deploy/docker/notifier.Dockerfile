@@ -20,16 +20,17 @@ RUN --mount=type=cache,target=/root/.cache/uv \
     --mount=type=bind,source=pyproject.toml,target=pyproject.toml \
     uv sync --frozen --no-dev --no-install-workspace --package notifier
 
-# The service and the workspace packages it shares (contracts, pgstatements). They stay
-# editable installs on purpose: a service finds its Alembic migrations beside its source tree
-# (notifier.adapters.schema), so the tree keeps the repository's layout under /app.
+# The service and the workspace packages it shares (contracts, pgstatements, servicekit).
+# They stay editable installs on purpose: a service finds its Alembic migrations beside its
+# source tree (notifier.adapters.schema), so the tree keeps the repository's layout under /app.
 COPY pyproject.toml uv.lock ./
 COPY contracts contracts
 COPY libs/pgstatements libs/pgstatements
+COPY libs/servicekit libs/servicekit
 COPY services/notifier services/notifier
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev --package notifier \
-    && python -m compileall -q contracts/src libs/pgstatements/src services/notifier/src services/notifier/migrations
+    && python -m compileall -q contracts/src libs/pgstatements/src libs/servicekit/src services/notifier/src services/notifier/migrations
 
 FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 app \

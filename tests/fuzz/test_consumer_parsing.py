@@ -4,7 +4,7 @@ the original and says why; nothing else comes out and nothing raises.
 
 A record goes through what faststream runs for the subscriber (its parser, wrapped in the
 service's `parse_with_text_headers`; the service's `undecoded`), then the handler's own
-steps: the topic's adapter, `describe_invalid` and the service's `letter_for`. Publishing
+steps: the topic's adapter, `describe_invalid` and `letter_for`. Publishing
 the letter is left to the real-broker test next door."""
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
 from audit.adapters import broker as audit_broker
-from audit.adapters import dead_letters as audit_dead_letters
 from audit.entrypoints import consumer as audit_consumer
 from contracts import (
     ORDERS_COMMANDS,
@@ -28,11 +27,10 @@ from contracts import (
     Message,
 )
 from notifier.adapters import broker as notifier_broker
-from notifier.adapters import dead_letters as notifier_dead_letters
 from notifier.entrypoints import consumer as notifier_consumer
 from order.adapters import broker as order_broker
-from order.adapters import dead_letters as order_dead_letters
 from order.entrypoints import commands as order_commands
+from servicekit.dead_letters import letter_for
 from tests.fuzz.cases import (
     HUGE_UNKNOWN_TYPE,
     NUL_FLOOD,
@@ -60,7 +58,6 @@ async def taken_alone(
     parse_with_text_headers: Callable[..., Awaitable[Any]],
     undecoded: Callable[[Any], Awaitable[Any]],
     parse: Callable[[Any], tuple[Sequence[tuple[Record, Message]], Sequence[tuple[Record, str]]]],
-    letter_for: Callable[[Record, str, str], DeadLetter],
     consumer_group: str,
 ) -> Message | DeadLetter:
     """The record's outcome as a service's batch handler sees it, in a batch of its own."""
@@ -80,7 +77,6 @@ async def order_takes(record: Record) -> Message | DeadLetter:
         order_broker.parse_with_text_headers,
         order_broker.undecoded,
         order_commands.parse,
-        order_dead_letters.letter_for,
         "order-commands",
     )
 
@@ -91,7 +87,6 @@ async def notifier_takes(record: Record) -> Message | DeadLetter:
         notifier_broker.parse_with_text_headers,
         notifier_broker.undecoded,
         notifier_consumer.parse,
-        notifier_dead_letters.letter_for,
         "notifier",
     )
 
@@ -103,7 +98,7 @@ async def audit_takes(records: tuple[Record, ...]) -> dict[int, Message | DeadLe
     parsed, rejected = audit_consumer._parse(message.raw_message)
     taken: dict[int, Message | DeadLetter] = {r.offset: m for r, m in parsed}
     for record, reason in rejected:
-        taken[record.offset] = audit_dead_letters.letter_for(record, reason, "audit")
+        taken[record.offset] = letter_for(record, reason, "audit")
     assert len(taken) == len(records), "a record neither parsed nor rejected"
     return taken
 

@@ -18,8 +18,8 @@ from contracts import ORDERS_COMMANDS, ORDERS_EVENTS
 from devstack import infra
 from devstack.processes import free_port
 from devstack.waiting import wait_until
-from order.adapters.consumer_lag import ConsumerLagReader
 from order.config import Settings
+from servicekit.consumer_lag import ConsumerLagReader
 from tests.integration.conftest import OrderService, TopicReader, running_order_service
 from tests.observability import Scrape, record_spans
 

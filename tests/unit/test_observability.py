@@ -20,7 +20,6 @@ from opentelemetry.trace import StatusCode
 from prometheus_client import CollectorRegistry, Counter
 
 from audit.adapters.telemetry import record_key, span_per_record
-from order.adapters.consumer_lag import PartitionLag, lag_of
 from order.adapters.metrics import MetricsSampler
 from order.adapters.telemetry import (
     attached,
@@ -30,6 +29,7 @@ from order.adapters.telemetry import (
     span_line,
 )
 from order.logging_config import correlated, logging_config
+from servicekit.consumer_lag import PartitionLag, lag_of
 from tests.observability import record_spans
 
 TOPIC = "orders.commands"

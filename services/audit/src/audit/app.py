@@ -15,10 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from audit import service
 from audit.adapters.broker import BrokerConnection
-from audit.adapters.consumer_lag import ConsumerLagReader
 from audit.adapters.metrics import PREFIX, AuditMetrics, MetricsSampler
 from audit.adapters.schema import assert_schema_current, upgrade_to_head
-from audit.adapters.token_verifier import TokenVerifier
 from audit.adapters.unit_of_work import DatabaseBusy, DatabaseUnavailable, UnitOfWorkFactory
 from audit.config import Settings, database_role, refuse_dev_secrets
 from audit.domain.entries import ChainNotChecked, ChainReport
@@ -26,6 +24,8 @@ from audit.entrypoints import http, observability
 from audit.entrypoints.consumer import AUDITED_TOPICS, register_audit_handlers
 from audit.entrypoints.publications import declare_publications
 from pgstatements import ping_when_idle
+from servicekit.consumer_lag import ConsumerLagReader
+from servicekit.token_verifier import TokenVerifier
 
 
 def build_engine(settings: Settings) -> AsyncEngine:

@@ -20,14 +20,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from contracts import ORDERS_EVENTS, Channel
 from notifier import service
 from notifier.adapters.broker import BrokerConnection
-from notifier.adapters.consumer_lag import ConsumerLagReader
 from notifier.adapters.metrics import PREFIX, MetricsSampler, NotifierMetrics
 from notifier.adapters.outbox_relay import OutboxRelay
 from notifier.adapters.schema import assert_schema_current, upgrade_to_head
 from notifier.adapters.sms import HttpSmsSender, HttpSmsSettings
 from notifier.adapters.smtp import SmtpEmailSender, SmtpSettings
 from notifier.adapters.templates import EmailTemplates, TextTemplates
-from notifier.adapters.token_verifier import TokenVerifier
 from notifier.adapters.unit_of_work import UnitOfWorkFactory
 from notifier.config import Settings, database_role, refuse_dev_secrets
 from notifier.domain.communication import RetryPolicy
@@ -39,6 +37,8 @@ from notifier.entrypoints.publications import declare_publications
 from notifier.entrypoints.worker import DispatchWorker
 from notifier.service import Dispatcher
 from pgstatements import ping_when_idle
+from servicekit.consumer_lag import ConsumerLagReader
+from servicekit.token_verifier import TokenVerifier
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from contracts import ORDERS_COMMANDS
 from order.adapters.broker import BrokerConnection
-from order.adapters.consumer_lag import ConsumerLagReader
 from order.adapters.listening import asyncpg_dsn
 from order.adapters.metrics import PREFIX, MetricsSampler, OrderMetrics
 from order.adapters.outbox_relay import OutboxRelay
@@ -30,6 +29,7 @@ from order.config import Settings, database_role, refuse_dev_secrets
 from order.entrypoints import admin_page, http, observability, peer_reads, retention
 from order.entrypoints.commands import register_command_handlers
 from order.entrypoints.publications import declare_publications
+from servicekit.consumer_lag import ConsumerLagReader
 
 log = logging.getLogger(__name__)
 

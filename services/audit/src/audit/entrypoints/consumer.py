@@ -19,7 +19,6 @@ from pydantic import TypeAdapter, ValidationError
 
 from audit import service
 from audit.adapters.broker import FETCH_MIN_BYTES, Records, parse_with_text_headers, undecoded
-from audit.adapters.dead_letters import dead_letter
 from audit.adapters.telemetry import record_key, span_per_record
 from audit.config import Settings
 from audit.domain.entries import AuditedMessage
@@ -32,6 +31,7 @@ from contracts import (
     notification_event_adapter,
     order_event_adapter,
 )
+from servicekit.dead_letters import dead_letter
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from audit import service
-from audit.adapters.token_verifier import Caller, OrderServiceUnavailable, TokenVerifier
 from audit.adapters.unit_of_work import DatabaseBusy, DatabaseUnavailable
+from servicekit.token_verifier import Caller, OrderServiceUnavailable, TokenVerifier
 
 router = APIRouter()
 log = logging.getLogger(__name__)

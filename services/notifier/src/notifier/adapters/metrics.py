@@ -17,7 +17,7 @@ from faststream import BaseMiddleware
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from notifier.adapters.consumer_lag import ConsumerLagReader
+from servicekit.consumer_lag import ConsumerLagReader
 
 log = logging.getLogger(__name__)
 

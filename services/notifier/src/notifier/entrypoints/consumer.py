@@ -20,9 +20,9 @@ from pydantic import ValidationError
 from contracts import ORDERS_EVENTS, describe_invalid, order_event_adapter
 from notifier import service
 from notifier.adapters.broker import FETCH_MIN_BYTES, Records, parse_with_text_headers, undecoded
-from notifier.adapters.dead_letters import dead_letter
 from notifier.adapters.telemetry import record_key, span_per_record, trace_context_of
 from notifier.domain.planning import NotificationRules, OrderEvent
+from servicekit.dead_letters import dead_letter
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from contracts import Channel
 from notifier import service
 from notifier.adapters.broker import BrokerConnection
-from notifier.adapters.token_verifier import Caller, OrderServiceUnavailable, TokenVerifier
 from notifier.adapters.unit_of_work import DatabaseBusy, DatabaseUnavailable
 from notifier.domain.communication import Communication, CommunicationStatus
+from servicekit.token_verifier import Caller, OrderServiceUnavailable, TokenVerifier
 
 router = APIRouter()
 log = logging.getLogger(__name__)

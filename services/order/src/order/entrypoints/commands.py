@@ -23,10 +23,10 @@ from order.adapters.broker import (
     parse_with_text_headers,
     undecoded,
 )
-from order.adapters.dead_letters import dead_letter
 from order.adapters.telemetry import current_trace_context
 from order.adapters.unit_of_work import UnitOfWorkFactory
 from order.config import Settings
+from servicekit.dead_letters import dead_letter
 
 log = logging.getLogger(__name__)
 
