@@ -12,6 +12,7 @@ import json
 import os
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,20 +109,44 @@ class Maildir:
         return found
 
 
+class Reads:
+    """The benchmark's reads of the services' databases, over one small pool per database: the
+    checks that poll while a step settles or drains (several a second) would otherwise each
+    start a PostgreSQL backend, a process, whose CPU counted as the system's."""
+
+    def __init__(self, dsns: Mapping[str, str]) -> None:
+        self._dsns = dict(dsns)  # database (service) name → DSN
+        self._pools: dict[str, asyncpg.Pool] = {}
+
+    async def start(self) -> None:
+        for name, dsn in self._dsns.items():
+            self._pools[name] = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+
+    async def close(self) -> None:
+        pools, self._pools = self._pools, {}
+        for pool in pools.values():
+            await pool.close()
+
+    async def count(self, database: str, query: str, *args: object) -> int:
+        count: int = await self._pools[database].fetchval(query, *args)
+        return count
+
+    async def rows(self, database: str, query: str, *args: object) -> list[asyncpg.Record]:
+        rows: list[asyncpg.Record] = await self._pools[database].fetch(query, *args)
+        return rows
+
+
 async def email_times(
-    notifier_dsn: str, accepted: dict[str, float], orders: list[str]
+    reads: Reads, accepted: dict[str, float], orders: list[str]
 ) -> dict[ChangeKey, float]:
     """(order id, version) → when the SMTP sink accepted its email, from the dedupe keys the
     notifier derived the Message-IDs from."""
-    connection = await asyncpg.connect(notifier_dsn)
-    try:
-        rows = await connection.fetch(
-            "SELECT dedupe_key, order_id::text AS order_id, template FROM communication_events "
-            "WHERE channel = 'email' AND order_id = ANY($1::uuid[])",
-            orders,
-        )
-    finally:
-        await connection.close()
+    rows = await reads.rows(
+        "notifier",
+        "SELECT dedupe_key, order_id::text AS order_id, template FROM communication_events "
+        "WHERE channel = 'email' AND order_id = ANY($1::uuid[])",
+        orders,
+    )
     times = {}
     for row in rows:
         if row["dedupe_key"] in accepted:
@@ -130,27 +155,15 @@ async def email_times(
     return times
 
 
-async def audit_times(audit_dsn: str, orders: list[str]) -> dict[ChangeKey, float]:
+async def audit_times(reads: Reads, orders: list[str]) -> dict[ChangeKey, float]:
     """(order id, version) → when the audit service recorded the change."""
-    connection = await asyncpg.connect(audit_dsn)
-    try:
-        rows = await connection.fetch(
-            "SELECT entity_id, (after->>'version')::int AS version, recorded_at FROM audit_log "
-            "WHERE action = 'order.status_changed' AND entity_id = ANY($1::text[])",
-            orders,
-        )
-    finally:
-        await connection.close()
+    rows = await reads.rows(
+        "audit",
+        "SELECT entity_id, (after->>'version')::int AS version, recorded_at FROM audit_log "
+        "WHERE action = 'order.status_changed' AND entity_id = ANY($1::text[])",
+        orders,
+    )
     return {(r["entity_id"], r["version"]): r["recorded_at"].timestamp() for r in rows}
-
-
-async def count_rows(dsn: str, query: str, *args: object) -> int:
-    connection = await asyncpg.connect(dsn)
-    try:
-        count: int = await connection.fetchval(query, *args)
-        return count
-    finally:
-        await connection.close()
 
 
 async def postmaster_pid(dsn: str) -> int | None:

@@ -25,9 +25,9 @@ from bench.observe import (
     Maildir,
     Mark,
     ProcessMonitor,
+    Reads,
     audit_times,
     consumer_lag,
-    count_rows,
     email_times,
 )
 from bench.payloads import status_changed
@@ -126,10 +126,12 @@ class System:
         self.profile_dir = profile_dir
         self.watch = EventWatch(stack.kafka_bootstrap_servers)
         self.monitor = ProcessMonitor()
+        self.reads = Reads({name: databases.dsn(name) for name in ("order", "notifier", "audit")})
         self.maildir = Maildir(stack.maildir)
         self.producer = services_producer(stack.kafka_bootstrap_servers, "bench-upstream")
 
     async def start(self) -> None:
+        await self.reads.start()
         for name, process in self.stack.processes.items():
             assert process.popen is not None
             self.monitor.watch(name, process.popen.pid)
@@ -141,6 +143,7 @@ class System:
         await self.producer.stop()
         await self.watch.stop()
         await self.monitor.stop()
+        await self.reads.close()
 
     # --- consequences ------------------------------------------------------------------
 
@@ -149,10 +152,10 @@ class System:
         if not changes.issubset(self.watch.changes.keys()):
             return False
         orders = sorted({order for order, _ in changes})
-        sent = await count_rows(self.databases.dsn("notifier"), EMAILS_SENT_FOR, orders)
+        sent = await self.reads.count("notifier", EMAILS_SENT_FOR, orders)
         if sent < len(changes):
             return False
-        audited = await count_rows(self.databases.dsn("audit"), AUDITED_CHANGES_OF, orders)
+        audited = await self.reads.count("audit", AUDITED_CHANGES_OF, orders)
         return audited >= len(changes)
 
     async def drain(self, changes: set[ChangeKey]) -> tuple[bool, float]:
@@ -174,9 +177,9 @@ class System:
         """Work the system still has in hand: unconsumed records, unpublished outbox rows,
         unsent communications."""
         lag = await consumer_lag(self.stack.kafka_bootstrap_servers, CONSUMED)
-        order, notifier = self.databases.dsn("order"), self.databases.dsn("notifier")
-        unpublished = await count_rows(order, UNPUBLISHED) + await count_rows(notifier, UNPUBLISHED)
-        return lag + unpublished + await count_rows(notifier, UNSENT)
+        unpublished = await self.reads.count("order", UNPUBLISHED)
+        unpublished += await self.reads.count("notifier", UNPUBLISHED)
+        return lag + unpublished + await self.reads.count("notifier", UNSENT)
 
     async def settle(self) -> None:
         """Before a measurement: let any backlog clear (or go on after the settle timeout,
@@ -195,10 +198,8 @@ class System:
 
     async def _latencies(self, calls: list[Call]) -> dict[str, Latency | None]:
         orders = sorted({c.order_id for c in calls})
-        emails = await email_times(
-            self.databases.dsn("notifier"), self.maildir.new_messages(), orders
-        )
-        audited = await audit_times(self.databases.dsn("audit"), orders)
+        emails = await email_times(self.reads, self.maildir.new_messages(), orders)
+        audited = await audit_times(self.reads, orders)
 
         def after(times: dict[ChangeKey, float]) -> Latency | None:
             return Latency.of_timed(
@@ -333,10 +334,9 @@ class System:
         """`events` status changes straight into orders.events as fast as the broker takes
         them; how fast the notifier records and emails them and the audit records them all
         (each event, then its communication queued and sent)."""
-        notifier, audit = self.databases.dsn("notifier"), self.databases.dsn("audit")
         await self.settle()  # the consumers alone, not the end of an earlier backlog
-        base_communications = await count_rows(notifier, COMMUNICATIONS)
-        base_entries = await count_rows(audit, AUDIT_ENTRIES)
+        base_communications = await self.reads.count("notifier", COMMUNICATIONS)
+        base_entries = await self.reads.count("audit", AUDIT_ENTRIES)
         base_emails = self.maildir.count()
         customer = Customer(name="Burst", email="burst@example.com")  # email only, no SMS
         messages = [
@@ -353,9 +353,10 @@ class System:
 
         async def progress() -> dict[str, float]:
             now = time.monotonic() - started
-            reached["recorded"] = await count_rows(notifier, COMMUNICATIONS) - base_communications
+            recorded = await self.reads.count("notifier", COMMUNICATIONS)
+            reached["recorded"] = recorded - base_communications
             reached["emailed"] = self.maildir.count() - base_emails
-            reached["audited"] = await count_rows(audit, AUDIT_ENTRIES) - base_entries
+            reached["audited"] = await self.reads.count("audit", AUDIT_ENTRIES) - base_entries
             for name, target in targets.items():
                 if name not in done and reached[name] >= target:
                     done[name] = now
