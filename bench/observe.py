@@ -118,6 +118,10 @@ class Reads:
         self._dsns = dict(dsns)  # database (service) name → DSN
         self._pools: dict[str, asyncpg.Pool] = {}
 
+    @property
+    def databases(self) -> list[str]:
+        return list(self._dsns)
+
     async def start(self) -> None:
         for name, dsn in self._dsns.items():
             self._pools[name] = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
@@ -127,13 +131,42 @@ class Reads:
         for pool in pools.values():
             await pool.close()
 
-    async def count(self, database: str, query: str, *args: object) -> int:
-        count: int = await self._pools[database].fetchval(query, *args)
-        return count
+    async def value(self, database: str, query: str, *args: object) -> int:
+        """The one integer `query` returns (a count, a setting)."""
+        value: int = await self._pools[database].fetchval(query, *args)
+        return value
 
     async def rows(self, database: str, query: str, *args: object) -> list[asyncpg.Record]:
         rows: list[asyncpg.Record] = await self._pools[database].fetch(query, *args)
         return rows
+
+
+# Checkpoints started since the statistics were reset: pg_stat_bgwriter up to PostgreSQL 16,
+# pg_stat_checkpointer from 17 on.
+CHECKPOINTS_BEFORE_17 = "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
+CHECKPOINTS_FROM_17 = "SELECT num_timed + num_requested FROM pg_stat_checkpointer"
+# Autovacuum and autoanalyze runs completed on the database's tables.
+AUTOVACUUM_RUNS = (
+    "SELECT coalesce(sum(autovacuum_count), 0)::bigint AS vacuums, "
+    "coalesce(sum(autoanalyze_count), 0)::bigint AS analyzes FROM pg_stat_user_tables"
+)
+
+
+async def postgres_background(reads: Reads) -> dict[str, int]:
+    """Counters of the work PostgreSQL does on its own, whatever the statements: checkpoints
+    (of the whole server) and autovacuum and autoanalyze runs (of the services' tables). Taken
+    before and after a step, they tell which steps shared the machine with that work: it
+    writes and reads whole tables, and a latency outlier often coincides with it."""
+    any_database = next(iter(reads.databases))
+    version = await reads.value(any_database, "SELECT current_setting('server_version_num')::int")
+    checkpoints = CHECKPOINTS_FROM_17 if version >= 170000 else CHECKPOINTS_BEFORE_17
+    counters = {"checkpoints": await reads.value(any_database, checkpoints)}
+    counters["autovacuums"] = counters["autoanalyzes"] = 0
+    for database in reads.databases:
+        (runs,) = await reads.rows(database, AUTOVACUUM_RUNS)
+        counters["autovacuums"] += runs["vacuums"]
+        counters["autoanalyzes"] += runs["analyzes"]
+    return counters
 
 
 async def email_times(

@@ -221,6 +221,15 @@ def _cpu(
 
 CPU_COLUMNS = ("order", "notifier", "audit", "kafka", "postgres", "machine")
 COST_COLUMNS = ("order", "notifier", "audit", "postgres", "machine")
+BACKGROUND_COLUMNS = ("checkpoints", "autovacuums", "autoanalyzes")
+
+
+def postgres_work(step: dict[str, Any]) -> str:
+    """The step's checkpoints / autovacuums / autoanalyzes, n/a where it was not recorded."""
+    counters = step.get("postgres_background") or {}  # absent from results before 2026-12-04
+    return " / ".join(_fmt(counters.get(name)) for name in BACKGROUND_COLUMNS)
+
+
 BURST_CPU_COLUMNS = ("notifier", "audit", "smtp-sink", "machine")
 
 
@@ -298,11 +307,15 @@ def markdown(document: dict[str, Any]) -> str:
         "CPU in % of one core: " + " / ".join(CPU_COLUMNS) + "; stolen: % of a core the "
         "hypervisor gave to other guests while this machine wanted it. CPU per change in ms, "
         "the step's drain included: " + " / ".join(COST_COLUMNS) + " (what runs whatever "
-        "the load, such as polling and metrics, weighs more at low rates).",
+        "the load, such as polling and metrics, weighs more at low rates). PostgreSQL's own "
+        "work from the step's start to the end of its drain: "
+        + " / ".join(BACKGROUND_COLUMNS)
+        + " (checkpoints started, autovacuum and autoanalyze runs completed); a latency "
+        "outlier often shares its step with them.",
         "",
         "| phase | offered/s | achieved/s | ok / sent | HTTP | change→event | change→email "
-        "| change→audit | CPU | stolen | CPU per change | verdict |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| change→audit | CPU | stolen | CPU per change | PostgreSQL's own work | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     phases = [system["http"]["steps"]]
     phases.append(system.get("http_half_rate_steps", []))
@@ -319,7 +332,8 @@ def markdown(document: dict[str, Any]) -> str:
                 f"{_latency(step, 'http')} | {_latency(step, 'event')} | "
                 f"{_latency(step, 'email')} | {_latency(step, 'audit')} | "
                 f"{_cpu(used, CPU_COLUMNS)} | {_cpu(used, ('machine',), 'stolen_percent')} | "
-                f"{_cpu(used, COST_COLUMNS, 'cpu_ms_per_change', digits=1)} | {verdict} |"
+                f"{_cpu(used, COST_COLUMNS, 'cpu_ms_per_change', digits=1)} | "
+                f"{postgres_work(step)} | {verdict} |"
             )
     lines += [
         "",

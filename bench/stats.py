@@ -108,6 +108,9 @@ class Step:
     drained: bool = True
     drain_seconds: float = 0.0
     resources: dict[str, dict[str, float]] = field(default_factory=dict)
+    # PostgreSQL's own work from the step's start to the end of its drain: checkpoints,
+    # autovacuum and autoanalyze runs completed (see observe.postgres_background).
+    postgres_background: dict[str, int] = field(default_factory=dict)
     breaks: list[str] = field(default_factory=list)
 
     def judge(self, limits: BreakingPoint) -> None:

@@ -29,6 +29,7 @@ from bench.observe import (
     audit_times,
     consumer_lag,
     email_times,
+    postgres_background,
 )
 from bench.payloads import status_changed
 from bench.stats import (
@@ -152,10 +153,10 @@ class System:
         if not changes.issubset(self.watch.changes.keys()):
             return False
         orders = sorted({order for order, _ in changes})
-        sent = await self.reads.count("notifier", EMAILS_SENT_FOR, orders)
+        sent = await self.reads.value("notifier", EMAILS_SENT_FOR, orders)
         if sent < len(changes):
             return False
-        audited = await self.reads.count("audit", AUDITED_CHANGES_OF, orders)
+        audited = await self.reads.value("audit", AUDITED_CHANGES_OF, orders)
         return audited >= len(changes)
 
     async def drain(self, changes: set[ChangeKey]) -> tuple[bool, float]:
@@ -177,9 +178,9 @@ class System:
         """Work the system still has in hand: unconsumed records, unpublished outbox rows,
         unsent communications."""
         lag = await consumer_lag(self.stack.kafka_bootstrap_servers, CONSUMED)
-        unpublished = await self.reads.count("order", UNPUBLISHED)
-        unpublished += await self.reads.count("notifier", UNPUBLISHED)
-        return lag + unpublished + await self.reads.count("notifier", UNSENT)
+        unpublished = await self.reads.value("order", UNPUBLISHED)
+        unpublished += await self.reads.value("notifier", UNPUBLISHED)
+        return lag + unpublished + await self.reads.value("notifier", UNSENT)
 
     async def settle(self) -> None:
         """Before a measurement: let any backlog clear (or go on after the settle timeout,
@@ -241,16 +242,19 @@ class System:
         async with HttpChanges(self.stack.url("order"), self.stack.admin_token) as http:
             orders = await http.create_orders(orders_needed(rate, seconds))
             await self.settle()  # the creations' own events and audit entries first
+            postgres_before = await postgres_background(self.reads)
             before = self.monitor.mark()
             offered = await http.step(orders, rate, seconds, self.plan.max_in_flight)
             loaded = self.monitor.mark()
         ok = [c for c in offered.calls if c.status == 200]
         drained, drain_seconds = await self.drain({(c.order_id, c.version) for c in ok})
+        postgres_work = await self._postgres_work_since(postgres_before)
         step = self._step(phase, rate, offered, ok, offered.finished)
         answered = [c.latency for c in offered.calls if c.latency is not None and c.status]
         step.latencies = {"http": Latency.of_seconds(answered), **await self._latencies(ok)}
         step.drained, step.drain_seconds = drained, round(drain_seconds, 2)
         step.resources = self._resources(before, loaded, len(ok))
+        step.postgres_background = postgres_work
         step.judge(self.plan.breaking)
         log.info("%s %.0f/s: %s", phase, rate, _summary(step))
         return step
@@ -270,10 +274,12 @@ class System:
             log.warning("not every order created by command arrived; measuring anyway")
         await self.settle()
         rejected_before = self.watch.results["CommandRejected"]
+        postgres_before = await postgres_background(self.reads)
         before = self.monitor.mark()
         offered = await commands.step(orders, rate, seconds)
         loaded = self.monitor.mark()
         drained, drain_seconds = await self.drain({(c.order_id, c.version) for c in offered.calls})
+        postgres_work = await self._postgres_work_since(postgres_before)
         # An accepted command shows as its event.
         ok = [c for c in offered.calls if (c.order_id, c.version) in self.watch.changes]
         last_event = max((self.watch.changes[(c.order_id, c.version)] for c in ok), default=0.0)
@@ -281,12 +287,17 @@ class System:
         step.latencies = await self._latencies(ok)
         step.drained, step.drain_seconds = drained, round(drain_seconds, 2)
         step.resources = self._resources(before, loaded, len(ok))
+        step.postgres_background = postgres_work
         step.judge(self.plan.breaking)
         rejected = self.watch.results["CommandRejected"] - rejected_before
         if rejected:
             step.breaks.append(f"{rejected} commands rejected")
         log.info("%s %.0f/s: %s", phase, rate, _summary(step))
         return step
+
+    async def _postgres_work_since(self, start: dict[str, int]) -> dict[str, int]:
+        now = await postgres_background(self.reads)
+        return {name: now[name] - start[name] for name in start}
 
     def _resources(self, before: Mark, loaded: Mark, changes: int) -> dict[str, dict[str, float]]:
         """CPU over the offered load; peak RSS up to now, drain included; and the CPU time of
@@ -335,8 +346,8 @@ class System:
         them; how fast the notifier records and emails them and the audit records them all
         (each event, then its communication queued and sent)."""
         await self.settle()  # the consumers alone, not the end of an earlier backlog
-        base_communications = await self.reads.count("notifier", COMMUNICATIONS)
-        base_entries = await self.reads.count("audit", AUDIT_ENTRIES)
+        base_communications = await self.reads.value("notifier", COMMUNICATIONS)
+        base_entries = await self.reads.value("audit", AUDIT_ENTRIES)
         base_emails = self.maildir.count()
         customer = Customer(name="Burst", email="burst@example.com")  # email only, no SMS
         messages = [
@@ -353,10 +364,10 @@ class System:
 
         async def progress() -> dict[str, float]:
             now = time.monotonic() - started
-            recorded = await self.reads.count("notifier", COMMUNICATIONS)
+            recorded = await self.reads.value("notifier", COMMUNICATIONS)
             reached["recorded"] = recorded - base_communications
             reached["emailed"] = self.maildir.count() - base_emails
-            reached["audited"] = await self.reads.count("audit", AUDIT_ENTRIES) - base_entries
+            reached["audited"] = await self.reads.value("audit", AUDIT_ENTRIES) - base_entries
             for name, target in targets.items():
                 if name not in done and reached[name] >= target:
                     done[name] = now

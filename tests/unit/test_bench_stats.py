@@ -1,6 +1,6 @@
 """The benchmark's arithmetic: percentiles, the load ladder, when a step breaks, the sustained
 rate, the open-loop schedule, py-spy profile summaries, the burst table's CPU and the
-half-rate medians."""
+half-rate medians, PostgreSQL's own work per step."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 from bench.load import orders_needed, schedule
 from bench.observe import Mark, ProcessMonitor
-from bench.report import median_p99, with_replicas_added
+from bench.report import median_p99, postgres_work, with_replicas_added
 from bench.stats import (
     BreakingPoint,
     Latency,
@@ -277,3 +277,9 @@ def test_the_half_rate_figure_is_the_median_p99_of_the_steps_that_measured_it() 
     assert median_p99(steps, "email") == 650.0  # of the two that measured it
     assert median_p99(steps, "audit") is None
     assert median_p99([], "http") is None
+
+
+def test_a_steps_postgresql_work_reads_checkpoints_autovacuums_autoanalyzes() -> None:
+    recorded = {"postgres_background": {"autoanalyzes": 3, "checkpoints": 1, "autovacuums": 0}}
+    assert postgres_work(recorded) == "1 / 0 / 3"
+    assert postgres_work({}) == "n/a / n/a / n/a"  # a result written before it was recorded
