@@ -117,6 +117,7 @@ class Reads:
     def __init__(self, dsns: Mapping[str, str]) -> None:
         self._dsns = dict(dsns)  # database (service) name → DSN
         self._pools: dict[str, asyncpg.Pool] = {}
+        self.server_version_num = 0  # e.g. 150018, known once started
 
     @property
     def databases(self) -> list[str]:
@@ -125,6 +126,10 @@ class Reads:
     async def start(self) -> None:
         for name, dsn in self._dsns.items():
             self._pools[name] = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+        # The three databases are on one server (the benchmark creates them there).
+        self.server_version_num = await self.value(
+            self.databases[0], "SELECT current_setting('server_version_num')::int"
+        )
 
     async def close(self) -> None:
         pools, self._pools = self._pools, {}
@@ -157,9 +162,9 @@ async def postgres_background(reads: Reads) -> dict[str, int]:
     (of the whole server) and autovacuum and autoanalyze runs (of the services' tables). Taken
     before and after a step, they tell which steps shared the machine with that work: it
     writes and reads whole tables, and a latency outlier often coincides with it."""
-    any_database = next(iter(reads.databases))
-    version = await reads.value(any_database, "SELECT current_setting('server_version_num')::int")
-    checkpoints = CHECKPOINTS_FROM_17 if version >= 170000 else CHECKPOINTS_BEFORE_17
+    any_database = reads.databases[0]
+    from_17 = reads.server_version_num >= 170000
+    checkpoints = CHECKPOINTS_FROM_17 if from_17 else CHECKPOINTS_BEFORE_17
     counters = {"checkpoints": await reads.value(any_database, checkpoints)}
     counters["autovacuums"] = counters["autoanalyzes"] = 0
     for database in reads.databases:
