@@ -18,11 +18,15 @@ from uuid import UUID, uuid4
 
 import aiohttp
 from aiokafka import AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.payloads import CUSTOMER, LIFECYCLE, change_command, create_command, status_of
 from contracts import ORDERS_COMMANDS
 
 STAGES = len(LIFECYCLE)
+# The order service's per-route latency histogram, and the route of a status change in it.
+SERVICE_LATENCY = "order_http_request_duration_seconds"
+STATUS_CHANGE_ROUTE = {"handler": "/orders/{order_id}/status", "method": "POST"}
 
 
 @dataclass
@@ -166,6 +170,21 @@ class HttpChanges:
     ) -> Offered:
         changes = schedule(orders, round(rate * seconds))
         return await offer(changes, rate, self.change, max_in_flight)
+
+    async def status_change_buckets(self) -> list[tuple[float, float]]:
+        """The order service's own latency histogram of status changes, from its `/metrics`:
+        cumulative (upper bound in seconds, count), ascending, ending with +Inf. The time
+        from the request's arrival to its answer, without the client's or the network's."""
+        async with self.session.get("/metrics") as response:
+            response.raise_for_status()
+            exposition = await response.text()
+        return sorted(
+            (float(sample.labels["le"]), sample.value)
+            for family in text_string_to_metric_families(exposition)
+            for sample in family.samples
+            if sample.name == f"{SERVICE_LATENCY}_bucket"
+            and STATUS_CHANGE_ROUTE.items() <= sample.labels.items()
+        )
 
 
 class CommandChanges:

@@ -299,11 +299,21 @@ def markdown(document: dict[str, Any]) -> str:
             f"| {target['name']} | {_fmt(target['value'], digits)} | {sign} "
             f"{_fmt(target['target'], digits)} | {'yes' if target['met'] else '**no**'} |"
         )
+    in_service = median_p99(system.get("http_half_rate_steps", []), "http_in_service")
+    if in_service is not None:
+        lines.append(
+            "| of which inside the order service: HTTP p99 ms at half rate by its own "
+            f"histogram | {_fmt(in_service)} | | |"
+        )
     lines += [
         "",
         "### Load steps",
         "",
         "Latencies in ms as p50 / p99 / max, each from the moment the change was due. "
+        "HTTP in service: the order service's own histogram of a status change, from the "
+        "request reaching the application to its answer, interpolated in its buckets of "
+        "2.5-25 ms; the rest of the HTTP time is the client's, the network's and the wait "
+        "for the service's event loop to read the request. "
         "CPU in % of one core: " + " / ".join(CPU_COLUMNS) + "; stolen: % of a core the "
         "hypervisor gave to other guests while this machine wanted it. CPU per change in ms, "
         "the step's drain included: " + " / ".join(COST_COLUMNS) + " (what runs whatever "
@@ -313,9 +323,10 @@ def markdown(document: dict[str, Any]) -> str:
         + " (checkpoints started, autovacuum and autoanalyze runs completed); a latency "
         "outlier often shares its step with them.",
         "",
-        "| phase | offered/s | achieved/s | ok / sent | HTTP | change→event | change→email "
-        "| change→audit | CPU | stolen | CPU per change | PostgreSQL's own work | verdict |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| phase | offered/s | achieved/s | ok / sent | HTTP | HTTP in service p50 / p99 "
+        "| change→event | change→email | change→audit | CPU | stolen | CPU per change "
+        "| PostgreSQL's own work | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     phases = [system["http"]["steps"]]
     phases.append(system.get("http_half_rate_steps", []))
@@ -329,7 +340,8 @@ def markdown(document: dict[str, Any]) -> str:
             lines.append(
                 f"| {step['phase']} | {_fmt(step['offered_rate'])} | "
                 f"{_fmt(step['achieved_rate'])} | {step['ok']} / {step['sent']} | "
-                f"{_latency(step, 'http')} | {_latency(step, 'event')} | "
+                f"{_latency(step, 'http')} | {_latency(step, 'http_in_service', ('p50', 'p99'))} | "
+                f"{_latency(step, 'event')} | "
                 f"{_latency(step, 'email')} | {_latency(step, 'audit')} | "
                 f"{_cpu(used, CPU_COLUMNS)} | {_cpu(used, ('machine',), 'stolen_percent')} | "
                 f"{_cpu(used, COST_COLUMNS, 'cpu_ms_per_change', digits=1)} | "

@@ -60,6 +60,46 @@ class Latency:
         growth = statistics.median(by_due[-third:]) - statistics.median(by_due[:third])
         return replace(latency, growth_ms=round(growth * 1000, 2))
 
+    @classmethod
+    def of_buckets(cls, buckets: Sequence[tuple[float, float]]) -> Latency | None:
+        """The distribution in a Prometheus histogram's cumulative buckets, (upper bound in
+        seconds, count) ascending and ending with +Inf. A percentile is interpolated linearly
+        inside its bucket, as Prometheus's histogram_quantile does, so it is only as fine as
+        the buckets; `max` is the upper bound of the lowest bucket holding every value."""
+        total = buckets[-1][1] if buckets else 0
+        if total <= 0:
+            return None
+        finite = [bound for bound, _ in buckets if not math.isinf(bound)]
+
+        def at(q: float) -> float:
+            rank = total * q / 100
+            lower_bound, lower_count = 0.0, 0.0
+            for bound, count in buckets:
+                if count >= rank:
+                    if math.isinf(bound):
+                        return finite[-1] if finite else lower_bound
+                    return lower_bound + (bound - lower_bound) * (rank - lower_count) / (
+                        count - lower_count
+                    )
+                lower_bound, lower_count = bound, count
+            raise AssertionError("the +Inf bucket holds every value")
+
+        return cls(
+            count=round(total),
+            p50=round(at(50) * 1000, 2),
+            p95=round(at(95) * 1000, 2),
+            p99=round(at(99) * 1000, 2),
+            max=round(at(100) * 1000, 2),
+        )
+
+
+def buckets_between(
+    before: Sequence[tuple[float, float]], after: Sequence[tuple[float, float]]
+) -> list[tuple[float, float]]:
+    """What a cumulative histogram counted between two scrapes, bucket by bucket."""
+    earlier = dict(before)
+    return [(bound, count - earlier.get(bound, 0.0)) for bound, count in after]
+
 
 def ladder(start: float, factor: float, ceiling: float) -> list[float]:
     """Offered rates for the stepped load: `start`, then each `factor` times the one before,

@@ -37,6 +37,7 @@ from bench.stats import (
     Latency,
     Step,
     broke_at,
+    buckets_between,
     cpu_cost,
     hotspots,
     next_probe,
@@ -243,15 +244,21 @@ class System:
             orders = await http.create_orders(orders_needed(rate, seconds))
             await self.settle()  # the creations' own events and audit entries first
             postgres_before = await postgres_background(self.reads)
+            in_service_before = await http.status_change_buckets()
             before = self.monitor.mark()
             offered = await http.step(orders, rate, seconds, self.plan.max_in_flight)
             loaded = self.monitor.mark()
+            in_service = buckets_between(in_service_before, await http.status_change_buckets())
         ok = [c for c in offered.calls if c.status == 200]
         drained, drain_seconds = await self.drain({(c.order_id, c.version) for c in ok})
         postgres_work = await self._postgres_work_since(postgres_before)
         step = self._step(phase, rate, offered, ok, offered.finished)
         answered = [c.latency for c in offered.calls if c.latency is not None and c.status]
-        step.latencies = {"http": Latency.of_seconds(answered), **await self._latencies(ok)}
+        step.latencies = {
+            "http": Latency.of_seconds(answered),
+            "http_in_service": Latency.of_buckets(in_service),
+            **await self._latencies(ok),
+        }
         step.drained, step.drain_seconds = drained, round(drain_seconds, 2)
         step.resources = self._resources(before, loaded, len(ok))
         step.postgres_background = postgres_work

@@ -234,3 +234,27 @@ async def test_a_change_is_published_in_the_trace_of_its_request(
         within=10,
         what="the request's and the publication's spans in the caller's trace",
     )
+
+
+async def test_a_status_changes_latency_is_bucketed_finely_enough_to_judge_a_25_ms_p99(
+    kafka_bootstrap: str, own_database: dict[str, Any]
+) -> None:
+    settings = Settings(**own_database, kafka_bootstrap_servers=kafka_bootstrap, **FAST)
+    async with running_order_service(settings) as svc:
+        order_id = await create(svc)
+        for status in ("confirmed", "preparing"):
+            changed = await svc.client.post(
+                f"/orders/{order_id}/status", json={"status": status}, headers=svc.as_admin()
+            )
+            assert changed.status_code == 200, changed.text
+        metrics = await scrape(svc.client)
+
+    route = {"handler": "/orders/{order_id}/status", "method": "POST"}
+    buckets = {
+        labels["le"]: value
+        for name, labels, value in metrics.samples
+        if name == "order_http_request_duration_seconds_bucket" and route.items() <= labels.items()
+    }
+    assert {"0.0025", "0.005", "0.01", "0.015", "0.02", "0.025", "0.05"} <= buckets.keys()
+    assert buckets["+Inf"] == 2
+    assert metrics.value("order_http_request_duration_seconds_count", **route) == 2

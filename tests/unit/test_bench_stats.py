@@ -4,6 +4,7 @@ half-rate medians, PostgreSQL's own work per step."""
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from bench.stats import (
     Latency,
     Step,
     broke_at,
+    buckets_between,
     cpu_cost,
     frame_name,
     hotspots,
@@ -66,6 +68,33 @@ def test_timed_latency_grows_by_the_p50s_between_the_first_and_last_third() -> N
     assert too_few is not None
     assert too_few.growth_ms is None
     assert Latency.of_timed([]) is None
+
+
+def test_a_histograms_percentiles_are_interpolated_inside_their_bucket() -> None:
+    buckets = [(0.005, 50.0), (0.01, 90.0), (0.025, 100.0), (math.inf, 100.0)]
+    latency = Latency.of_buckets(buckets)
+    assert latency is not None
+    assert latency.count == 100
+    assert latency.p50 == pytest.approx(5.0)
+    assert latency.p95 == pytest.approx(17.5)  # half-way through the 10-25 ms bucket
+    assert latency.p99 == pytest.approx(23.5)
+    assert latency.max == pytest.approx(25.0)
+
+
+def test_values_beyond_the_last_finite_bucket_read_as_its_bound() -> None:
+    latency = Latency.of_buckets([(0.005, 0.0), (0.01, 1.0), (math.inf, 2.0)])
+    assert latency is not None
+    assert (latency.p50, latency.p99, latency.max) == (10.0, 10.0, 10.0)
+    assert Latency.of_buckets([(0.005, 0.0), (math.inf, 0.0)]) is None
+    assert Latency.of_buckets([]) is None
+
+
+def test_what_a_histogram_counted_between_two_scrapes() -> None:
+    before = [(0.005, 3.0), (0.01, 3.0), (math.inf, 4.0)]
+    after = [(0.005, 10.0), (0.01, 11.0), (math.inf, 12.0)]
+    assert buckets_between(before, after) == [(0.005, 7.0), (0.01, 8.0), (math.inf, 8.0)]
+    # A route first called after the first scrape has no series in it: counted from zero.
+    assert buckets_between([], after) == after
 
 
 def test_ladder_grows_geometrically_up_to_the_ceiling() -> None:
