@@ -18,10 +18,10 @@ from uuid import UUID, uuid4
 
 import aiohttp
 from aiokafka import AIOKafkaProducer
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench.payloads import CUSTOMER, LIFECYCLE, change_command, create_command, status_of
 from contracts import ORDERS_COMMANDS
+from devstack.metrics import Scrape
 
 STAGES = len(LIFECYCLE)
 # The order service's per-route latency histogram, and the route of a status change in it.
@@ -178,13 +178,7 @@ class HttpChanges:
         async with self.session.get("/metrics") as response:
             response.raise_for_status()
             exposition = await response.text()
-        return sorted(
-            (float(sample.labels["le"]), sample.value)
-            for family in text_string_to_metric_families(exposition)
-            for sample in family.samples
-            if sample.name == f"{SERVICE_LATENCY}_bucket"
-            and STATUS_CHANGE_ROUTE.items() <= sample.labels.items()
-        )
+        return Scrape(exposition).buckets(SERVICE_LATENCY, **STATUS_CHANGE_ROUTE)
 
 
 class CommandChanges:

@@ -15,9 +15,10 @@ from uuid import uuid4
 import httpx
 
 from contracts import NOTIFICATIONS_EVENTS, ORDERS_EVENTS
+from devstack.metrics import Scrape
 from devstack.stack import SERVICES, Stack
 from devstack.waiting import wait_until
-from tests.observability import Scrape, json_lines
+from tests.observability import json_lines
 
 Lines = list[dict[str, Any]]
 

@@ -23,9 +23,10 @@ from contracts import (
     dlq_topic,
 )
 from devstack import infra
+from devstack.metrics import Scrape
 from devstack.waiting import wait_until
 from tests.integration.conftest import audit_settings, produce, running_audit
-from tests.observability import Scrape, record_spans
+from tests.observability import record_spans
 
 
 @pytest.fixture(scope="module")

@@ -52,6 +52,7 @@ from contracts import (
     OrderStatusChanged,
 )
 from devstack import infra
+from devstack.metrics import Scrape
 from devstack.processes import Process, free_port, service_env, service_process
 from devstack.smtp_sink import MaildirHandler, read_messages
 from devstack.waiting import wait_until
@@ -68,7 +69,6 @@ from tests.integration.conftest import (
     values_on_topic,
 )
 from tests.integration.notifier_support import customer_for, message_id, publish, status_changed
-from tests.observability import Scrape
 
 pytestmark = pytest.mark.integration
 

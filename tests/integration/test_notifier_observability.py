@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from contracts import NOTIFICATIONS_EVENTS, ORDERS_EVENTS, OrderStatus, dlq_topic
 from devstack import infra
+from devstack.metrics import Scrape
 from devstack.processes import free_port
 from devstack.smtp_sink import MaildirHandler
 from devstack.waiting import wait_until
@@ -32,7 +33,7 @@ from tests.integration.notifier_support import (
     status_changed,
     wait_for_statuses,
 )
-from tests.observability import Scrape, record_spans
+from tests.observability import record_spans
 
 
 @pytest.fixture(scope="module")
