@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.payloads import version_of
+from bench.stats import StatementCount, StatementKey
 from contracts import ORDERS_COMMAND_RESULTS, ORDERS_EVENTS, OrderStatus
 
 ChangeKey = tuple[str, int]  # (order id, version)
@@ -109,13 +110,17 @@ class Maildir:
         return found
 
 
+SERVER = " server"  # the pool of Reads on the `postgres` database; no service's name
+
+
 class Reads:
     """The benchmark's reads of the services' databases, over one small pool per database: the
     checks that poll while a step settles or drains (several a second) would otherwise each
     start a PostgreSQL backend, a process, whose CPU counted as the system's."""
 
-    def __init__(self, dsns: Mapping[str, str]) -> None:
+    def __init__(self, dsns: Mapping[str, str], server_dsn: str) -> None:
         self._dsns = dict(dsns)  # database (service) name → DSN
+        self._server_dsn = server_dsn  # the server's `postgres` database, for its statistics
         self._pools: dict[str, asyncpg.Pool] = {}
         self.server_version_num = 0  # e.g. 150018, known once started
 
@@ -124,7 +129,7 @@ class Reads:
         return list(self._dsns)
 
     async def start(self) -> None:
-        for name, dsn in self._dsns.items():
+        for name, dsn in {**self._dsns, SERVER: self._server_dsn}.items():
             self._pools[name] = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
         # The three databases are on one server (the benchmark creates them there).
         self.server_version_num = await self.value(
@@ -144,6 +149,10 @@ class Reads:
     async def rows(self, database: str, query: str, *args: object) -> list[asyncpg.Record]:
         rows: list[asyncpg.Record] = await self._pools[database].fetch(query, *args)
         return rows
+
+    async def server_rows(self, query: str, *args: object) -> list[asyncpg.Record]:
+        """Rows from the server's `postgres` database (its statistics views)."""
+        return await self.rows(SERVER, query, *args)
 
 
 # Checkpoints started since the statistics were reset: pg_stat_bgwriter up to PostgreSQL 16,
@@ -172,6 +181,42 @@ async def postgres_background(reads: Reads) -> dict[str, int]:
         counters["autovacuums"] += runs["vacuums"]
         counters["autoanalyzes"] += runs["analyzes"]
     return counters
+
+
+# The services' statements, by database and statement, from pg_stat_statements (which
+# deploy/local/postgres.sh loads; its view is in the `postgres` database). The benchmark's
+# own reads, made as the admin, are left out.
+STATEMENT_COUNTERS = """
+SELECT d.datname AS database, s.queryid, min(s.query) AS statement, sum(s.calls)::bigint AS calls,
+       sum(s.total_exec_time) AS exec_ms, sum(s.wal_bytes)::bigint AS wal_bytes
+FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+WHERE d.datname = ANY($1::text[])
+  AND s.userid <> (SELECT oid FROM pg_roles WHERE rolname = current_user)
+GROUP BY d.datname, s.queryid
+"""
+
+
+async def statement_counters(
+    reads: Reads, databases: Mapping[str, str]
+) -> dict[StatementKey, StatementCount]:
+    """The counters of every statement the services ran in their databases (`databases`:
+    service → database name); none where the server does not keep them (an external one
+    without pg_stat_statements)."""
+    service_of = {database: service for service, database in databases.items()}
+    try:
+        rows = await reads.server_rows(STATEMENT_COUNTERS, list(service_of))
+    except (asyncpg.UndefinedTableError, asyncpg.ObjectNotInPrerequisiteStateError):
+        return {}
+    return {
+        (row["database"], row["queryid"]): StatementCount(
+            service=service_of[row["database"]],
+            statement=row["statement"],
+            calls=row["calls"],
+            exec_ms=row["exec_ms"],
+            wal_bytes=row["wal_bytes"],
+        )
+        for row in rows
+    }
 
 
 async def email_times(

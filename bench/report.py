@@ -224,6 +224,50 @@ COST_COLUMNS = ("order", "notifier", "audit", "postgres", "machine")
 BACKGROUND_COLUMNS = ("checkpoints", "autovacuums", "autoanalyzes")
 
 
+STATEMENT_SERVICES = ("order", "notifier", "audit")
+
+
+def statement_ms(step: dict[str, Any]) -> str:
+    """The step's execution ms per change of each service's statements, n/a where the server
+    did not count them."""
+    by_service = (step.get("statements") or {}).get("by_service", {})  # from 2026-12-04 on
+    return " / ".join(
+        _fmt(by_service.get(name, {}).get("exec_ms_per_change"), 2) for name in STATEMENT_SERVICES
+    )
+
+
+def statements_section(statements: dict[str, Any]) -> list[str]:
+    """Where the services' statements spent their time at the sustained HTTP rate."""
+    if not statements.get("top"):
+        return []
+    by_service = statements["by_service"]
+    lines = [
+        "",
+        "### Statements at the sustained HTTP rate",
+        "",
+        "From pg_stat_statements, per change, the step's drain included: execution time inside "
+        "the server (waits for locks and for a CPU included), and the WAL written. Per "
+        "service: "
+        + "; ".join(
+            f"{name} {_fmt(figures['calls_per_change'], 1)} statements, "
+            f"{_fmt(figures['exec_ms_per_change'], 2)} ms, "
+            f"{_fmt(figures['wal_kb_per_change'], 1)} KB WAL"
+            for name, figures in by_service.items()
+        )
+        + ". The statements that took the most time:",
+        "",
+        "| service | statement | calls | ms | WAL KB |",
+        "|---|---|---|---|---|",
+    ]
+    for top in statements["top"]:
+        text = top["statement"][:110].replace("|", "\\|")
+        lines.append(
+            f"| {top['service']} | `{text}` | {_fmt(top['calls_per_change'], 2)} | "
+            f"{_fmt(top['exec_ms_per_change'], 3)} | {_fmt(top['wal_kb_per_change'], 2)} |"
+        )
+    return lines
+
+
 def postgres_work(step: dict[str, Any]) -> str:
     """The step's checkpoints / autovacuums / autoanalyzes, n/a where it was not recorded."""
     counters = step.get("postgres_background") or {}  # absent from results before 2026-12-04
@@ -321,12 +365,15 @@ def markdown(document: dict[str, Any]) -> str:
         "work from the step's start to the end of its drain: "
         + " / ".join(BACKGROUND_COLUMNS)
         + " (checkpoints started, autovacuum and autoanalyze runs completed); a latency "
-        "outlier often shares its step with them.",
+        "outlier often shares its step with them. Statement ms per change: the execution "
+        "time of the services' statements inside PostgreSQL, "
+        + " / ".join(STATEMENT_SERVICES)
+        + ".",
         "",
         "| phase | offered/s | achieved/s | ok / sent | HTTP | HTTP in service p50 / p99 "
         "| change→event | change→email | change→audit | CPU | stolen | CPU per change "
-        "| PostgreSQL's own work | verdict |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| statement ms per change | PostgreSQL's own work | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     phases = [system["http"]["steps"]]
     phases.append(system.get("http_half_rate_steps", []))
@@ -345,8 +392,9 @@ def markdown(document: dict[str, Any]) -> str:
                 f"{_latency(step, 'email')} | {_latency(step, 'audit')} | "
                 f"{_cpu(used, CPU_COLUMNS)} | {_cpu(used, ('machine',), 'stolen_percent')} | "
                 f"{_cpu(used, COST_COLUMNS, 'cpu_ms_per_change', digits=1)} | "
-                f"{postgres_work(step)} | {verdict} |"
+                f"{statement_ms(step)} | {postgres_work(step)} | {verdict} |"
             )
+    lines += statements_section(system["http"].get("sustained_statements") or {})
     lines += [
         "",
         "### Consumers on their own",
@@ -460,7 +508,7 @@ def draw(document: dict[str, Any], path: Path) -> None:
     latencies(
         http_latency,
         phases["HTTP"],
-        ["http", "event", "email", "audit"],
+        ["http", "http_in_service", "event", "email", "audit"],
         "HTTP: response and change → event / email / audit",
     )
     latencies(

@@ -7,7 +7,7 @@ import math
 import re
 import statistics
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -101,6 +101,68 @@ def buckets_between(
     return [(bound, count - earlier.get(bound, 0.0)) for bound, count in after]
 
 
+@dataclass(frozen=True)
+class StatementCount:
+    """One statement's counters in one service's database (pg_stat_statements), since the
+    server started."""
+
+    service: str
+    statement: str  # its text, constants as $n
+    calls: int
+    exec_ms: float  # time inside the server's executor: waits for locks and the CPU included
+    wal_bytes: int
+
+
+StatementKey = tuple[str, int]  # (database, queryid)
+
+
+def statement_work(
+    before: Mapping[StatementKey, StatementCount],
+    after: Mapping[StatementKey, StatementCount],
+    changes: int,
+    top: int = 6,
+) -> dict[str, Any]:
+    """What the services' statements did between two readings, per change: by service (calls,
+    execution ms and WAL KB), and the `top` statements that took the most execution time."""
+    if changes <= 0:
+        return {}
+    done = []
+    for key, count in after.items():
+        earlier = before.get(key)
+        calls = count.calls - (earlier.calls if earlier else 0)
+        if calls > 0:
+            exec_ms = count.exec_ms - (earlier.exec_ms if earlier else 0.0)
+            wal_bytes = count.wal_bytes - (earlier.wal_bytes if earlier else 0)
+            done.append(replace(count, calls=calls, exec_ms=exec_ms, wal_bytes=wal_bytes))
+    by_service: dict[str, list[float]] = {}  # service → calls, exec ms, WAL bytes
+    for count in done:
+        totals = by_service.setdefault(count.service, [0, 0.0, 0])
+        totals[0] += count.calls
+        totals[1] += count.exec_ms
+        totals[2] += count.wal_bytes
+    done.sort(key=lambda count: count.exec_ms, reverse=True)
+    return {
+        "by_service": {
+            service: {
+                "calls_per_change": round(calls / changes, 3),
+                "exec_ms_per_change": round(exec_ms / changes, 3),
+                "wal_kb_per_change": round(wal_bytes / 1024 / changes, 3),
+            }
+            for service, (calls, exec_ms, wal_bytes) in sorted(by_service.items())
+        },
+        "top": [
+            {
+                "service": count.service,
+                "statement": " ".join(count.statement.split())[:300],
+                "calls_per_change": round(count.calls / changes, 3),
+                "exec_ms_per_change": round(count.exec_ms / changes, 4),
+                "wal_kb_per_change": round(count.wal_bytes / 1024 / changes, 3),
+            }
+            for count in done[:top]
+        ],
+    }
+
+
 def ladder(start: float, factor: float, ceiling: float) -> list[float]:
     """Offered rates for the stepped load: `start`, then each `factor` times the one before,
     up to `ceiling` (included when reached exactly); whole numbers, for readable tables."""
@@ -151,6 +213,9 @@ class Step:
     # PostgreSQL's own work from the step's start to the end of its drain: checkpoints,
     # autovacuum and autoanalyze runs completed (see observe.postgres_background).
     postgres_background: dict[str, int] = field(default_factory=dict)
+    # The services' statements from the step's start to the end of its drain, per change
+    # (see statement_work); empty where the server does not count them.
+    statements: dict[str, Any] = field(default_factory=dict)
     breaks: list[str] = field(default_factory=list)
 
     def judge(self, limits: BreakingPoint) -> None:

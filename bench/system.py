@@ -30,17 +30,21 @@ from bench.observe import (
     consumer_lag,
     email_times,
     postgres_background,
+    statement_counters,
 )
 from bench.payloads import status_changed
 from bench.stats import (
     BreakingPoint,
     Latency,
+    StatementCount,
+    StatementKey,
     Step,
     broke_at,
     buckets_between,
     cpu_cost,
     hotspots,
     next_probe,
+    statement_work,
     sustained_rate,
     sustained_step,
 )
@@ -128,7 +132,10 @@ class System:
         self.profile_dir = profile_dir
         self.watch = EventWatch(stack.kafka_bootstrap_servers)
         self.monitor = ProcessMonitor()
-        self.reads = Reads({name: databases.dsn(name) for name in ("order", "notifier", "audit")})
+        self.reads = Reads(
+            {name: databases.dsn(name) for name in ("order", "notifier", "audit")},
+            server_dsn=f"{databases.admin_url}/postgres",
+        )
         self.maildir = Maildir(stack.maildir)
         self.producer = services_producer(stack.kafka_bootstrap_servers, "bench-upstream")
 
@@ -244,6 +251,7 @@ class System:
             orders = await http.create_orders(orders_needed(rate, seconds))
             await self.settle()  # the creations' own events and audit entries first
             postgres_before = await postgres_background(self.reads)
+            statements_before = await statement_counters(self.reads, self.databases.names)
             in_service_before = await http.status_change_buckets()
             before = self.monitor.mark()
             offered = await http.step(orders, rate, seconds, self.plan.max_in_flight)
@@ -252,6 +260,7 @@ class System:
         ok = [c for c in offered.calls if c.status == 200]
         drained, drain_seconds = await self.drain({(c.order_id, c.version) for c in ok})
         postgres_work = await self._postgres_work_since(postgres_before)
+        statements = await self._statements_since(statements_before, len(ok))
         step = self._step(phase, rate, offered, ok, offered.finished)
         answered = [c.latency for c in offered.calls if c.latency is not None and c.status]
         step.latencies = {
@@ -262,6 +271,7 @@ class System:
         step.drained, step.drain_seconds = drained, round(drain_seconds, 2)
         step.resources = self._resources(before, loaded, len(ok))
         step.postgres_background = postgres_work
+        step.statements = statements
         step.judge(self.plan.breaking)
         log.info("%s %.0f/s: %s", phase, rate, _summary(step))
         return step
@@ -282,6 +292,7 @@ class System:
         await self.settle()
         rejected_before = self.watch.results["CommandRejected"]
         postgres_before = await postgres_background(self.reads)
+        statements_before = await statement_counters(self.reads, self.databases.names)
         before = self.monitor.mark()
         offered = await commands.step(orders, rate, seconds)
         loaded = self.monitor.mark()
@@ -289,12 +300,14 @@ class System:
         postgres_work = await self._postgres_work_since(postgres_before)
         # An accepted command shows as its event.
         ok = [c for c in offered.calls if (c.order_id, c.version) in self.watch.changes]
+        statements = await self._statements_since(statements_before, len(ok))
         last_event = max((self.watch.changes[(c.order_id, c.version)] for c in ok), default=0.0)
         step = self._step(phase, rate, offered, ok, max(last_event, offered.finished))
         step.latencies = await self._latencies(ok)
         step.drained, step.drain_seconds = drained, round(drain_seconds, 2)
         step.resources = self._resources(before, loaded, len(ok))
         step.postgres_background = postgres_work
+        step.statements = statements
         step.judge(self.plan.breaking)
         rejected = self.watch.results["CommandRejected"] - rejected_before
         if rejected:
@@ -305,6 +318,12 @@ class System:
     async def _postgres_work_since(self, start: dict[str, int]) -> dict[str, int]:
         now = await postgres_background(self.reads)
         return {name: now[name] - start[name] for name in start}
+
+    async def _statements_since(
+        self, start: dict[StatementKey, StatementCount], changes: int
+    ) -> dict[str, Any]:
+        now = await statement_counters(self.reads, self.databases.names)
+        return statement_work(start, now, changes)
 
     def _resources(self, before: Mark, loaded: Mark, changes: int) -> dict[str, dict[str, float]]:
         """CPU over the offered load; peak RSS up to now, drain included; and the CPU time of
@@ -339,10 +358,12 @@ class System:
         while (probe := next_probe(steps, self.plan.resolution)) is not None:
             steps.append(await step_at(probe))
         steps.sort(key=lambda s: s.offered_rate)
+        held = sustained_step(steps)
         return {
             "steps": [s.to_json() for s in steps],
             "sustained_per_s": sustained_rate(steps),
-            "sustained_cpu_ms_per_change": cpu_cost(sustained_step(steps)),
+            "sustained_cpu_ms_per_change": cpu_cost(held),
+            "sustained_statements": held.statements if held else {},
             "broke_at": broke_at(steps),
         }
 

@@ -7,6 +7,7 @@
 # the databases `orders`, `notifier` and `audit`, each owned by its owner role (which runs
 # the migrations) and open only to it and the service's runtime role (see postgres/*.sql),
 # plus the role `backbone` (CREATEDB, member of the owners) that creates the test databases.
+# The cluster loads pg_stat_statements (its view is in the `postgres` database).
 # Passwords are for local development only. Idempotent; a cluster set up by the earlier
 # version of this script (everything owned by `backbone`) is converted.
 # Settings (environment):
@@ -77,9 +78,21 @@ start() {
     pg_conftool "$version" "$name" set ssl off
     pg_ctlcluster "$version" "$name" reload 2>/dev/null || true
   fi
+  # pg_stat_statements counts each statement's calls, time and WAL: `make bench` reads them
+  # per load step, and a developer can too. A library is loaded at start only.
+  local preload restart=""
+  preload="$(pg_conftool -s "$version" "$name" show shared_preload_libraries 2>/dev/null || true)"
+  preload="${preload//[\' ]/}"
+  if [[ ",$preload," != *,pg_stat_statements,* ]]; then
+    pg_conftool "$version" "$name" set shared_preload_libraries "${preload:+$preload,}pg_stat_statements"
+    restart=1
+  fi
   if ! pg_lsclusters -h | awk -v p="$port" '$3 == p && $4 == "online" { found=1 } END { exit !found }'; then
     log "starting cluster $version/$name"
     pg_ctlcluster "$version" "$name" start
+  elif [[ -n "$restart" ]]; then
+    log "restarting cluster $version/$name to load pg_stat_statements"
+    pg_ctlcluster "$version" "$name" restart
   fi
   for _ in $(seq 1 120); do
     pg_isready -q -h 127.0.0.1 -p "$port" && break
@@ -90,6 +103,9 @@ start() {
     psql_admin -c "CREATE ROLE backbone LOGIN CREATEDB PASSWORD 'backbone'"
   fi
   psql_admin -v admin=backbone <"$sql/roles.sql"
+  if [[ "$(psql_admin -d postgres -c "SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'")" != "1" ]]; then
+    psql_admin -d postgres -c "CREATE EXTENSION pg_stat_statements"
+  fi
   local databases=()
   for entry in "${services[@]}"; do
     read -r db owner runtime <<<"$entry"

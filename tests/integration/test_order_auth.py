@@ -12,9 +12,9 @@ from uuid import UUID, uuid4
 import asyncpg
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from devstack import infra
+from devstack.metrics import Scrape
 from devstack.waiting import wait_until
 from order import service as order_service
 from order.adapters.unit_of_work import UnitOfWorkFactory
@@ -136,12 +136,8 @@ async def test_every_refused_request_is_announced_with_who_tried_what(
 
 
 async def answers_from_memory(client: httpx.AsyncClient) -> float:
-    for family in text_string_to_metric_families((await client.get("/metrics")).text):
-        if family.name == "order_token_lookups":
-            for sample in family.samples:
-                if sample.name.endswith("_total") and sample.labels == {"source": "memory"}:
-                    return sample.value
-    return 0.0
+    scrape = Scrape((await client.get("/metrics")).text)
+    return scrape.value("order_token_lookups_total", source="memory") or 0.0
 
 
 async def kept_in_memory(client: httpx.AsyncClient, token: str) -> None:

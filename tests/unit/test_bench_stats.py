@@ -1,6 +1,6 @@
 """The benchmark's arithmetic: percentiles, the load ladder, when a step breaks, the sustained
 rate, the open-loop schedule, py-spy profile summaries, the burst table's CPU and the
-half-rate medians, PostgreSQL's own work per step."""
+half-rate medians, PostgreSQL's own work per step, the services' statements per step."""
 
 from __future__ import annotations
 
@@ -14,10 +14,17 @@ import pytest
 
 from bench.load import orders_needed, schedule
 from bench.observe import Mark, ProcessMonitor
-from bench.report import median_p99, postgres_work, with_replicas_added
+from bench.report import (
+    median_p99,
+    postgres_work,
+    statement_ms,
+    statements_section,
+    with_replicas_added,
+)
 from bench.stats import (
     BreakingPoint,
     Latency,
+    StatementCount,
     Step,
     broke_at,
     buckets_between,
@@ -27,6 +34,7 @@ from bench.stats import (
     ladder,
     next_probe,
     percentile,
+    statement_work,
     sustained_rate,
     sustained_step,
 )
@@ -312,3 +320,58 @@ def test_a_steps_postgresql_work_reads_checkpoints_autovacuums_autoanalyzes() ->
     recorded = {"postgres_background": {"autoanalyzes": 3, "checkpoints": 1, "autovacuums": 0}}
     assert postgres_work(recorded) == "1 / 0 / 3"
     assert postgres_work({}) == "n/a / n/a / n/a"  # a result written before it was recorded
+
+
+def counted(service: str, statement: str, calls: int, exec_ms: float, wal: int) -> StatementCount:
+    return StatementCount(service, statement, calls, exec_ms, wal)
+
+
+def test_statement_work_is_the_difference_of_two_readings_per_change() -> None:
+    before = {
+        ("orders", 1): counted("order", "UPDATE orders", 100, 50.0, 10_240),
+        ("audit", 7): counted("audit", "SELECT 1", 5, 1.0, 0),
+    }
+    after = {
+        ("orders", 1): counted("order", "UPDATE orders", 300, 90.0, 30_720),
+        ("orders", 2): counted("order", "INSERT INTO\n  outbox", 200, 10.0, 20_480),  # new
+        ("audit", 7): counted("audit", "SELECT 1", 5, 1.0, 0),  # not run during the step
+        ("audit", 8): counted("audit", "INSERT INTO audit_log", 600, 120.0, 61_440),
+    }
+    work = statement_work(before, after, changes=200)
+    assert work["by_service"] == {
+        "audit": {"calls_per_change": 3.0, "exec_ms_per_change": 0.6, "wal_kb_per_change": 0.3},
+        "order": {"calls_per_change": 2.0, "exec_ms_per_change": 0.25, "wal_kb_per_change": 0.2},
+    }
+    assert [(top["service"], top["statement"]) for top in work["top"]] == [
+        ("audit", "INSERT INTO audit_log"),
+        ("order", "UPDATE orders"),
+        ("order", "INSERT INTO outbox"),  # its whitespace made one space
+    ]
+    assert work["top"][1] == {
+        "service": "order",
+        "statement": "UPDATE orders",
+        "calls_per_change": 1.0,
+        "exec_ms_per_change": 0.2,
+        "wal_kb_per_change": 0.1,
+    }
+    assert len(statement_work(before, after, changes=200, top=1)["top"]) == 1
+    assert statement_work(before, after, changes=0) == {}
+    assert statement_work({}, {}, changes=10) == {"by_service": {}, "top": []}
+
+
+def test_the_report_shows_statement_time_per_service_and_the_costliest_statements() -> None:
+    work = statement_work(
+        {},
+        {
+            ("orders", 1): counted("order", "SELECT a || b FROM t", 10, 5.0, 0),
+            ("audit", 2): counted("audit", "INSERT INTO audit_log", 30, 20.0, 2048),
+        },
+        changes=10,
+    )
+    assert statement_ms({"statements": work}) == "0.50 / n/a / 2.00"
+    assert statement_ms({}) == "n/a / n/a / n/a"  # a result written before it was recorded
+    section = statements_section(work)
+    assert "audit 3.0 statements, 2.00 ms, 0.2 KB WAL" in section[3]
+    assert section[-2] == "| audit | `INSERT INTO audit_log` | 3.00 | 2.000 | 0.20 |"
+    assert section[-1] == "| order | `SELECT a \\|\\| b FROM t` | 1.00 | 0.500 | 0.00 |"
+    assert statements_section({}) == []
