@@ -110,9 +110,6 @@ class Maildir:
         return found
 
 
-SERVER = " server"  # the pool of Reads on the `postgres` database; no service's name
-
-
 class Reads:
     """The benchmark's reads of the services' databases, over one small pool per database: the
     checks that poll while a step settles or drains (several a second) would otherwise each
@@ -122,6 +119,7 @@ class Reads:
         self._dsns = dict(dsns)  # database (service) name → DSN
         self._server_dsn = server_dsn  # the server's `postgres` database, for its statistics
         self._pools: dict[str, asyncpg.Pool] = {}
+        self._server: asyncpg.Pool | None = None
         self.server_version_num = 0  # e.g. 150018, known once started
 
     @property
@@ -129,16 +127,20 @@ class Reads:
         return list(self._dsns)
 
     async def start(self) -> None:
-        for name, dsn in {**self._dsns, SERVER: self._server_dsn}.items():
+        for name, dsn in self._dsns.items():
             self._pools[name] = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+        self._server = await asyncpg.create_pool(self._server_dsn, min_size=1, max_size=1)
         # The three databases are on one server (the benchmark creates them there).
         self.server_version_num = await self.value(
             self.databases[0], "SELECT current_setting('server_version_num')::int"
         )
 
     async def close(self) -> None:
-        pools, self._pools = self._pools, {}
-        for pool in pools.values():
+        pools, self._pools = list(self._pools.values()), {}
+        if self._server is not None:
+            pools.append(self._server)
+            self._server = None
+        for pool in pools:
             await pool.close()
 
     async def value(self, database: str, query: str, *args: object) -> int:
@@ -152,7 +154,9 @@ class Reads:
 
     async def server_rows(self, query: str, *args: object) -> list[asyncpg.Record]:
         """Rows from the server's `postgres` database (its statistics views)."""
-        return await self.rows(SERVER, query, *args)
+        assert self._server is not None, "Reads.start() first"
+        rows: list[asyncpg.Record] = await self._server.fetch(query, *args)
+        return rows
 
 
 # Checkpoints started since the statistics were reset: pg_stat_bgwriter up to PostgreSQL 16,

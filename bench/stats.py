@@ -112,6 +112,21 @@ class StatementCount:
     exec_ms: float  # time inside the server's executor: waits for locks and the CPU included
     wal_bytes: int
 
+    def plus(self, other: StatementCount) -> StatementCount:
+        return replace(
+            self,
+            calls=self.calls + other.calls,
+            exec_ms=self.exec_ms + other.exec_ms,
+            wal_bytes=self.wal_bytes + other.wal_bytes,
+        )
+
+    def per_change(self, changes: int) -> dict[str, float]:
+        return {
+            "calls_per_change": round(self.calls / changes, 3),
+            "exec_ms_per_change": round(self.exec_ms / changes, 4),
+            "wal_kb_per_change": round(self.wal_bytes / 1024 / changes, 3),
+        }
+
 
 StatementKey = tuple[str, int]  # (database, queryid)
 
@@ -134,29 +149,20 @@ def statement_work(
             exec_ms = count.exec_ms - (earlier.exec_ms if earlier else 0.0)
             wal_bytes = count.wal_bytes - (earlier.wal_bytes if earlier else 0)
             done.append(replace(count, calls=calls, exec_ms=exec_ms, wal_bytes=wal_bytes))
-    by_service: dict[str, list[float]] = {}  # service → calls, exec ms, WAL bytes
+    by_service: dict[str, StatementCount] = {}
     for count in done:
-        totals = by_service.setdefault(count.service, [0, 0.0, 0])
-        totals[0] += count.calls
-        totals[1] += count.exec_ms
-        totals[2] += count.wal_bytes
+        totals = by_service.get(count.service)
+        by_service[count.service] = count if totals is None else totals.plus(count)
     done.sort(key=lambda count: count.exec_ms, reverse=True)
     return {
         "by_service": {
-            service: {
-                "calls_per_change": round(calls / changes, 3),
-                "exec_ms_per_change": round(exec_ms / changes, 3),
-                "wal_kb_per_change": round(wal_bytes / 1024 / changes, 3),
-            }
-            for service, (calls, exec_ms, wal_bytes) in sorted(by_service.items())
+            service: totals.per_change(changes) for service, totals in sorted(by_service.items())
         },
         "top": [
             {
                 "service": count.service,
                 "statement": " ".join(count.statement.split())[:300],
-                "calls_per_change": round(count.calls / changes, 3),
-                "exec_ms_per_change": round(count.exec_ms / changes, 4),
-                "wal_kb_per_change": round(count.wal_bytes / 1024 / changes, 3),
+                **count.per_change(changes),
             }
             for count in done[:top]
         ],

@@ -62,6 +62,15 @@ from devstack.waiting import wait_until
 
 log = logging.getLogger("bench")
 
+
+@dataclass(frozen=True)
+class DatabaseMark:
+    """PostgreSQL's counters at one moment: its own work and the services' statements."""
+
+    background: dict[str, int]
+    statements: dict[StatementKey, StatementCount]
+
+
 AUDIT_ENTRIES = "SELECT count(*) FROM audit_log"
 COMMUNICATIONS = "SELECT count(*) FROM communication_events"
 AUDITED_CHANGES_OF = (
@@ -250,8 +259,7 @@ class System:
         async with HttpChanges(self.stack.url("order"), self.stack.admin_token) as http:
             orders = await http.create_orders(orders_needed(rate, seconds))
             await self.settle()  # the creations' own events and audit entries first
-            postgres_before = await postgres_background(self.reads)
-            statements_before = await statement_counters(self.reads, self.databases.names)
+            database_before = await self._database_mark()
             in_service_before = await http.status_change_buckets()
             before = self.monitor.mark()
             offered = await http.step(orders, rate, seconds, self.plan.max_in_flight)
@@ -259,8 +267,7 @@ class System:
             in_service = buckets_between(in_service_before, await http.status_change_buckets())
         ok = [c for c in offered.calls if c.status == 200]
         drained, drain_seconds = await self.drain({(c.order_id, c.version) for c in ok})
-        postgres_work = await self._postgres_work_since(postgres_before)
-        statements = await self._statements_since(statements_before, len(ok))
+        database_work = await self._database_work_since(database_before, len(ok))
         step = self._step(phase, rate, offered, ok, offered.finished)
         answered = [c.latency for c in offered.calls if c.latency is not None and c.status]
         step.latencies = {
@@ -270,8 +277,7 @@ class System:
         }
         step.drained, step.drain_seconds = drained, round(drain_seconds, 2)
         step.resources = self._resources(before, loaded, len(ok))
-        step.postgres_background = postgres_work
-        step.statements = statements
+        step.postgres_background, step.statements = database_work
         step.judge(self.plan.breaking)
         log.info("%s %.0f/s: %s", phase, rate, _summary(step))
         return step
@@ -291,23 +297,20 @@ class System:
             log.warning("not every order created by command arrived; measuring anyway")
         await self.settle()
         rejected_before = self.watch.results["CommandRejected"]
-        postgres_before = await postgres_background(self.reads)
-        statements_before = await statement_counters(self.reads, self.databases.names)
+        database_before = await self._database_mark()
         before = self.monitor.mark()
         offered = await commands.step(orders, rate, seconds)
         loaded = self.monitor.mark()
         drained, drain_seconds = await self.drain({(c.order_id, c.version) for c in offered.calls})
-        postgres_work = await self._postgres_work_since(postgres_before)
         # An accepted command shows as its event.
         ok = [c for c in offered.calls if (c.order_id, c.version) in self.watch.changes]
-        statements = await self._statements_since(statements_before, len(ok))
+        database_work = await self._database_work_since(database_before, len(ok))
         last_event = max((self.watch.changes[(c.order_id, c.version)] for c in ok), default=0.0)
         step = self._step(phase, rate, offered, ok, max(last_event, offered.finished))
         step.latencies = await self._latencies(ok)
         step.drained, step.drain_seconds = drained, round(drain_seconds, 2)
         step.resources = self._resources(before, loaded, len(ok))
-        step.postgres_background = postgres_work
-        step.statements = statements
+        step.postgres_background, step.statements = database_work
         step.judge(self.plan.breaking)
         rejected = self.watch.results["CommandRejected"] - rejected_before
         if rejected:
@@ -315,15 +318,22 @@ class System:
         log.info("%s %.0f/s: %s", phase, rate, _summary(step))
         return step
 
-    async def _postgres_work_since(self, start: dict[str, int]) -> dict[str, int]:
-        now = await postgres_background(self.reads)
-        return {name: now[name] - start[name] for name in start}
+    async def _database_mark(self) -> DatabaseMark:
+        """PostgreSQL's own work so far, and its counters of the services' statements."""
+        return DatabaseMark(
+            await postgres_background(self.reads),
+            await statement_counters(self.reads, self.databases.names),
+        )
 
-    async def _statements_since(
-        self, start: dict[StatementKey, StatementCount], changes: int
-    ) -> dict[str, Any]:
-        now = await statement_counters(self.reads, self.databases.names)
-        return statement_work(start, now, changes)
+    async def _database_work_since(
+        self, start: DatabaseMark, changes: int
+    ) -> tuple[dict[str, int], dict[str, Any]]:
+        """Since `start`: PostgreSQL's own work, and the services' statements per change."""
+        now = await self._database_mark()
+        return (
+            {name: now.background[name] - count for name, count in start.background.items()},
+            statement_work(start.statements, now.statements, changes),
+        )
 
     def _resources(self, before: Mark, loaded: Mark, changes: int) -> dict[str, dict[str, float]]:
         """CPU over the offered load; peak RSS up to now, drain included; and the CPU time of
