@@ -38,6 +38,7 @@ from devstack import infra
 from devstack.processes import free_port, migrate, run_checked, service_env, service_process
 from devstack.smtp_sink import MaildirHandler, read_messages
 from devstack.waiting import wait_until
+from notifier import service
 from notifier.adapters.broker import BrokerConnection
 from notifier.adapters.metrics import NotifierMetrics
 from notifier.adapters.outbox_relay import OutboxRelay, Relayed
@@ -45,7 +46,7 @@ from notifier.adapters.schema import SchemaBehind
 from notifier.adapters.smtp import SmtpEmailSender
 from notifier.adapters.tables import communication_events, outbox
 from notifier.adapters.unit_of_work import UnitOfWorkFactory
-from notifier.app import build_app, build_dispatcher, build_engine, build_senders
+from notifier.app import build_app, build_dispatcher, build_engine, build_rules, build_senders
 from notifier.app import migrate as migrate_in_process
 from notifier.config import Settings
 from notifier.domain.communication import Communication, CommunicationStatus
@@ -857,6 +858,67 @@ async def test_a_rounds_outcomes_finished_within_the_linger_share_one_transactio
         stored = (await connection.execute(select(table.status, literal_column("xmin")))).all()
     assert [status for status, _ in stored] == ["sent", "sent"]
     assert len({xmin for _, xmin in stored}) == transactions
+
+
+async def test_what_recording_claims_is_leased_to_its_dispatcher_until_the_lease_runs_out(
+    own_engine: AsyncEngine,
+) -> None:
+    settings = Settings(notify_channels=[Channel.EMAIL])
+    uow_factory = UnitOfWorkFactory(own_engine, on_outbox_commit=lambda: None)
+    dispatcher = build_dispatcher(settings, uow_factory, NotifierMetrics(), {})
+    rules = build_rules(settings)
+    events: list[service.TracedEvent] = [
+        (status_changed(uuid4(), OrderStatus.CONFIRMED, 2), {}) for _ in range(3)
+    ]
+    claim = dispatcher.claim_for_recording(2)
+
+    recorded = await service.record_communications(uow_factory, events, rules, claim)
+    assert len(recorded.claimed) == 2
+    assert recorded.queued == 1
+    assert [c.status for c in recorded.claimed] == ["sending", "sending"]
+
+    table = communication_events.c
+    async with own_engine.connect() as connection:
+        rows = {
+            row.id: row
+            for row in await connection.execute(
+                select(table.id, table.status, table.attempts, table.lease_owner, table.lease_until)
+            )
+        }
+        announced = (await connection.execute(select(outbox.c.payload))).scalars().all()
+    claimed = {c.id for c in recorded.claimed}
+    assert len(rows) == 3
+    assert {
+        (row.status, row.attempts, row.lease_owner, row.lease_until)
+        for id_, row in rows.items()
+        if id_ in claimed
+    } == {("sending", 1, dispatcher.owner, claim.lease.until)}
+    (queued,) = rows.keys() - claimed
+    assert (rows[queued].status, rows[queued].attempts, rows[queued].lease_owner) == (
+        "queued",
+        0,
+        None,
+    )
+    # Each is announced as recorded, claimed at once or not.
+    assert sorted((p["type"], p["attempts"]) for p in announced) == [("CommunicationQueued", 0)] * 3
+
+    # Delivered again: nothing recorded, nothing claimed.
+    again = await service.record_communications(
+        uow_factory, events, rules, dispatcher.claim_for_recording(10)
+    )
+    assert (again.claimed, again.queued) == ([], 0)
+
+    # Another replica's claim takes the queued one, not those leased to this dispatcher...
+    lease = timedelta(hours=1)  # outlasts the test: what it takes here stays taken
+    async with uow_factory() as uow:
+        taken = await uow.communications.claim_due("another-replica", datetime.now(UTC), 10, lease)
+    assert [c.id for c in taken] == [queued]
+    # ...until their lease has run out: their dispatcher is taken to have died.
+    after_lease = claim.lease.until + timedelta(seconds=1)
+    async with uow_factory() as uow:
+        taken = await uow.communications.claim_due("another-replica", after_lease, 10, lease)
+    assert {c.id for c in taken} == claimed
+    assert {c.attempts for c in taken} == {2}
 
 
 async def test_the_relay_purges_rows_published_past_the_retention_oldest_first_in_batches(

@@ -1,13 +1,20 @@
 """The notifier's dispatch rounds take turns: a wake-up starts one claim, a full claim hands the
-turn on, and stopping ends every round. The dispatcher here only counts claims; what a claim
-does against the database is tested in tests/integration/test_notifier*.py."""
+turn on, and stopping ends every round. What the consumer records already claimed is sent at
+once, within the rounds' room, and stopping waits for it. The dispatcher here only counts
+claims and sends; what they do against the database is tested in
+tests/integration/test_notifier*.py."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from uuid import uuid4
 
+from contracts import Channel
+from notifier.domain.communication import Communication, Lease
 from notifier.entrypoints.worker import DispatchWorker
+from notifier.service import Claim
 
 BATCH = 5
 NEVER = 3600.0  # a poll interval no test reaches: every claim here comes from a wake-up
@@ -23,6 +30,19 @@ class CountingDispatcher:
         self.due = due
         self.claims = 0
         self.sent = asyncio.Event()
+        self.handed_over: list[Sequence[Communication]] = []  # as dispatch_claimed got them
+        self.finished: list[Sequence[Communication]] = []
+        self.released = 0
+
+    def claim_for_recording(self, limit: int) -> Claim:
+        return Claim(Lease("this-worker", datetime.now(UTC)), lease_deadline=0.0, limit=limit)
+
+    async def dispatch_claimed(
+        self, claimed: Sequence[Communication], lease_deadline: float
+    ) -> None:
+        self.handed_over.append(claimed)
+        await self.sent.wait()
+        self.finished.append(claimed)
 
     async def dispatch_due(self, on_claimed: Callable[[int], None] = lambda count: None) -> int:
         self.claims += 1
@@ -33,6 +53,7 @@ class CountingDispatcher:
         return claimed
 
     async def release_claims(self) -> int:
+        self.released += 1
         return 0
 
 
@@ -100,3 +121,97 @@ async def test_stopping_ends_every_round_while_they_wait_their_turn() -> None:
     worker, task = await started(dispatcher)
     await stopped(worker, task)
     assert dispatcher.claims == 4
+
+
+def recorded(count: int) -> list[Communication]:
+    return [
+        Communication.queue(
+            event_id=uuid4(),
+            order_id=uuid4(),
+            channel=Channel.EMAIL,
+            template="order_ready",
+            recipient=f"customer{n}@example.com",
+            context={},
+            now=datetime.now(UTC),
+        )
+        for n in range(count)
+    ]
+
+
+def room(worker: DispatchWorker) -> int | None:
+    claim = worker.claim_for_recording()
+    return None if claim is None else claim.limit
+
+
+async def test_what_the_consumer_claimed_is_sent_at_once_within_the_rounds_room() -> None:
+    dispatcher = CountingDispatcher(due=[])
+    worker, task = await started(dispatcher)
+    claims = dispatcher.claims
+    assert room(worker) == 4 * BATCH  # as much as the four rounds claim at once
+
+    first, second = recorded(3), recorded(2 * BATCH)
+    worker.hand_over(first, dispatcher.claim_for_recording(3))
+    worker.hand_over(second, dispatcher.claim_for_recording(2 * BATCH))
+    await settled()
+    assert dispatcher.handed_over == [first, second]
+    assert dispatcher.claims == claims  # sent without a claim of due ones
+    assert room(worker) == 4 * BATCH - 3 - 2 * BATCH
+
+    dispatcher.sent.set()
+    await settled()
+    assert dispatcher.finished == [first, second]
+    assert room(worker) == 4 * BATCH
+    await stopped(worker, task)
+
+
+async def test_nothing_is_claimed_for_recording_before_the_worker_runs_or_once_it_stops() -> None:
+    dispatcher = CountingDispatcher(due=[])
+    worker = DispatchWorker(
+        dispatcher,  # type: ignore[arg-type]
+        poll_interval=NEVER,
+        retry_interval=NEVER,
+        rounds=4,
+    )
+    assert room(worker) is None
+    task = asyncio.create_task(worker.run())
+    await settled()
+    assert room(worker) == 4 * BATCH
+    await stopped(worker, task)
+    assert room(worker) is None
+
+    worker.hand_over(recorded(1), dispatcher.claim_for_recording(1))
+    await settled()
+    assert dispatcher.handed_over == []  # stopping handed the claims back instead
+
+
+async def test_stopping_waits_for_the_handed_over_sends_then_releases_the_claims() -> None:
+    dispatcher = CountingDispatcher(due=[])
+    worker, task = await started(dispatcher)
+    sending = recorded(2)
+    worker.hand_over(sending, dispatcher.claim_for_recording(2))
+    await settled()
+
+    stopping = asyncio.create_task(worker.stop(task, grace=NEVER))
+    await settled()
+    assert not stopping.done()
+    assert dispatcher.released == 0
+
+    dispatcher.sent.set()
+    async with asyncio.timeout(5):
+        await stopping
+    assert dispatcher.finished == [sending]
+    assert dispatcher.released == 1
+
+
+async def test_a_handed_over_send_outlasting_the_grace_is_cancelled_and_its_claims_released() -> (
+    None
+):
+    dispatcher = CountingDispatcher(due=[])
+    worker, task = await started(dispatcher)
+    worker.hand_over(recorded(2), dispatcher.claim_for_recording(2))
+    await settled()
+
+    async with asyncio.timeout(5):
+        await worker.stop(task, grace=0.01)
+    assert dispatcher.finished == []
+    assert dispatcher.released == 1

@@ -216,6 +216,27 @@ def test_a_new_communication_is_queued_and_due_at_once() -> None:
     assert fresh.recipient == "Ann@Example.com"
 
 
+@pytest.mark.parametrize("status", [CommunicationStatus.QUEUED, CommunicationStatus.FAILED])
+def test_a_claim_starts_an_attempt_of_a_queued_or_failed_communication(
+    status: CommunicationStatus,
+) -> None:
+    subject = communication(status, attempts=1)
+    later = NOW + timedelta(seconds=5)
+    subject.claim(later)
+    assert (subject.status, subject.attempts, subject.updated_at) == ("sending", 2, later)
+
+
+@pytest.mark.parametrize(
+    "status",
+    [CommunicationStatus.SENT, CommunicationStatus.DEAD, CommunicationStatus.SKIPPED],
+)
+def test_a_finished_communication_cannot_be_claimed(status: CommunicationStatus) -> None:
+    subject = communication(status)
+    with pytest.raises(LifecycleError):
+        subject.claim(NOW)
+    assert (subject.status, subject.attempts) == (status, 1)
+
+
 @given(st.sampled_from(CommunicationStatus), st.sampled_from(list(OUTCOMES)))
 def test_an_outcome_is_recorded_only_for_a_communication_being_sent(
     status: CommunicationStatus, outcome: CommunicationStatus

@@ -213,7 +213,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         batch_size=settings.consume_batch_size,
         wait_ms=settings.consume_wait_ms,
         retry_seconds=settings.retry_seconds,
-        on_queued=worker.wake,
+        worker=worker,
     )
     declare_publications(broker)
 

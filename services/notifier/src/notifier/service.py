@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4
 
@@ -31,7 +31,7 @@ from contracts import (
 )
 from notifier.adapters.telemetry import attached, current_trace_context, tracer
 from notifier.adapters.unit_of_work import UnitOfWork, Unstorable
-from notifier.domain.communication import Communication, CommunicationStatus, RetryPolicy
+from notifier.domain.communication import Communication, CommunicationStatus, Lease, RetryPolicy
 from notifier.domain.dedupe import normalise_recipient
 from notifier.domain.delivery import DeliveryFailed, Sender, Undeliverable
 from notifier.domain.planning import (
@@ -135,12 +135,34 @@ def _planned(events: Sequence[TracedEvent], rules: NotificationRules) -> list[Co
     return planned
 
 
+@dataclass(frozen=True)
+class Claim:
+    """Leave for recording to claim, under `lease`, up to `limit` of the communications it
+    queues, for its own process's dispatcher to send at once: no claim statement, no wake-up."""
+
+    lease: Lease
+    lease_deadline: float  # the lease's end on the monotonic clock, taken before the lease
+    limit: int
+
+    def less(self, taken: int) -> Claim:
+        return replace(self, limit=max(self.limit - taken, 0))
+
+
+@dataclass(frozen=True)
+class Recorded:
+    claimed: list[Communication]  # newly queued and claimed under the Claim, to send now
+    queued: int  # newly queued and left for the dispatcher to claim
+    # Position in the given events → why the database refused that event's communications.
+    refused: dict[int, str] = field(default_factory=dict)
+
+
 async def _record_in(
-    uow: UnitOfWork, events: Sequence[TracedEvent], rules: NotificationRules
-) -> list[Communication]:
-    """Record what the events ask for, in a few statements whatever their number; returns the
-    newly queued ones. A recipient who opted out of the channel gets a `skipped` communication
-    instead. Recording an event again records nothing: its dedupe keys are already taken."""
+    uow: UnitOfWork, events: Sequence[TracedEvent], rules: NotificationRules, claim: Claim | None
+) -> Recorded:
+    """Record what the events ask for, in a few statements whatever their number. A recipient
+    who opted out of the channel gets a `skipped` communication instead. Each new one is
+    announced as queued (or skipped); up to the claim's limit of those queued are recorded
+    already claimed. Recording an event again records nothing: its dedupe keys are taken."""
     planned = _planned(events, rules)
     addressed: dict[Channel, set[str]] = {}
     for communication in planned:
@@ -155,37 +177,45 @@ async def _record_in(
         recipient = normalise_recipient(communication.channel, communication.recipient)
         if recipient in opted_out[communication.channel]:
             communication.skip(OPTED_OUT, communication.created_at)
-    added = await uow.communications.add_new(planned)
-    queued = []
+    # Announced as recorded (queued or skipped), whether or not claimed at once.
+    announcements = {communication.id: announcement(communication) for communication in planned}
+    queued = [c for c in planned if c.status is CommunicationStatus.QUEUED]
+    claimed = queued[: claim.limit] if claim else []
+    for communication in claimed:
+        communication.claim(communication.created_at)
+    added = await uow.communications.add_new(planned, claim.lease if claim else None)
     for communication in planned:
-        if communication.id not in added:
-            continue
-        with (
-            attached(communication.trace_context),
-            correlated(communication.context.get("correlation_id")),
-        ):
-            await _announce(uow, communication)
-        if communication.status is CommunicationStatus.QUEUED:
-            queued.append(communication)
-    return queued
+        if communication.id in added:
+            with (
+                attached(communication.trace_context),
+                correlated(communication.context.get("correlation_id")),
+            ):
+                await uow.outbox.add(
+                    NOTIFICATIONS_EVENTS,
+                    str(communication.order_id),
+                    announcements[communication.id],
+                )
+    return Recorded(
+        claimed=[c for c in claimed if c.id in added],
+        queued=sum(1 for c in queued[len(claimed) :] if c.id in added),
+    )
 
 
 async def _record_all(
-    uow_factory: UnitOfWorkFactory, events: Sequence[TracedEvent], rules: NotificationRules
-) -> list[Communication]:
+    uow_factory: UnitOfWorkFactory,
+    events: Sequence[TracedEvent],
+    rules: NotificationRules,
+    claim: Claim | None,
+) -> Recorded:
     async with uow_factory() as uow:
-        return await _record_in(uow, events, rules)
-
-
-@dataclass(frozen=True)
-class Recorded:
-    queued: list[Communication]  # newly queued, for the dispatcher
-    # Position in the given events → why the database refused that event's communications.
-    refused: dict[int, str] = field(default_factory=dict)
+        return await _record_in(uow, events, rules, claim)
 
 
 async def record_communications(
-    uow_factory: UnitOfWorkFactory, events: Sequence[TracedEvent], rules: NotificationRules
+    uow_factory: UnitOfWorkFactory,
+    events: Sequence[TracedEvent],
+    rules: NotificationRules,
+    claim: Claim | None = None,
 ) -> Recorded:
     """Record what each event asks for, all of them in one transaction.
 
@@ -194,18 +224,24 @@ async def record_communications(
     (for the dead-letter topic). Any other failure propagates: the caller retries them all,
     which is safe because the dedupe keys of those recorded are taken."""
     try:
-        return Recorded(await _record_all(uow_factory, events, rules))
+        return await _record_all(uow_factory, events, rules, claim)
     except Unstorable as error:
         if len(events) == 1:
-            return Recorded([], {0: str(error)})
-    queued: list[Communication] = []
+            return Recorded([], 0, {0: str(error)})
+    claimed: list[Communication] = []
+    queued = 0
     refused: dict[int, str] = {}
     for position, traced in enumerate(events):
         try:
-            queued += await _record_all(uow_factory, [traced], rules)
+            recorded = await _record_all(
+                uow_factory, [traced], rules, claim.less(len(claimed)) if claim else None
+            )
         except Unstorable as error:
             refused[position] = str(error)
-    return Recorded(queued, refused)
+            continue
+        claimed += recorded.claimed
+        queued += recorded.queued
+    return Recorded(claimed, queued, refused)
 
 
 @dataclass(frozen=True)
@@ -228,11 +264,16 @@ class Dispatcher:
     # Told each attempt's channel, outcome (sent, failed, dead) and duration (for metrics).
     record_send: Callable[[str, str, float], None] = lambda channel, outcome, seconds: None
 
+    def claim_for_recording(self, limit: int) -> Claim:
+        """Leave for recording to claim up to `limit` communications under this dispatcher's
+        lease, for `dispatch_claimed`."""
+        # Taken before the lease, so it never outlasts the lease the database records.
+        deadline = time.monotonic() + self.lease.total_seconds()
+        return Claim(Lease(self.owner, _now() + self.lease), deadline, limit)
+
     async def dispatch_due(self, on_claimed: Callable[[int], None] = lambda count: None) -> int:
         """One round: claim up to a batch and attempt them all concurrently; returns how many
-        were attempted. `on_claimed` is told how many were claimed before any is attempted.
-        Outcomes are stored as the attempts finish: each with those that finished within the
-        outcome linger after it, in one transaction."""
+        were attempted. `on_claimed` is told how many were claimed before any is attempted."""
         # Taken before the claim, so it never outlasts the lease the database records.
         deadline = time.monotonic() + self.lease.total_seconds()
         async with self.uow_factory() as uow:
@@ -240,6 +281,15 @@ class Dispatcher:
                 self.owner, _now(), self.batch_size, self.lease
             )
         on_claimed(len(claimed))
+        await self.dispatch_claimed(claimed, deadline)
+        return len(claimed)
+
+    async def dispatch_claimed(
+        self, claimed: Sequence[Communication], lease_deadline: float
+    ) -> None:
+        """Attempt communications this dispatcher holds the lease of, all concurrently. Outcomes
+        are stored as the attempts finish: each with those that finished within the outcome
+        linger after it, in one transaction."""
         finished: asyncio.Queue[Attempted] = asyncio.Queue()
 
         async def attempt(communication: Communication) -> None:
@@ -255,9 +305,8 @@ class Dispatcher:
                     async with asyncio.timeout(self.outcome_linger):
                         while stored + len(outcomes) < len(claimed):
                             outcomes.append(await finished.get())
-                await self._record_outcomes(outcomes, deadline)
+                await self._record_outcomes(outcomes, lease_deadline)
                 stored += len(outcomes)
-        return len(claimed)
 
     async def deliver(self, communication: Communication) -> Attempted:
         """Attempt one claimed communication, in the trace of the event that asked for it and

@@ -32,7 +32,7 @@ from sqlalchemy.sql.selectable import TableValuedAlias
 from contracts import Channel, Envelope, Message
 from notifier.adapters.tables import communication_events, opt_outs, outbox
 from notifier.adapters.telemetry import current_trace_context
-from notifier.domain.communication import Communication, CommunicationStatus
+from notifier.domain.communication import Communication, CommunicationStatus, Lease
 from pgstatements import Sql, compiled
 
 _c = communication_events.c
@@ -92,6 +92,8 @@ _NEW = _unnest(
         "attempts",
         "last_error",
         "next_attempt_at",
+        "lease_owner",
+        "lease_until",
         "created_at",
         "updated_at",
         "trace_context",
@@ -188,13 +190,20 @@ class CommunicationRepository:
     def __init__(self, sql: Sql) -> None:
         self._sql = sql
 
-    async def add_new(self, communications: Sequence[Communication]) -> set[UUID]:
+    async def add_new(
+        self, communications: Sequence[Communication], lease: Lease | None = None
+    ) -> set[UUID]:
         """Insert-first under the unique dedupe key, all in one statement; returns the ids of
         those inserted. One whose key is taken (a redelivery, another replica, a restart, or an
         earlier one in the same call) is not written. A concurrent insert of the same key waits
-        for the first transaction to finish."""
+        for the first transaction to finish. Those already claimed (sending) are written under
+        `lease`, as a claim of due ones would have leased them."""
         if not communications:
             return set()
+        sending = [c.status is CommunicationStatus.SENDING for c in communications]
+        if lease is None and any(sending):
+            raise ValueError("a communication inserted as being sent needs a lease")
+        owner, until = (lease.owner, lease.until) if lease else (None, None)
         rows = await self._sql.rows(
             ADD_NEW,
             {
@@ -210,6 +219,8 @@ class CommunicationRepository:
                 "attempts": [c.attempts for c in communications],
                 "last_error": [c.last_error for c in communications],
                 "next_attempt_at": [c.next_attempt_at for c in communications],
+                "lease_owner": [owner if held else None for held in sending],
+                "lease_until": [until if held else None for held in sending],
                 "created_at": [c.created_at for c in communications],
                 "updated_at": [c.updated_at for c in communications],
                 "trace_context": [json.dumps(c.trace_context) for c in communications],

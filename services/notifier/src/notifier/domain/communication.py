@@ -83,6 +83,15 @@ class RetryPolicy:
         return attempts >= self.max_attempts
 
 
+@dataclass(frozen=True)
+class Lease:
+    """Who holds the claims on communications being sent, and until when. Past that, the
+    holder is taken to have died, and any dispatcher may claim them again."""
+
+    owner: str
+    until: datetime
+
+
 @dataclass
 class Communication:
     id: UUID
@@ -136,6 +145,12 @@ class Communication:
             next_attempt_at=now,
             trace_context=dict(trace_context or {}),
         )
+
+    def claim(self, now: datetime) -> None:
+        """A dispatcher takes it to send: an attempt starts, and counts. (A claim of due
+        communications in the database does the same in its statement, for many at once.)"""
+        self._move(CommunicationStatus.SENDING, now)
+        self.attempts += 1
 
     def mark_sent(self, provider_message_id: str, now: datetime) -> None:
         self._move(CommunicationStatus.SENT, now)

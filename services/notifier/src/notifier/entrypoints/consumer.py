@@ -1,13 +1,13 @@
 """`orders.events` → recorded communications, a consumed batch at a time. The offsets are
 committed only after the handler returns, i.e. after the batch's communications are committed;
 on an error the batch is redelivered, which records nothing twice (the dedupe keys are taken).
-Sending happens elsewhere, later."""
+The dispatch worker sends them: those recorded already claimed at once, the rest once
+claimed."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from aiokafka import ConsumerRecord
@@ -22,6 +22,7 @@ from notifier import service
 from notifier.adapters.broker import FETCH_MIN_BYTES, Records, parse_with_text_headers, undecoded
 from notifier.adapters.telemetry import record_key, span_per_record, trace_context_of
 from notifier.domain.planning import NotificationRules, OrderEvent
+from notifier.entrypoints.worker import DispatchWorker
 from servicekit.dead_letters import dead_letter
 
 log = logging.getLogger(__name__)
@@ -51,9 +52,10 @@ def register_event_handlers(
     batch_size: int,
     wait_ms: int,
     retry_seconds: float,
-    on_queued: Callable[[], None],
+    worker: DispatchWorker,
 ) -> None:
-    """Subscribe to orders.events. `on_queued` runs when a batch queued a communication."""
+    """Subscribe to orders.events. What a batch records, `worker` sends: it leaves the batch
+    room to claim them as they are recorded."""
 
     async def take(records: Records) -> None:
         with span_per_record(records) as spans:
@@ -63,13 +65,16 @@ def register_event_handlers(
                     (event, trace_context_of(spans.get(record_key(record))))
                     for record, event in parsed
                 ]
-                recorded = await service.record_communications(uow_factory, events, rules)
+                claim = worker.claim_for_recording()
+                recorded = await service.record_communications(uow_factory, events, rules, claim)
                 rejects += [
                     (parsed[position][0], f"unstorable: {why}")
                     for position, why in recorded.refused.items()
                 ]
+                if claim is not None:
+                    worker.hand_over(recorded.claimed, claim)
                 if recorded.queued:
-                    on_queued()
+                    worker.wake()
             # After the commit: a failure here redelivers the batch, which records nothing new.
             for record, reason in rejects:
                 if (span := spans.get(record_key(record))) is not None:
