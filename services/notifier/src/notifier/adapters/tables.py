@@ -91,4 +91,6 @@ outbox = Table(
     Index(
         "ix_outbox_published_at", "published_at", postgresql_where=text("published_at IS NOT NULL")
     ),
+    # Room in each page for its rows' published versions (migration 0007).
+    postgresql_with={"fillfactor": 50},
 )

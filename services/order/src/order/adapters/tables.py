@@ -74,6 +74,8 @@ outbox = Table(
         "published_at",
         postgresql_where=text("published_at IS NOT NULL"),
     ),
+    # Room in each page for its rows' published versions (migration 0008).
+    postgresql_with={"fillfactor": 50},
 )
 
 OUTBOX_CHANNEL = "order_outbox"
