@@ -203,9 +203,7 @@ async def test_stopping_waits_for_the_handed_over_sends_then_releases_the_claims
     assert dispatcher.released == 1
 
 
-async def test_a_handed_over_send_outlasting_the_grace_is_cancelled_and_its_claims_released() -> (
-    None
-):
+async def test_a_handed_over_send_past_the_grace_is_cancelled_and_released() -> None:
     dispatcher = CountingDispatcher(due=[])
     worker, task = await started(dispatcher)
     worker.hand_over(recorded(2), dispatcher.claim_for_recording(2))
