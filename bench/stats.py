@@ -120,6 +120,14 @@ class StatementCount:
             wal_bytes=self.wal_bytes + other.wal_bytes,
         )
 
+    def minus(self, earlier: StatementCount) -> StatementCount:
+        return replace(
+            self,
+            calls=self.calls - earlier.calls,
+            exec_ms=self.exec_ms - earlier.exec_ms,
+            wal_bytes=self.wal_bytes - earlier.wal_bytes,
+        )
+
     def per_change(self, changes: int) -> dict[str, float]:
         return {
             "calls_per_change": round(self.calls / changes, 3),
@@ -143,12 +151,9 @@ def statement_work(
         return {}
     done = []
     for key, count in after.items():
-        earlier = before.get(key)
-        calls = count.calls - (earlier.calls if earlier else 0)
-        if calls > 0:
-            exec_ms = count.exec_ms - (earlier.exec_ms if earlier else 0.0)
-            wal_bytes = count.wal_bytes - (earlier.wal_bytes if earlier else 0)
-            done.append(replace(count, calls=calls, exec_ms=exec_ms, wal_bytes=wal_bytes))
+        since = count.minus(before[key]) if key in before else count
+        if since.calls > 0:
+            done.append(since)
     by_service: dict[str, StatementCount] = {}
     for count in done:
         totals = by_service.get(count.service)

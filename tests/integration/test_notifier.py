@@ -49,7 +49,7 @@ from notifier.adapters.unit_of_work import UnitOfWorkFactory
 from notifier.app import build_app, build_dispatcher, build_engine, build_rules, build_senders
 from notifier.app import migrate as migrate_in_process
 from notifier.config import Settings
-from notifier.domain.communication import Communication, CommunicationStatus
+from notifier.domain.communication import Communication, CommunicationStatus, Lease
 from notifier.domain.planning import template_context
 from tests.integration.conftest import (
     MESSAGE_ID_DOMAIN,
@@ -870,7 +870,7 @@ async def test_what_recording_claims_is_leased_to_its_dispatcher_until_the_lease
     events: list[service.TracedEvent] = [
         (status_changed(uuid4(), OrderStatus.CONFIRMED, 2), {}) for _ in range(3)
     ]
-    claim = dispatcher.claim_for_recording(2)
+    claim = dispatcher.new_claim(2)
 
     recorded = await service.record_communications(uow_factory, events, rules, claim)
     assert len(recorded.claimed) == 2
@@ -904,19 +904,22 @@ async def test_what_recording_claims_is_leased_to_its_dispatcher_until_the_lease
 
     # Delivered again: nothing recorded, nothing claimed.
     again = await service.record_communications(
-        uow_factory, events, rules, dispatcher.claim_for_recording(10)
+        uow_factory, events, rules, dispatcher.new_claim(10)
     )
     assert (again.claimed, again.queued) == ([], 0)
 
     # Another replica's claim takes the queued one, not those leased to this dispatcher...
     lease = timedelta(hours=1)  # outlasts the test: what it takes here stays taken
+    now = datetime.now(UTC)
     async with uow_factory() as uow:
-        taken = await uow.communications.claim_due("another-replica", datetime.now(UTC), 10, lease)
+        taken = await uow.communications.claim_due(Lease("another-replica", now + lease), now, 10)
     assert [c.id for c in taken] == [queued]
     # ...until their lease has run out: their dispatcher is taken to have died.
     after_lease = claim.lease.until + timedelta(seconds=1)
     async with uow_factory() as uow:
-        taken = await uow.communications.claim_due("another-replica", after_lease, 10, lease)
+        taken = await uow.communications.claim_due(
+            Lease("another-replica", after_lease + lease), after_lease, 10
+        )
     assert {c.id for c in taken} == claimed
     assert {c.attempts for c in taken} == {2}
 

@@ -34,7 +34,7 @@ class CountingDispatcher:
         self.finished: list[Sequence[Communication]] = []
         self.released = 0
 
-    def claim_for_recording(self, limit: int) -> Claim:
+    def new_claim(self, limit: int) -> Claim:
         return Claim(Lease("this-worker", datetime.now(UTC)), lease_deadline=0.0, limit=limit)
 
     async def dispatch_claimed(
@@ -150,8 +150,8 @@ async def test_what_the_consumer_claimed_is_sent_at_once_within_the_rounds_room(
     assert room(worker) == 4 * BATCH  # as much as the four rounds claim at once
 
     first, second = recorded(3), recorded(2 * BATCH)
-    worker.hand_over(first, dispatcher.claim_for_recording(3))
-    worker.hand_over(second, dispatcher.claim_for_recording(2 * BATCH))
+    worker.hand_over(first, dispatcher.new_claim(3))
+    worker.hand_over(second, dispatcher.new_claim(2 * BATCH))
     await settled()
     assert dispatcher.handed_over == [first, second]
     assert dispatcher.claims == claims  # sent without a claim of due ones
@@ -179,7 +179,7 @@ async def test_nothing_is_claimed_for_recording_before_the_worker_runs_or_once_i
     await stopped(worker, task)
     assert room(worker) is None
 
-    worker.hand_over(recorded(1), dispatcher.claim_for_recording(1))
+    worker.hand_over(recorded(1), dispatcher.new_claim(1))
     await settled()
     assert dispatcher.handed_over == []  # stopping handed the claims back instead
 
@@ -188,7 +188,7 @@ async def test_stopping_waits_for_the_handed_over_sends_then_releases_the_claims
     dispatcher = CountingDispatcher(due=[])
     worker, task = await started(dispatcher)
     sending = recorded(2)
-    worker.hand_over(sending, dispatcher.claim_for_recording(2))
+    worker.hand_over(sending, dispatcher.new_claim(2))
     await settled()
 
     stopping = asyncio.create_task(worker.stop(task, grace=NEVER))
@@ -206,7 +206,7 @@ async def test_stopping_waits_for_the_handed_over_sends_then_releases_the_claims
 async def test_a_handed_over_send_past_the_grace_is_cancelled_and_released() -> None:
     dispatcher = CountingDispatcher(due=[])
     worker, task = await started(dispatcher)
-    worker.hand_over(recorded(2), dispatcher.claim_for_recording(2))
+    worker.hand_over(recorded(2), dispatcher.new_claim(2))
     await settled()
 
     async with asyncio.timeout(5):

@@ -137,8 +137,9 @@ def _planned(events: Sequence[TracedEvent], rules: NotificationRules) -> list[Co
 
 @dataclass(frozen=True)
 class Claim:
-    """Leave for recording to claim, under `lease`, up to `limit` of the communications it
-    queues, for its own process's dispatcher to send at once: no claim statement, no wake-up."""
+    """Leave to claim up to `limit` communications under `lease`: those due, or those recording
+    queues, for its own process's dispatcher to send at once (no claim statement, no
+    wake-up)."""
 
     lease: Lease
     lease_deadline: float  # the lease's end on the monotonic clock, taken before the lease
@@ -264,9 +265,9 @@ class Dispatcher:
     # Told each attempt's channel, outcome (sent, failed, dead) and duration (for metrics).
     record_send: Callable[[str, str, float], None] = lambda channel, outcome, seconds: None
 
-    def claim_for_recording(self, limit: int) -> Claim:
-        """Leave for recording to claim up to `limit` communications under this dispatcher's
-        lease, for `dispatch_claimed`."""
+    def new_claim(self, limit: int) -> Claim:
+        """Leave to claim up to `limit` communications under this dispatcher's lease, from now:
+        for a round's claim of due ones, or for recording (then `dispatch_claimed`)."""
         # Taken before the lease, so it never outlasts the lease the database records.
         deadline = time.monotonic() + self.lease.total_seconds()
         return Claim(Lease(self.owner, _now() + self.lease), deadline, limit)
@@ -274,14 +275,11 @@ class Dispatcher:
     async def dispatch_due(self, on_claimed: Callable[[int], None] = lambda count: None) -> int:
         """One round: claim up to a batch and attempt them all concurrently; returns how many
         were attempted. `on_claimed` is told how many were claimed before any is attempted."""
-        # Taken before the claim, so it never outlasts the lease the database records.
-        deadline = time.monotonic() + self.lease.total_seconds()
+        claim = self.new_claim(self.batch_size)
         async with self.uow_factory() as uow:
-            claimed = await uow.communications.claim_due(
-                self.owner, _now(), self.batch_size, self.lease
-            )
+            claimed = await uow.communications.claim_due(claim.lease, _now(), claim.limit)
         on_claimed(len(claimed))
-        await self.dispatch_claimed(claimed, deadline)
+        await self.dispatch_claimed(claimed, claim.lease_deadline)
         return len(claimed)
 
     async def dispatch_claimed(

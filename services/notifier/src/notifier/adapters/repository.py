@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -228,15 +228,14 @@ class CommunicationRepository:
         )
         return {row["id"] for row in rows}
 
-    async def claim_due(
-        self, owner: str, now: datetime, limit: int, lease: timedelta
-    ) -> list[Communication]:
-        """Lease up to `limit` communications that are due (queued, or failed and past their
-        next attempt), or whose lease ran out because their worker died. Each claim counts as
-        an attempt. SKIP LOCKED lets any number of workers claim side by side without waiting
-        for, or taking, each other's rows."""
+    async def claim_due(self, lease: Lease, now: datetime, limit: int) -> list[Communication]:
+        """Take under `lease` up to `limit` communications that are due (queued, or failed and
+        past their next attempt), or whose lease ran out because their worker died. Each claim
+        counts as an attempt. SKIP LOCKED lets any number of workers claim side by side without
+        waiting for, or taking, each other's rows."""
         rows = await self._sql.rows(
-            CLAIM_DUE, {"owner": owner, "now": now, "limit": limit, "lease_ends": now + lease}
+            CLAIM_DUE,
+            {"owner": lease.owner, "now": now, "limit": limit, "lease_ends": lease.until},
         )
         return [_to_communication(row) for row in rows]
 

@@ -48,7 +48,7 @@ class DispatchWorker:
         room = self._dispatcher.batch_size * self._rounds - self._handed_over
         if not self._running or self._stopping.is_set() or room <= 0:
             return None
-        return self._dispatcher.claim_for_recording(room)
+        return self._dispatcher.new_claim(room)
 
     def hand_over(self, claimed: Sequence[Communication], claim: Claim) -> None:
         """Send what the consumer recorded already claimed under `claim`, at once. Once
