@@ -11,7 +11,13 @@ from pgstatements.checkout import (
     transaction,
 )
 from pgstatements.outbox import Backlog, OutboxStatements
-from pgstatements.statements import Sql, Statement, affected_rows, compiled
+from pgstatements.statements import (
+    Sql,
+    Statement,
+    affected_rows,
+    compiled,
+    without_sequential_scans,
+)
 
 __all__ = [
     "Backlog",
@@ -26,4 +32,5 @@ __all__ = [
     "compiled",
     "ping_when_idle",
     "transaction",
+    "without_sequential_scans",
 ]

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+from sqlalchemy import func
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
-from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql import ClauseElement, ColumnElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
 DIALECT = asyncpg_dialect.dialect()  # type: ignore[no-untyped-call]  # untyped in SQLAlchemy
@@ -63,6 +64,21 @@ def compiled(statement: ClauseElement, columns: Sequence[str] | None = None) -> 
         values=tuple(_GIVEN if bind.required else bind.effective_value for bind in binds),
         converters=tuple(bind.type.dialect_impl(DIALECT).bind_processor(DIALECT) for bind in binds),
     )
+
+
+def without_sequential_scans() -> ColumnElement[str]:
+    """A column for a statement early in a transaction (its lock, as a rule): the statements
+    after it, to the transaction's end, are planned without sequential scans.
+
+    For transactions that look rows up by many keys at once (`id = ANY($1)`) in a table that
+    grows. asyncpg prepares every statement, and after five runs PostgreSQL keeps one generic
+    plan for it, made for an array of unknown length. Made while the table was (nearly)
+    empty, that plan reads the whole table, and it is kept until the table is next analysed,
+    by then grown: on a fresh database the audit's duplicate check was the costliest
+    statement of the first minutes (8.9 ms per batch at 30,000 entries instead of 0.3). With
+    no sequential scan to choose, the plan looks each key up in the key's index, whatever the
+    table's size when it was made; the setting ends with the transaction."""
+    return func.set_config("enable_seqscan", "off", True)
 
 
 def affected_rows(status: str) -> int:

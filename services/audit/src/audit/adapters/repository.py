@@ -12,13 +12,17 @@ from sqlalchemy import ARRAY, DateTime, any_, bindparam, func, insert, select
 
 from audit.adapters.tables import audit_log
 from audit.domain.entries import GENESIS_HASH, AuditEntry, ChainedEntry, StoredEntry
-from pgstatements import Sql, compiled
+from pgstatements import Sql, compiled, without_sequential_scans
 
 # Names "the audit chain tail" among the advisory locks of the audit database.
 CHAIN_LOCK_KEY = 0x61756469745F01
 
-# The statements of every append, compiled once.
-LOCK_CHAIN = compiled(select(func.pg_advisory_xact_lock(CHAIN_LOCK_KEY)))
+# The statements of every append, compiled once. The lock's statement also keeps the
+# duplicate check, which looks up a batch's event ids, on their index (see
+# without_sequential_scans).
+LOCK_CHAIN = compiled(
+    select(func.pg_advisory_xact_lock(CHAIN_LOCK_KEY), without_sequential_scans())
+)
 CHAIN_TAIL = compiled(
     select(
         func.clock_timestamp(type_=DateTime(timezone=True)),

@@ -34,7 +34,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from notifier.adapters.broker import BrokerConnection
 from notifier.adapters.tables import outbox
 from notifier.adapters.telemetry import attached
-from pgstatements import Backlog, OutboxStatements, compiled, transaction
+from pgstatements import (
+    Backlog,
+    OutboxStatements,
+    compiled,
+    transaction,
+    without_sequential_scans,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +48,11 @@ log = logging.getLogger(__name__)
 RELAY_LOCK_KEY = 0x6E6F7469666965_01
 
 # The statements of every batch, compiled once. The lock is transaction-scoped: it ends with
-# the batch.
-TRY_RELAY_LOCK = compiled(select(func.pg_try_advisory_xact_lock(RELAY_LOCK_KEY)))
+# the batch. Its statement also keeps marking rows published, which looks them up by id, on
+# the primary key (see without_sequential_scans).
+TRY_RELAY_LOCK = compiled(
+    select(func.pg_try_advisory_xact_lock(RELAY_LOCK_KEY), without_sequential_scans())
+)
 WAITING_ROWS = compiled(
     select(outbox.c.id, outbox.c.topic, outbox.c.key, outbox.c.payload, outbox.c.headers)
     .where(outbox.c.published_at.is_(None))

@@ -46,7 +46,14 @@ from order.adapters.listening import asyncpg_dsn, listen_forever
 from order.adapters.published_records import EVENT_ID_HEADER, PublishedRecords
 from order.adapters.tables import OUTBOX_CHANNEL, outbox, relay_positions
 from order.adapters.telemetry import attached
-from pgstatements import Backlog, OutboxStatements, Sql, compiled, transaction
+from pgstatements import (
+    Backlog,
+    OutboxStatements,
+    Sql,
+    compiled,
+    transaction,
+    without_sequential_scans,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +62,12 @@ RELAY_LOCK_KEY = 0x6F72646572_01
 
 # The statements of every batch, compiled once: built per batch, they showed in py-spy
 # profiles of the order process (the position upsert was compiled anew for every batch). The
-# lock is transaction-scoped: it ends with the batch.
-TRY_RELAY_LOCK = compiled(select(func.pg_try_advisory_xact_lock(RELAY_LOCK_KEY)))
+# lock is transaction-scoped: it ends with the batch. Its statement also keeps marking rows
+# published, and reading them back, which look them up by id, on their indexes (see
+# without_sequential_scans).
+TRY_RELAY_LOCK = compiled(
+    select(func.pg_try_advisory_xact_lock(RELAY_LOCK_KEY), without_sequential_scans())
+)
 WAITING_ROWS = compiled(
     select(
         outbox.c.id,
