@@ -73,6 +73,15 @@ def databases() -> Iterator[infra.TestDatabases]:
         infra.drop_test_databases(created)
 
 
+async def as_admin(databases: infra.TestDatabases, service: str, sql: str, *args: Any) -> None:
+    """Run `sql` on the service's database as the admin (a member of its owners)."""
+    admin = await asyncpg.connect(databases.dsn(service))
+    try:
+        await admin.execute(sql, *args)
+    finally:
+        await admin.close()
+
+
 @asynccontextmanager
 async def one_connection(
     databases: infra.TestDatabases, service: str, table: str
@@ -81,12 +90,8 @@ async def one_connection(
     prepared statement's plans are the connection's own), to the service's empty `table`,
     analysed as a first autoanalyze finds it and then left alone by autovacuum: an analysis
     would replace the plan kept."""
-    admin = await asyncpg.connect(databases.dsn(service))
-    try:
-        await admin.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
-        await admin.execute(f"ANALYZE {table}")
-    finally:
-        await admin.close()
+    await as_admin(databases, service, f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+    await as_admin(databases, service, f"ANALYZE {table}")
     settings, _, build_engine = SERVICES[service]
     engine = build_engine(settings(database_url=databases.services[service].url))
     try:
@@ -112,11 +117,7 @@ async def plan_after_growth(
         for _ in range(RUNS_BEFORE_GROWTH):
             async with driver.transaction():
                 await transaction(sql)
-        admin = await asyncpg.connect(databases.dsn(service))
-        try:
-            await admin.execute(GROW[service, table], GROWN_ROWS)
-        finally:
-            await admin.close()
+        await as_admin(databases, service, GROW[service, table], GROWN_ROWS)
         async with driver.transaction():
             await transaction(sql)
 
