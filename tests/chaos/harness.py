@@ -13,6 +13,7 @@ import json
 import random
 import time
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
@@ -104,11 +105,16 @@ class SteadyLoad:
 
     def p99(self, outside: tuple[float, float] | None = None) -> float:
         """Of every answer, or of those not in flight during `outside` (monotonic times)."""
-        latencies = sorted(a.seconds for a in self.answers if not _overlaps(a, outside))
-        return latencies[int(0.99 * (len(latencies) - 1))] if latencies else 0.0
+        return p99_of([a.seconds for a in self.answers if not _overlaps(a, outside)])
 
     def slowest(self, during: tuple[float, float]) -> float:
         return max((a.seconds for a in self.answers if _overlaps(a, during)), default=0.0)
+
+
+def p99_of(seconds: Sequence[float]) -> float:
+    """The 99th percentile of call durations (0 when there were none)."""
+    ordered = sorted(seconds)
+    return ordered[int(0.99 * (len(ordered) - 1))] if ordered else 0.0
 
 
 def _overlaps(answer: Answer, window: tuple[float, float] | None) -> bool:

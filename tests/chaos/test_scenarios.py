@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from devstack import infra
 from devstack.processes import Process, free_port, service_process
 from devstack.stack import Stack
-from tests.chaos.harness import Findings, SteadyLoad, check
+from tests.chaos.harness import Findings, SteadyLoad, check, p99_of
 
 pytestmark = pytest.mark.chaos
 
@@ -136,8 +136,8 @@ async def test_fifty_concurrent_conflicting_changes_per_order_over_twenty_orders
     load = SteadyLoad(order_client, RATE)
     orders = [await load.new_order() for _ in range(20)]
 
-    async def conflicting(order_id: object) -> list[int]:
-        answers = await asyncio.gather(
+    async def conflicting(order_id: object) -> list[httpx.Response]:
+        return await asyncio.gather(
             *(
                 order_client.post(
                     f"/orders/{order_id}/status",
@@ -147,13 +147,21 @@ async def test_fifty_concurrent_conflicting_changes_per_order_over_twenty_orders
                 for n in range(50)
             )
         )
-        return [a.status_code for a in answers]
 
-    codes = [
-        code for per_order in await asyncio.gather(*map(conflicting, orders)) for code in per_order
+    answers = [
+        answer
+        for per_order in await asyncio.gather(*map(conflicting, orders))
+        for answer in per_order
     ]
+    codes = [answer.status_code for answer in answers]
     assert set(codes) <= {200, 412}, set(codes)
-    findings = Findings("50 conflicting changes x 20 orders", len(codes), 0, 0, 0.0)
+    # Refused with 412 is each losing call's expected answer, not a failed call.
+    p99_ms = p99_of([answer.elapsed.total_seconds() for answer in answers]) * 1000
+    findings = Findings("50 conflicting changes x 20 orders", len(codes), 0, 0, p99_ms)
+    findings.notes.append(
+        f"HTTP p99 is of {len(answers)} calls made at once, each timed with its wait for one "
+        "of the client's pooled connections"
+    )
     findings.server_errors = sum(code >= 500 for code in codes)
     for order_id in orders:
         history = (await order_client.get(f"/orders/{order_id}/history")).json()["items"]
@@ -162,7 +170,8 @@ async def test_fifty_concurrent_conflicting_changes_per_order_over_twenty_orders
         findings.accepted += sum(h["version"] == 2 for h in history)
     report.append(findings)
     assert findings.accepted == len(orders)
-    assert_clean(findings)
+    # Not held to the no-fault p99 (assert_clean): a burst, not the steady load it was.
+    assert findings.clean, findings
 
 
 async def test_a_notifier_replica_killed_mid_load_then_restarted(
