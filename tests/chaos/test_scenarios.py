@@ -155,8 +155,8 @@ async def test_fifty_concurrent_conflicting_changes_per_order_over_twenty_orders
     ]
     codes = [answer.status_code for answer in answers]
     assert set(codes) <= {200, 412}, set(codes)
-    # Refused with 412 is each losing call's expected answer, not a failed call.
     p99_ms = p99_of([answer.elapsed.total_seconds() for answer in answers]) * 1000
+    # No failed calls: 412 is each losing call's expected answer.
     findings = Findings("50 conflicting changes x 20 orders", len(codes), 0, 0, p99_ms)
     findings.notes.append(
         f"HTTP p99 is of {len(answers)} calls made at once, each timed with its wait for one "
@@ -170,7 +170,8 @@ async def test_fifty_concurrent_conflicting_changes_per_order_over_twenty_orders
         findings.accepted += sum(h["version"] == 2 for h in history)
     report.append(findings)
     assert findings.accepted == len(orders)
-    # Not held to the no-fault p99 (assert_clean): a burst, not the steady load it was.
+    # Not held to the no-fault run's p99, as assert_clean would: these calls are one burst,
+    # that run a steady load.
     assert findings.clean, findings
 
 

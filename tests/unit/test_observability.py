@@ -1,5 +1,6 @@
 """Observability logic without I/O: consumer lag arithmetic, exporter selection from
-OTEL_TRACES_EXPORTER, the JSON log line, the periodic sampler, per-record audit spans."""
+OTEL_TRACES_EXPORTER, the JSON log line, the periodic sampler, per-record audit spans, the
+caller's trace carried without spans."""
 
 from __future__ import annotations
 
