@@ -176,7 +176,7 @@ async def test_marking_outbox_rows_published_looks_them_up_by_id(
 ) -> None:
     async def batch(sql: Sql) -> None:
         """As a relay's batch runs them: its lock, then marking what Kafka took."""
-        assert await sql.value(relay.TRY_RELAY_LOCK)
+        assert await sql.value(relay.OUTBOX.try_relay_lock)
         await sql.execute(relay.OUTBOX.mark_published, {"ids": list(range(1, KEYS + 1))})
 
     plan = await plan_after_growth(databases, service, "outbox", relay.OUTBOX.mark_published, batch)

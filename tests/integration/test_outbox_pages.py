@@ -114,7 +114,7 @@ async def test_marking_rows_published_rewrites_each_in_its_own_page(
 
     async with transaction(engine) as sql:
         marked = await sql.execute(
-            OutboxStatements(table).mark_published, {"ids": list(inserted_in)}
+            OutboxStatements(table, relay_lock_key=1).mark_published, {"ids": list(inserted_in)}
         )
     assert marked == ROWS
 

@@ -11,7 +11,7 @@ from sqlalchemy import ARRAY, BigInteger, Table, any_, bindparam, func, select, 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pgstatements.checkout import transaction
-from pgstatements.statements import DIALECT, Statement, compiled
+from pgstatements.statements import DIALECT, Statement, compiled, without_sequential_scans
 
 
 @dataclass(frozen=True)
@@ -21,9 +21,16 @@ class Backlog:
 
 
 class OutboxStatements:
-    """The statements on one outbox table, compiled once."""
+    """The statements on one outbox table, compiled once. `relay_lock_key` names the table's
+    relay among advisory locks: one relay publishes at a time, whatever the replicas."""
 
-    def __init__(self, table: Table) -> None:
+    def __init__(self, table: Table, relay_lock_key: int) -> None:
+        # A relay's batch starts with it. The lock is transaction-scoped: it ends with the
+        # batch. Its statement also keeps the batch's lookups of rows by id (marking them
+        # published, among others) on their indexes (see without_sequential_scans).
+        self.try_relay_lock: Statement = compiled(
+            select(func.pg_try_advisory_xact_lock(relay_lock_key), without_sequential_scans())
+        )
         self.mark_published: Statement = compiled(
             update(table)
             # One array parameter, so one prepared statement for every batch size.

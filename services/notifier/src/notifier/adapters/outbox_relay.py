@@ -28,7 +28,7 @@ from datetime import timedelta
 from typing import Any
 
 from aiokafka.errors import MessageSizeTooLargeError
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from notifier.adapters.broker import BrokerConnection
@@ -39,7 +39,6 @@ from pgstatements import (
     OutboxStatements,
     compiled,
     transaction,
-    without_sequential_scans,
 )
 
 log = logging.getLogger(__name__)
@@ -47,12 +46,7 @@ log = logging.getLogger(__name__)
 # An arbitrary constant naming "the notifier outbox relay" among advisory locks.
 RELAY_LOCK_KEY = 0x6E6F7469666965_01
 
-# The statements of every batch, compiled once. The lock is transaction-scoped: it ends with
-# the batch. Its statement also keeps marking rows published, which looks them up by id, on
-# the primary key (see without_sequential_scans).
-TRY_RELAY_LOCK = compiled(
-    select(func.pg_try_advisory_xact_lock(RELAY_LOCK_KEY), without_sequential_scans())
-)
+# The statements of every batch, compiled once.
 WAITING_ROWS = compiled(
     select(outbox.c.id, outbox.c.topic, outbox.c.key, outbox.c.payload, outbox.c.headers)
     .where(outbox.c.published_at.is_(None))
@@ -60,7 +54,7 @@ WAITING_ROWS = compiled(
     .limit(bindparam("batch_size"))
 )
 PURGE_BATCH = 10_000  # rows a purge deletes at most, in one transaction
-OUTBOX = OutboxStatements(outbox)
+OUTBOX = OutboxStatements(outbox, RELAY_LOCK_KEY)
 
 
 @dataclass(frozen=True)
@@ -170,7 +164,7 @@ class OutboxRelay:
         acknowledged. After a wave with a failed send, the rest waits for the next batch, and
         a fresh producer."""
         async with transaction(self._engine) as sql:
-            if not await sql.value(TRY_RELAY_LOCK):
+            if not await sql.value(OUTBOX.try_relay_lock):
                 return Relayed(0, 0)
             waiting = await sql.rows(WAITING_ROWS, {"batch_size": self._batch_size})
             if not waiting:

@@ -52,7 +52,6 @@ from pgstatements import (
     Sql,
     compiled,
     transaction,
-    without_sequential_scans,
 )
 
 log = logging.getLogger(__name__)
@@ -61,13 +60,7 @@ log = logging.getLogger(__name__)
 RELAY_LOCK_KEY = 0x6F72646572_01
 
 # The statements of every batch, compiled once: built per batch, they showed in py-spy
-# profiles of the order process (the position upsert was compiled anew for every batch). The
-# lock is transaction-scoped: it ends with the batch. Its statement also keeps marking rows
-# published, and reading them back, which look them up by id, on their indexes (see
-# without_sequential_scans).
-TRY_RELAY_LOCK = compiled(
-    select(func.pg_try_advisory_xact_lock(RELAY_LOCK_KEY), without_sequential_scans())
-)
+# profiles of the order process (the position upsert was compiled anew for every batch).
 WAITING_ROWS = compiled(
     select(
         outbox.c.id,
@@ -83,7 +76,7 @@ WAITING_ROWS = compiled(
     .limit(bindparam("batch_size"))
 )
 PURGE_BATCH = 10_000  # rows a purge deletes at most, in one transaction
-OUTBOX = OutboxStatements(outbox)
+OUTBOX = OutboxStatements(outbox, RELAY_LOCK_KEY)
 _position = insert(relay_positions).values(
     topic=bindparam("topic"), partition=bindparam("partition"), next_offset=bindparam("next_offset")
 )
@@ -234,7 +227,7 @@ class OutboxRelay:
         """Publish up to one batch of unpublished rows, at most one per key, and mark what
         Kafka acknowledged."""
         async with transaction(self._engine) as sql:
-            if not await sql.value(TRY_RELAY_LOCK):
+            if not await sql.value(OUTBOX.try_relay_lock):
                 return Relayed(0, 0)
             waiting = await self._waiting_rows(sql)
             if waiting and self._read_back_needed(waiting[0]):
