@@ -84,8 +84,8 @@ start() {
   set_if_other ssl off
   # Until checkpoints have recycled enough WAL segments, a busy server creates a new one every
   # few seconds, and zero-filling its 16 MB held every commit of the cluster for 70-135 ms on
-  # this machine. Off, PostgreSQL writes only the segment's last byte; ext4 allocates the rest
-  # as WAL is written, which cost no commit over 40 ms under the same load.
+  # this machine. Off, PostgreSQL writes only the segment's last byte and ext4 allocates the
+  # rest as WAL is written: under the same load no commit then took over 40 ms.
   set_if_other wal_init_zero off
   if [[ -n "$reload" ]]; then
     pg_ctlcluster "$version" "$name" reload 2>/dev/null || true
