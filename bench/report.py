@@ -103,8 +103,29 @@ def median_p99(steps: list[dict[str, Any]], name: str) -> float | None:
     return statistics.median(p99s) if p99s else None
 
 
+# The processes of a change that are not the three services: their database, the broker and
+# the test rig (the sinks and the load generator), which share the machine with them.
+OUTSIDE_SERVICES = ("postgres", "kafka", "smtp-sink", "sms-sink", "bench")
+
+
+def ceiling(cost: dict[str, float] | None, cores: int) -> dict[str, Any] | None:
+    """What the processes outside the three services spent per change at the sustained rate,
+    and the most changes/s the machine's cores could carry at that cost alone, as if the
+    services themselves took no CPU."""
+    if not cost:
+        return None
+    outside = {name: cost[name] for name in OUTSIDE_SERVICES if cost.get(name) is not None}
+    total = sum(outside.values())
+    return {
+        "cpu_ms_per_change": outside,
+        "total_cpu_ms_per_change": round(total, 2),
+        "cores": cores,
+        "changes_per_s_at_that_cost_alone": round(cores * 1000 / total) if total else None,
+    }
+
+
 def derive(results: dict[str, Any]) -> dict[str, Any]:
-    """Ratios and the issue's targets, from the measurements."""
+    """Ratios, the machine's ceiling and the issue's targets, from the measurements."""
     system = results["system"]
     limit_a = results["limit_a"]
     http = system["http"]["sustained_per_s"]
@@ -141,7 +162,11 @@ def derive(results: dict[str, Any]) -> dict[str, Any]:
         target(f"change→audit p99 ms {at_half}", median_p99(half, "audit"), 1000, False),
         target("peak RSS MB of a service", worst_rss, 200, False),
     ]
-    return {"ratios": ratios, "targets": targets}
+    outside = ceiling(
+        system["http"].get("sustained_cpu_ms_per_change"),
+        results["environment"]["machine"]["cores"],
+    )
+    return {"ratios": ratios, "ceiling": outside, "targets": targets}
 
 
 # --- files -----------------------------------------------------------------------------
@@ -324,6 +349,19 @@ def markdown(document: dict[str, Any]) -> str:
             + " / ".join(_fmt(cost.get(name), 1) for name in COST_COLUMNS)
             + " | | |"
         )
+    outside = document.get("ceiling")  # absent from results before 2026-12-05
+    if outside:
+        names = list(outside["cpu_ms_per_change"])
+        lines += [
+            "| of that, outside the three services: "
+            + " / ".join(names)
+            + " (their database, the broker, the test rig) | "
+            + " / ".join(_fmt(outside["cpu_ms_per_change"][name], 2) for name in names)
+            + f" = {_fmt(outside['total_cpu_ms_per_change'], 2)} | | |",
+            f"| HTTP changes/s the machine's {outside['cores']} cores could carry at that cost "
+            "alone, were the services free | "
+            f"{_fmt(outside['changes_per_s_at_that_cost_alone'])} | | |",
+        ]
     unloaded = system.get("unloaded")
     if unloaded:
         lines.append(

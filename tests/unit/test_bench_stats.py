@@ -1,6 +1,7 @@
 """The benchmark's arithmetic: percentiles, the load ladder, when a step breaks, the sustained
 rate, the open-loop schedule, py-spy profile summaries, the burst table's CPU and the
-half-rate medians, PostgreSQL's own work per step, the services' statements per step."""
+half-rate medians, PostgreSQL's own work per step, the services' statements per step, and the
+machine's ceiling set by what runs beside the services."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 from bench.load import orders_needed, schedule
 from bench.observe import Mark, ProcessMonitor
 from bench.report import (
+    ceiling,
     median_p99,
     postgres_work,
     statement_ms,
@@ -375,3 +377,29 @@ def test_the_report_shows_statement_time_per_service_and_the_costliest_statement
     assert section[-2] == "| audit | `INSERT INTO audit_log` | 3.00 | 2.000 | 0.20 |"
     assert section[-1] == "| order | `SELECT a \\|\\| b FROM t` | 1.00 | 0.500 | 0.00 |"
     assert statements_section({}) == []
+
+
+def test_the_ceiling_is_what_the_cores_carry_at_the_cost_outside_the_services() -> None:
+    cost = {
+        "order": 1.4,
+        "notifier": 1.3,
+        "audit": 0.3,
+        "postgres": 1.2,
+        "kafka": 0.3,
+        "smtp-sink": 0.4,
+        "sms-sink": 0.1,
+        "bench": 0.5,
+        "machine": 5.6,
+    }
+    outside = ceiling(cost, cores=2)
+    assert outside is not None
+    assert outside["cpu_ms_per_change"] == {
+        "postgres": 1.2,
+        "kafka": 0.3,
+        "smtp-sink": 0.4,
+        "sms-sink": 0.1,
+        "bench": 0.5,
+    }
+    assert outside["total_cpu_ms_per_change"] == 2.5
+    assert outside["changes_per_s_at_that_cost_alone"] == 800  # 2,000 ms of CPU a second / 2.5
+    assert ceiling({}, cores=2) is None  # no step held: no sustained cost
