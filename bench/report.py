@@ -119,7 +119,6 @@ def ceiling(cost: dict[str, float] | None, cores: int) -> dict[str, Any] | None:
     return {
         "cpu_ms_per_change": outside,
         "total_cpu_ms_per_change": round(total, 2),
-        "cores": cores,
         "changes_per_s_at_that_cost_alone": round(cores * 1000 / total) if total else None,
     }
 
@@ -358,7 +357,7 @@ def markdown(document: dict[str, Any]) -> str:
             + " (their database, the broker, the test rig) | "
             + " / ".join(_fmt(outside["cpu_ms_per_change"][name], 2) for name in names)
             + f" = {_fmt(outside['total_cpu_ms_per_change'], 2)} | | |",
-            f"| HTTP changes/s the machine's {outside['cores']} cores could carry at that cost "
+            f"| HTTP changes/s the machine's {machine['cores']} cores could carry at that cost "
             "alone, were the services free | "
             f"{_fmt(outside['changes_per_s_at_that_cost_alone'])} | | |",
         ]
